@@ -1,0 +1,167 @@
+"""The Python API that the CLI and the TUI are thin over.
+
+    import atlas
+    db = atlas.open()                         # ./atlas.duckdb, or $ATLAS_DB
+    db.import_textset("texts.jsonl", name="pile-2k")
+    db.ingest("EleutherAI/pythia-70m", revision="step1000", family="pythia", size="70m",
+              checkpoint="step1000", textset="pile-2k")
+    db.kl("pythia-70m@step1000", "pythia-70m@step2000")     # KL(value, se, textset)
+    db.nearest("pythia-70m@step1000", k=10)                 # polars DataFrame
+    db.sql("SELECT * FROM model_variants")                  # any SQL → polars
+
+Results come out as polars DataFrames. Connections are opened per call (see atlas.store).
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from atlas.errors import AtlasError, StoreError, UnknownKeyError
+from atlas.ingest import IngestResult, ingest
+from atlas.keys import ModelKey
+from atlas.kl import KLMatrix, kl_matrix
+from atlas.loading import ModelSpec
+from atlas.store import Store, StoredTextSet, _duckdb_message
+from atlas.textsets import TextSet, load_textset
+
+DEFAULT_DB = "atlas.duckdb"
+
+
+def default_db_path() -> Path:
+    """``$ATLAS_DB`` if set, else ``./atlas.duckdb``."""
+    return Path(os.environ.get("ATLAS_DB") or DEFAULT_DB)
+
+
+@dataclass(frozen=True)
+class KL:
+    """A KL estimate in bits/byte with its delta-method standard error."""
+
+    key_a: str
+    key_b: str
+    value: float
+    se: float
+    textset: str
+
+
+class Atlas:
+    """One atlas file."""
+
+    def __init__(self, path: str | Path | None = None, read_only: bool = False) -> None:
+        self.store = Store(path or default_db_path(), read_only=read_only)
+
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+    def __enter__(self) -> Atlas:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Nothing to release: connections live only as long as each call."""
+
+    # text sets ----------------------------------------------------------------------------------
+    def import_textset(self, source: str | Path | TextSet, name: str) -> tuple[StoredTextSet, bool]:
+        """Store a text set (file, folder or ``TextSet``); returns (stored set, whether new)."""
+        textset = source if isinstance(source, TextSet) else load_textset(source)
+        return self.store.add_textset(textset, name)
+
+    def textsets(self) -> pl.DataFrame:
+        return self.sql("SELECT name, n_texts, mean_bytes, content_hash, source, created_at "
+                        "FROM textsets ORDER BY name")
+
+    # ingest ------------------------------------------------------------------------------------
+    def ingest(self, source: str, *, family: str, size: str, textset: str,
+               seed: int | None = None, checkpoint: str | None = None,
+               revision: str | None = None, quant: str | None = None,
+               parent: str | None = None, device: str = "auto", dtype: str = "auto",
+               batch_size: int = 8, max_length: int | None = None, force: bool = False,
+               trust_remote_code: bool = False, progress: bool = True) -> IngestResult:
+        """Score a model (hub id, local directory or .gguf file) and store its vector.
+
+        ``checkpoint`` defaults to ``revision`` so hub checkpoints key themselves.
+        """
+        if self.store.read_only:
+            raise StoreError(f"{self.path} is open read-only; open it writable to ingest")
+        key = ModelKey(family=family, size=size, seed=seed, quant=quant,
+                       checkpoint=checkpoint or revision)
+        spec = ModelSpec(source=str(source), revision=revision, device=device, dtype=dtype,
+                         trust_remote_code=trust_remote_code)
+        return ingest(self.store, spec, key, textset, parent=parent, batch_size=batch_size,
+                      max_length=max_length, force=force, progress=progress)
+
+    def import_vectors(self, path: str | Path, textset: str,
+                       force: bool = False) -> list[tuple[str, bool]]:
+        """Import precomputed vectors (Parquet or the reference pickle); see atlas.imports."""
+        from atlas.imports import import_vectors
+
+        return import_vectors(self.store, path, textset, force=force)
+
+    # queries -----------------------------------------------------------------------------------
+    def sql(self, query: str, params: list | dict | None = None) -> pl.DataFrame:
+        """Run any SQL (macros included) and return a polars DataFrame."""
+        with self.store.connect() as con:
+            try:
+                relation = con.sql(query, params=params)
+                return pl.DataFrame() if relation is None else pl.from_arrow(
+                    relation.to_arrow_table())
+            except duckdb.Error as exc:
+                raise AtlasError(_duckdb_message(exc)) from None
+
+    def models(self) -> pl.DataFrame:
+        """All model variants with their key columns, sorted by key."""
+        return self.sql("SELECT * FROM model_variants ORDER BY family, size, seed, quant, layer, "
+                        "step, key")
+
+    def resolve(self, key: str) -> str:
+        return self.store.resolve(key)
+
+    def kl(self, key_a: str, key_b: str, textset: str | None = None) -> KL:
+        """KL(a, b) in bits/byte with its SE, on the one text set both share (or ``textset``)."""
+        a, b = self.resolve(key_a), self.resolve(key_b)
+        frame = self._keyed_sql(
+            "SELECT kl(?, ?, ?) AS kl, kl_se(?, ?, ?) AS se", [a, b, textset] * 2)
+        shared = self.sql(
+            "SELECT textset FROM shared_vectors(?, ?, ?)", [a, b, textset])["textset"][0]
+        return KL(a, b, frame["kl"][0], frame["se"][0], shared)
+
+    def nearest(self, key: str, k: int = 10, textset: str | None = None) -> pl.DataFrame:
+        """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset), nearest first."""
+        return self._keyed_sql("SELECT * FROM nearest(?, ?, ?)", [key, k, textset])
+
+    def _keyed_sql(self, query: str, params: list) -> pl.DataFrame:
+        """SQL whose macros resolve keys: their lookup failures become ``UnknownKeyError``."""
+        try:
+            return self.sql(query, params)
+        except AtlasError as exc:
+            if "model key" in str(exc):
+                raise UnknownKeyError(str(exc)) from None
+            raise
+
+    def kl_matrix(self, keys: builtins.list[str] | None = None, textset: str | None = None,
+                  with_se: bool = True) -> KLMatrix:
+        """All-pairs KL (bits/byte) and SEs with BLAS, for ``keys`` or every vector on the set."""
+        if keys is not None:
+            keys = [self.resolve(k) for k in keys]
+        if textset is None:
+            textset = self._only_textset()
+        found, matrix, mean_bytes = self.store.matrix(keys, textset)
+        return kl_matrix(matrix, mean_bytes, found, with_se=with_se)
+
+    def _only_textset(self) -> str:
+        names = self.sql("SELECT DISTINCT textset FROM loglik_vectors ORDER BY 1")["textset"]
+        if len(names) != 1:
+            raise AtlasError(
+                "name a text set: the atlas holds vectors on "
+                + (", ".join(names.to_list()) if len(names) else "no text set"))
+        return names[0]
+
+
+def open(path: str | Path | None = None, read_only: bool = False) -> Atlas:  # noqa: A001
+    """Open (creating if needed, unless ``read_only``) the atlas at ``path``."""
+    return Atlas(path, read_only=read_only)

@@ -1,0 +1,211 @@
+"""The ``atlas`` command line: a thin layer over ``atlas.api``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import polars as pl
+
+from atlas.api import Atlas, default_db_path
+from atlas.errors import AtlasError
+
+FORMATS = click.Choice(["table", "csv", "json"])
+
+
+def _atlas(ctx: click.Context, read_only: bool = False) -> Atlas:
+    return Atlas(ctx.obj["db"], read_only=read_only)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, pl.Series)):
+        items = list(value)
+        head = ", ".join(_cell(v) for v in items[:3])
+        return f"[{head}{', …' if len(items) > 3 else ''}] ({len(items)})"
+    return "" if value is None else str(value)
+
+
+def emit(frame: pl.DataFrame, fmt: str = "table", title: str | None = None) -> None:
+    """Print a DataFrame as a rich table, CSV or JSON (one object per row)."""
+    if fmt == "csv":
+        flat = frame.with_columns(
+            pl.col(c).cast(pl.List(pl.String)).list.join(";")
+            for c, dtype in frame.schema.items() if isinstance(dtype, pl.List))
+        click.echo(flat.write_csv(), nl=False)
+        return
+    if fmt == "json":
+        click.echo(json.dumps(frame.to_dicts(), default=str, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for column in frame.columns:
+        table.add_column(column, overflow="fold")
+    for row in frame.iter_rows():
+        table.add_row(*(_cell(v) for v in row))
+    Console().print(table)
+
+
+class AtlasGroup(click.Group):
+    """Turns AtlasError into a one-line message and exit status 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AtlasError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=AtlasGroup)
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Atlas file (default: $ATLAS_DB or ./atlas.duckdb).")
+@click.version_option(package_name="lm-atlas")
+@click.pass_context
+def main(ctx: click.Context, db: Path | None) -> None:
+    """LM Atlas: language models as log-likelihood vectors, KL in bits/byte, in DuckDB."""
+    ctx.ensure_object(dict)
+    ctx.obj["db"] = db or default_db_path()
+
+
+@main.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create the atlas file (schema and SQL macros); harmless on an existing one."""
+    atlas = _atlas(ctx)
+    click.echo(f"atlas ready: {atlas.path}")
+
+
+@main.group()
+def textset() -> None:
+    """Text sets: the fixed texts every model is scored on."""
+
+
+@textset.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Name to store the text set under.")
+@click.pass_context
+def textset_import(ctx: click.Context, path: Path, name: str) -> None:
+    """Import a JSON list of strings, a JSONL file with "text", or a folder of .txt files."""
+    stored, new = _atlas(ctx).import_textset(path, name)
+    verb = "imported" if new else "already stored:"
+    click.echo(f"{verb} text set '{stored.name}': N={stored.n_texts}, "
+               f"mean bytes={stored.mean_bytes:.4f}, hash={stored.content_hash[:12]}")
+
+
+@textset.command("list")
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.pass_context
+def textset_list(ctx: click.Context, fmt: str) -> None:
+    """List the stored text sets."""
+    emit(_atlas(ctx, read_only=True).textsets(), fmt)
+
+
+@main.command()
+@click.argument("source")
+@click.option("--family", required=True)
+@click.option("--size", required=True, help='Size label, e.g. "70m" (n_params is counted).')
+@click.option("--textset", required=True, help="Name of a stored text set.")
+@click.option("--seed", type=int, default=None)
+@click.option("--checkpoint", default=None, help="Checkpoint label (default: the revision).")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
+@click.option("--quant", default=None, help="Quantization label of this variant.")
+@click.option("--parent", default=None, help="Key of the base model of a fine-tune.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+              default="auto")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8)
+@click.option("--max-length", type=click.IntRange(min=2), default=None,
+              help="Truncate texts to this many tokens (default: the model's limit).")
+@click.option("--force", is_flag=True, help="Re-score and replace an existing vector.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model repo's own code.")
+@click.pass_context
+def ingest(ctx: click.Context, source: str, **options) -> None:
+    """Score SOURCE (hub id, local directory or .gguf file) and store its vector."""
+    result = _atlas(ctx).ingest(source, **options)
+    if result.status == "skipped":
+        click.echo(f"{result.key}: already stored on '{result.textset}' (use --force to redo)")
+    else:
+        click.echo(f"{result.key}: stored on '{result.textset}' — {result.tokens:,} tokens in "
+                   f"{result.seconds:.1f} s ({result.tokens_per_second:,.0f} tok/s)")
+
+
+@main.command()
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.pass_context
+def models(ctx: click.Context, fmt: str) -> None:
+    """Table of model variants with their key columns."""
+    emit(_atlas(ctx, read_only=True).models(), fmt)
+
+
+@main.command()
+@click.argument("key_a")
+@click.argument("key_b")
+@click.option("--textset", default=None, help="Text set, when the two share several.")
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.pass_context
+def kl(ctx: click.Context, key_a: str, key_b: str, textset: str | None, fmt: str) -> None:
+    """KL(KEY_A, KEY_B) in bits/byte with its standard error."""
+    result = _atlas(ctx, read_only=True).kl(key_a, key_b, textset)
+    if fmt == "table":
+        click.echo(f"KL({result.key_a}, {result.key_b}) = {result.value:.6g} ± {result.se:.2g} "
+                   f"bits/byte  [text set {result.textset}]")
+    else:
+        emit(pl.DataFrame([result.__dict__]), fmt)
+
+
+@main.command()
+@click.argument("key")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--textset", default=None)
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.pass_context
+def nearest(ctx: click.Context, key: str, k: int, textset: str | None, fmt: str) -> None:
+    """The K models nearest to KEY by KL (bits/byte)."""
+    atlas = _atlas(ctx, read_only=True)
+    emit(atlas.nearest(key, k, textset), fmt, title=f"nearest to {atlas.resolve(key)}")
+
+
+@main.command()
+@click.argument("query")
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.option("--write", is_flag=True, help="Open read-write (default: read-only).")
+@click.pass_context
+def sql(ctx: click.Context, query: str, fmt: str, write: bool) -> None:
+    """Run any SQL on the atlas (macros: kl, kl_se, nearest, kl_bpb, resolve_key …)."""
+    emit(_atlas(ctx, read_only=not write).sql(query), fmt)
+
+
+@main.group("import")
+def import_() -> None:
+    """Import precomputed data."""
+
+
+@import_.command("vectors")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--textset", required=True, help="Stored text set the vectors were scored on.")
+@click.option("--force", is_flag=True, help="Replace vectors that differ from stored ones.")
+@click.pass_context
+def import_vectors(ctx: click.Context, path: Path, textset: str, force: bool) -> None:
+    """Import vectors from Parquet or the reference pickle (dict name → list of floats)."""
+    results = _atlas(ctx).import_vectors(path, textset, force=force)
+    written = sum(done for _, done in results)
+    click.echo(f"imported {written} vectors ({len(results) - written} already stored) "
+               f"into text set '{textset}'")
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(".atlas-example"), show_default=True,
+              help="Where the example's tiny models are saved.")
+@click.pass_context
+def example(ctx: click.Context, workdir: Path) -> None:
+    """Self-contained example: train tiny models locally, ingest them, query nearest."""
+    from atlas.example import run_example
+
+    run_example(_atlas(ctx), workdir, echo=click.echo, show=emit)

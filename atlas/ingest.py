@@ -1,0 +1,82 @@
+"""Ingest: load a model, score a stored text set, write the complete vector atomically.
+
+Idempotent: the same variant + text set + scoring config is a no-op decided before any model is
+loaded. Resumable: the store is not held open while scoring, and the vector is written in one
+transaction at the end, so a killed ingest leaves nothing partial and re-running it completes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from atlas.keys import ModelKey
+from atlas.loading import ModelSpec, load_model, resolve_device, resolve_dtype
+from atlas.scoring import Scorer
+from atlas.store import Store
+
+
+@dataclass
+class IngestResult:
+    key: str
+    textset: str
+    status: str  # stored | skipped
+    seconds: float = 0.0
+    tokens: int = 0
+    n_params: int | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def normalise_source(source: str) -> str:
+    """Local paths become absolute (re-runs from elsewhere match); hub ids stay as they are."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
+def scoring_config_id(spec: ModelSpec, key: ModelKey, max_length: int | None) -> str:
+    """What makes two scorings of a variant the same, known before loading anything."""
+    dtype = resolve_dtype(spec.dtype, resolve_device(spec.device))
+    payload = {"source": spec.source, "revision": spec.revision, "quant": key.quant,
+               "dtype": str(dtype).removeprefix("torch."), "max_length": max_length}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
+           parent: str | None = None, batch_size: int = 8, max_length: int | None = None,
+           force: bool = False, progress: bool = True) -> IngestResult:
+    """Score ``spec`` on ``textset`` and store the vector under ``key``."""
+    spec.source = normalise_source(spec.source)
+    stored_set = store.textset(textset)
+    config_id = scoring_config_id(spec, key, max_length)
+    if not store.needs_vector(str(key), stored_set.textset_id, spec.source, config_id, force):
+        return IngestResult(str(key), textset, "skipped")
+    if parent is not None:
+        parent = str(ModelKey.parse(parent))
+    run_id = store.start_run(str(key), textset, spec.source)
+    started = time.perf_counter()
+    try:
+        texts = store.texts(stored_set.textset_id)
+        loaded = load_model(spec)
+        scores = Scorer(loaded, batch_size=batch_size, max_length=max_length).score(
+            texts, progress=progress)
+        provenance = {**scores.provenance, "source": spec.source, "revision": spec.revision}
+        written = store.write_vector(
+            key, textset_id=stored_set.textset_id, loglik=scores.loglik, n_tokens=scores.n_tokens,
+            n_truncated=scores.n_truncated, config_id=config_id, provenance=provenance,
+            n_params=loaded.n_params, parent=parent, source=spec.source,
+            revision=spec.revision, force=force)
+    except BaseException as exc:
+        store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}",
+                         seconds=time.perf_counter() - started)
+        raise
+    seconds = time.perf_counter() - started
+    tokens = int(scores.n_tokens.sum())
+    status = "stored" if written else "skipped"
+    store.finish_run(run_id, "done" if written else "skipped", seconds=seconds, tokens=tokens)
+    return IngestResult(str(key), textset, status, seconds, tokens, loaded.n_params)

@@ -1,0 +1,113 @@
+"""Model keys: one canonical, parseable, typable string per model variant.
+
+Grammar (fields in this order; optional parts are omitted exactly when unset)::
+
+    key        = family "-" size [ "/s" seed ] [ "+" quant ] [ "#" layer ] [ "@" checkpoint ]
+    family     = [A-Za-z0-9_.-]+     may contain "-": the LAST "-" of the name splits off the size
+    size       = [A-Za-z0-9_.]+      no "-"
+    seed       = [0-9]+
+    quant      = [A-Za-z0-9_.-]+     e.g. bnb-int8, gptq-4bit-g128, gguf-q4_1
+    layer      = [0-9]+              hidden-state index for logit-lens vectors; unset = model output
+    checkpoint = [A-Za-z0-9_.-]+     e.g. step143000, main; its numeric step is parsed for ordering
+
+Examples: ``pythia-410m@step143000``, ``pythia-410m/s3@step1000``, ``llama-2-7b+bnb-nf4``,
+``smollm2-135m#12``.
+
+Shorthands: a key that is not stored verbatim resolves to the single stored variant whose set
+fields match it (its unset fields act as wildcards); several matches are an error that lists them.
+The same rule runs in SQL (``resolve_key`` in ``sql/macros.sql``) so plain DuckDB clients agree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from atlas.errors import InvalidKeyError
+
+KEY_PATTERN = (
+    r"^(?P<family>[A-Za-z0-9_.-]+)-(?P<size>[A-Za-z0-9_.]+)"
+    r"(?:/s(?P<seed>[0-9]+))?(?:\+(?P<quant>[A-Za-z0-9_.-]+))?"
+    r"(?:#(?P<layer>[0-9]+))?(?:@(?P<checkpoint>[A-Za-z0-9_.-]+))?$"
+)
+_KEY_RE = re.compile(KEY_PATTERN)
+_FIELD_RES = {
+    "family": re.compile(r"^[A-Za-z0-9_.-]+$"),
+    "size": re.compile(r"^[A-Za-z0-9_.]+$"),
+    "quant": re.compile(r"^[A-Za-z0-9_.-]+$"),
+    "checkpoint": re.compile(r"^[A-Za-z0-9_.-]+$"),
+}
+_STEP_RE = re.compile(r"^(?:step|ckpt|checkpoint|iter)?[-_]?([0-9]+)$", re.IGNORECASE)
+
+
+
+
+def step_of(checkpoint: str | None) -> int | None:
+    """Numeric training step of a checkpoint label (``step1000`` → 1000, ``main`` → None)."""
+    if checkpoint is None:
+        return None
+    match = _STEP_RE.match(checkpoint)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """The key fields of one model variant."""
+
+    family: str
+    size: str
+    seed: int | None = None
+    quant: str | None = None
+    layer: int | None = None
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, pattern in _FIELD_RES.items():
+            value = getattr(self, name)
+            if value is None and name in ("quant", "checkpoint"):
+                continue
+            if not isinstance(value, str) or not pattern.match(value):
+                allowed = pattern.pattern.strip("^$")
+                raise InvalidKeyError(
+                    f"invalid {name} {value!r}: use the characters {allowed}"
+                    + (" (no '-' in a size: put it in the family)" if name == "size" else "")
+                )
+        for name in ("seed", "layer"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise InvalidKeyError(f"invalid {name} {value!r}: a non-negative integer")
+
+    @property
+    def step(self) -> int | None:
+        return step_of(self.checkpoint)
+
+    def __str__(self) -> str:
+        parts = [f"{self.family}-{self.size}"]
+        if self.seed is not None:
+            parts.append(f"/s{self.seed}")
+        if self.quant is not None:
+            parts.append(f"+{self.quant}")
+        if self.layer is not None:
+            parts.append(f"#{self.layer}")
+        if self.checkpoint is not None:
+            parts.append(f"@{self.checkpoint}")
+        return "".join(parts)
+
+    @classmethod
+    def parse(cls, text: str) -> ModelKey:
+        """Parse a key string; raises ``InvalidKeyError`` with the grammar when it does not fit."""
+        match = _KEY_RE.match(text.strip())
+        if not match:
+            raise InvalidKeyError(
+                f"cannot parse model key {text!r}: expected "
+                "FAMILY-SIZE[/sSEED][+QUANT][#LAYER][@CHECKPOINT], e.g. pythia-410m/s1@step1000"
+            )
+        fields = match.groupdict()
+        return cls(
+            family=fields["family"],
+            size=fields["size"],
+            seed=int(fields["seed"]) if fields["seed"] is not None else None,
+            quant=fields["quant"],
+            layer=int(fields["layer"]) if fields["layer"] is not None else None,
+            checkpoint=fields["checkpoint"],
+        )

@@ -1,0 +1,138 @@
+"""Loading a causal LM and its tokenizer from a hub id, a local directory or a GGUF file.
+
+Everything goes through transformers' own ``from_pretrained`` so that what we score is what any
+user of the model gets. The returned provenance is stored with every vector.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from atlas.errors import LoadError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelSpec:
+    """Where a model comes from and how to run it."""
+
+    source: str
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+    @property
+    def gguf_file(self) -> Path | None:
+        path = Path(self.source)
+        return path if path.suffix == ".gguf" and path.is_file() else None
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    n_params: int
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LoadError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on a GPU that has it, else fp16 on GPUs; fp32 on the CPU (bf16 on request)."""
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    if dtype not in DTYPES:
+        raise LoadError(f"--dtype {dtype}: choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _explain_load_failure(spec: ModelSpec, what: str, exc: Exception) -> LoadError:
+    message = str(exc)
+    local = Path(spec.source).exists()
+    if "Unrecognized configuration class" in message or "does not support" in message.lower() and (
+        "causal" in message.lower()
+    ):
+        return LoadError(
+            f"{spec.source}: not a causal language model ({type(exc).__name__}: "
+            f"{message.splitlines()[0]}); LM Atlas scores decoder-only models "
+            "(AutoModelForCausalLM)"
+        )
+    if not local and ("connect" in message.lower() or "offline" in message.lower() or _offline()
+                      or "not a valid model identifier" in message
+                      or "does not appear to have" in message):
+        return LoadError(
+            f"{spec.source}: no local copy of this {what} and the hub cannot be reached "
+            "(offline or no network). Pass a local directory, or download it on a connected "
+            f"machine first (hf download {spec.source}"
+            + (f" --revision {spec.revision}" if spec.revision else "") + ")."
+        )
+    if local and what == "tokenizer":
+        return LoadError(
+            f"{spec.source}: no usable tokenizer in this directory ({message.splitlines()[0]}). "
+            "Save the model's tokenizer beside it (tokenizer.save_pretrained(dir))."
+        )
+    return LoadError(f"{spec.source}: cannot load the {what}: {message.splitlines()[0]}")
+
+
+def _pretrained_args(spec: ModelSpec) -> tuple[str, dict]:
+    gguf = spec.gguf_file
+    if gguf is not None:
+        return str(gguf.parent), {"gguf_file": gguf.name}
+    kwargs = {"trust_remote_code": spec.trust_remote_code}
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    return spec.source, kwargs
+
+
+def load_tokenizer(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    source, kwargs = _pretrained_args(spec)
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, TypeError) as exc:
+        raise _explain_load_failure(spec, "tokenizer", exc) from exc
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load model and tokenizer on the resolved device and dtype, in eval mode."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # ours (rich) is the one progress display
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    tokenizer = load_tokenizer(spec)
+    source, kwargs = _pretrained_args(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _explain_load_failure(spec, "model", exc) from exc
+    model.to(device).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    return LoadedModel(model=model, tokenizer=tokenizer, device=device, dtype=dtype,
+                       n_params=n_params)

@@ -1,0 +1,276 @@
+"""Batched log-likelihood scoring: ℓ(x) = Σ_{t≥2} log p(y_t | y_<t) in nats (method.md §2).
+
+How it stays fast and exact:
+- texts are tokenized once with the tokenizer's default special tokens, sorted by length and
+  batched, right-padded (real tokens keep their positions, and causal attention never lets a real
+  token see a pad, so padding cannot change a score beyond kernel rounding);
+- the backbone runs once per batch; the unembedding runs in sequence chunks, and each chunk's
+  target log-probs are gather − logsumexp in float32, so no [batch, seq, vocab] float32 tensor ever
+  exists;
+- per-text sums accumulate in float64 on the device and come to the host once per batch.
+A batch with a non-finite sum is re-run in float32; if it is still non-finite, scoring stops with
+an error naming the texts, so a NaN is never stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from atlas.errors import ScoringError
+from atlas.loading import LoadedModel
+
+# Bytes of float32 logits one unembedding chunk may hold (per batch), by device type.
+LOGIT_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30, "mps": 256 << 20}
+
+
+@dataclass
+class Scores:
+    """One log-likelihood vector and how it was made."""
+
+    loglik: np.ndarray  # float64, nats, one per text in text-set order
+    n_tokens: np.ndarray  # int, tokens in each (possibly truncated) encoding
+    n_truncated: int
+    provenance: dict = field(default_factory=dict)
+
+
+@dataclass
+class Tokenized:
+    ids: list[list[int]]
+    n_truncated: int
+    max_length: int
+
+
+def model_max_length(model: torch.nn.Module) -> int | None:
+    """The longest sequence the model's positions allow, from its config."""
+    config = getattr(model.config, "text_config", None) or model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> Tokenized:
+    """Encode with default special tokens; keep the first ``max_length`` tokens of each text."""
+    encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    truncated = sum(len(ids) > max_length for ids in encoded)
+    return Tokenized([ids[:max_length] for ids in encoded], truncated, max_length)
+
+
+def special_token_policy(tokenizer) -> str:
+    """What the tokenizer adds by default: 'bos', 'eos', 'bos+eos' or 'none'."""
+    probe = tokenizer("a b", add_special_tokens=True)["input_ids"]
+    bare = tokenizer("a b", add_special_tokens=False)["input_ids"]
+    added = []
+    if len(probe) > len(bare) and probe[0] != bare[0]:
+        added.append("bos")
+    if len(probe) > len(bare) and probe[-1] != bare[-1]:
+        added.append("eos")
+    return "+".join(added) or "none"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the vocabulary and special tokens: equal fingerprints tokenize alike."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    special = sorted(map(str, tokenizer.all_special_tokens))
+    payload = json.dumps([vocab, special], ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices, longest first (an out-of-memory shows up in the first batch), in batches."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def output_head(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """hidden state (already final-normed) → float32 logits, with the model's post-transforms."""
+    unembed = model.get_output_embeddings()
+    config = getattr(model.config, "text_config", None) or model.config
+    softcap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None)
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        logits = unembed(hidden).float()
+        if scale:
+            logits = logits * scale
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return head
+
+
+def chunked_target_logprob_sums(
+    hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor], chunk: int,
+) -> torch.Tensor:
+    """Σ_t mask · log p(target_t) per row, from hidden states [B, T, H], in float64 on device.
+
+    ``hidden[:, t]`` predicts ``targets[:, t]``. Logits exist one chunk of positions at a time.
+    """
+    total = torch.zeros(hidden.shape[0], dtype=torch.float64, device=hidden.device)
+    for start in range(0, hidden.shape[1], chunk):
+        logits = head(hidden[:, start : start + chunk])
+        target = targets[:, start : start + chunk]
+        logprob = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+        keep = mask[:, start : start + chunk]
+        total += torch.where(keep, logprob, 0.0).sum(-1, dtype=torch.float64)
+    return total
+
+
+class Scorer:
+    """Scores texts with one loaded model. Knows nothing of the store."""
+
+    def __init__(self, loaded: LoadedModel, *, batch_size: int = 8,
+                 max_length: int | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.device = loaded.device
+        self.batch_size = batch_size
+        limit = model_max_length(self.model)
+        self.max_length = min(max_length, limit) if (max_length and limit) else (
+            max_length or limit or 2048)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.hidden, self.head = self._checked_head()
+
+    def provenance(self, n_truncated: int) -> dict:
+        import transformers
+
+        from atlas import __version__
+
+        return {
+            "tokenizer": getattr(self.tokenizer, "name_or_path", "") or "",
+            "tokenizer_class": type(self.tokenizer).__name__,
+            "tokenizer_fingerprint": tokenizer_fingerprint(self.tokenizer),
+            "special_tokens": special_token_policy(self.tokenizer),
+            "first_token_predicted": False,
+            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "device": self.device.type,
+            "max_length": self.max_length,
+            "n_truncated": n_truncated,
+            "batch_size": self.batch_size,
+            "head": self.head_path,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "lm_atlas": __version__},
+        }
+
+    def _checked_head(self) -> tuple[Callable[..., torch.Tensor], Callable]:
+        """Backbone + chunked head, verified once against the model's own logits.
+
+        An architecture with an output transform we do not know falls back to the model's full
+        logits (correct, but a [B, T, V] tensor per batch) rather than to wrong numbers.
+        """
+        backbone, head = self.model.base_model, output_head(self.model)
+
+        def backbone_hidden(**inputs) -> torch.Tensor:
+            return backbone(**inputs).last_hidden_state
+
+        def model_logits(**inputs) -> torch.Tensor:
+            return self.model(**inputs).logits
+
+        probe = torch.arange(1, 9, device=self.device).unsqueeze(0) % self.model.config.vocab_size
+        with torch.inference_mode():
+            expected = model_logits(input_ids=probe).float().log_softmax(-1)
+            ours = head(backbone_hidden(input_ids=probe)).log_softmax(-1)
+        if torch.allclose(ours, expected, atol=1e-3, rtol=1e-3):
+            self.head_path = "chunked"
+            return backbone_hidden, head
+        self.head_path = "full-logits"
+        return model_logits, lambda logits: logits.float()
+
+    def _chunk_positions(self, batch: int) -> int:
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        budget = LOGIT_CHUNK_BYTES.get(self.device.type, 256 << 20)
+        return max(1, budget // (batch * vocab * 4))
+
+    def _batch_tensors(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(row) for row in ids)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, tokens in enumerate(ids):
+            input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            attention[row, : len(tokens)] = 1
+        return input_ids.to(self.device), attention.to(self.device)
+
+    @torch.inference_mode()
+    def _score_batch(self, ids: list[list[int]]) -> torch.Tensor:
+        input_ids, attention = self._batch_tensors(ids)
+        hidden = self.hidden(input_ids=input_ids, attention_mask=attention)
+        return chunked_target_logprob_sums(
+            hidden[:, :-1], input_ids[:, 1:], attention[:, 1:].bool(), self.head,
+            self._chunk_positions(len(ids)),
+        )
+
+    @contextlib.contextmanager
+    def _float32(self) -> Iterator[None]:
+        original = self.loaded.dtype
+        self.model.float()
+        try:
+            yield
+        finally:
+            self.model.to(original)
+
+    def _finite_batch(self, ids: list[list[int]], indices: list[int]) -> np.ndarray:
+        sums = self._score_batch(ids).cpu().numpy()  # the one host sync of the batch
+        if np.isfinite(sums).all():
+            return sums
+        if self.loaded.dtype != torch.float32:
+            with self._float32():
+                sums = self._score_batch(ids).cpu().numpy()
+            if np.isfinite(sums).all():
+                return sums
+        bad = [indices[i] for i in np.flatnonzero(~np.isfinite(sums))][:10]
+        raise ScoringError(
+            f"non-finite log-likelihood (NaN/inf) for texts {bad} even in float32: the model's "
+            "outputs are not finite (corrupt or overflowing weights?); nothing was stored"
+        )
+
+    def score(self, texts: Sequence[str], progress: bool = True) -> Scores:
+        """ℓ for every text, in the given order."""
+        tokenized = tokenize(self.tokenizer, texts, self.max_length)
+        lengths = [len(ids) for ids in tokenized.ids]
+        loglik = np.zeros(len(texts), dtype=np.float64)
+        with _progress(progress, len(texts), sum(lengths)) as advance:
+            for indices in length_sorted_batches(lengths, self.batch_size):
+                batch_ids = [tokenized.ids[i] for i in indices]
+                loglik[indices] = self._finite_batch(batch_ids, indices)
+                advance(len(indices), sum(lengths[i] for i in indices))
+        return Scores(loglik=loglik, n_tokens=np.asarray(lengths, dtype=np.int64),
+                      n_truncated=tokenized.n_truncated,
+                      provenance=self.provenance(tokenized.n_truncated))
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, n_texts: int, n_tokens: int) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar over texts that also shows tokens/s."""
+    if not enabled:
+        yield lambda texts, tokens: None
+        return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("scoring", total=n_texts, rate="")
+        done_tokens = 0
+
+        def advance(texts: int, tokens: int) -> None:
+            nonlocal done_tokens
+            done_tokens += tokens
+            elapsed = bar.tasks[0].elapsed or 1e-9
+            bar.update(task, advance=texts, rate=f"{done_tokens / elapsed:,.0f} tok/s")
+
+        yield advance

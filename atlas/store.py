@@ -1,0 +1,327 @@
+"""The DuckDB store: text sets, model variants and their log-likelihood vectors.
+
+It knows nothing of torch. Connections are short-lived: DuckDB lets one process write *or* many
+read, so holding a connection only for the duration of an operation lets readers (SQL, TUI) work
+while a long ingest scores, and each write of a vector is one transaction: a crash leaves either
+the whole vector or nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from atlas.errors import StoreError, UnknownKeyError
+from atlas.keys import ModelKey
+from atlas.textsets import TextSet
+
+SCHEMA_VERSION = "1"
+LOCK_RETRY_SECONDS = 10.0
+_LOCK_RE = re.compile(r"(Could not set lock|Conflicting lock)", re.IGNORECASE)
+
+
+def sql_dir() -> Path:
+    """``sql/`` beside the package in a checkout, ``atlas/_sql`` in an installed wheel."""
+    packaged = resources.files("atlas") / "_sql"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "sql"
+
+
+def read_sql(name: str) -> str:
+    return (sql_dir() / name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class StoredTextSet:
+    textset_id: int
+    name: str
+    content_hash: str
+    n_texts: int
+    mean_bytes: float
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Connect, retrying briefly while another process holds the lock, then explain it."""
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if not _LOCK_RE.search(str(exc)):
+                raise StoreError(f"{path}: cannot open the atlas: {exc}") from exc
+            if time.monotonic() > deadline:
+                holder = re.search(r"PID (\d+)", str(exc))
+                raise StoreError(
+                    f"{path} is locked by another process"
+                    + (f" (PID {holder.group(1)})" if holder else "")
+                    + ", probably an ingest or an open read-write session. Wait for it to finish"
+                    " and retry; nothing was changed."
+                ) from exc
+            time.sleep(0.25)
+
+
+class Store:
+    """A DuckDB atlas file."""
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise StoreError(f"{self.path}: no atlas here; create one with `atlas init`")
+        if not read_only:
+            with self.connect() as con:
+                self._migrate(con)
+
+    @contextlib.contextmanager
+    def connect(self, read_only: bool | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = _connect(self.path, self.read_only if read_only is None else read_only)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.connect(read_only=False) as con:
+            con.begin()
+            try:
+                yield con
+            except BaseException:
+                con.rollback()
+                raise
+            con.commit()
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Apply schema and macros when the file is new or from an older atlas."""
+        has_meta = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'atlas_meta'"
+        ).fetchone()[0]
+        if has_meta:
+            row = con.execute(
+                "SELECT value FROM atlas_meta WHERE name = 'schema_version'").fetchone()
+            if row and row[0] == SCHEMA_VERSION and self._macros_current(con):
+                return
+        con.execute(read_sql("schema.sql"))
+        con.execute(read_sql("macros.sql"))
+        con.execute(
+            "INSERT OR REPLACE INTO atlas_meta VALUES ('schema_version', ?), ('macros_sha', ?)",
+            [SCHEMA_VERSION, _macros_sha()],
+        )
+
+    @staticmethod
+    def _macros_current(con: duckdb.DuckDBPyConnection) -> bool:
+        row = con.execute("SELECT value FROM atlas_meta WHERE name = 'macros_sha'").fetchone()
+        return bool(row) and row[0] == _macros_sha()
+
+    # text sets -------------------------------------------------------------------------------
+    def add_textset(self, textset: TextSet, name: str) -> tuple[StoredTextSet, bool]:
+        """Store a text set under ``name``; returns (stored set, whether it was new).
+
+        The same content under the same name is a no-op; the same name for other content, or
+        the same content under another name, is an error that names the existing set.
+        """
+        digest = textset.content_hash
+        with self.transaction() as con:
+            by_name = self._textset_row(con, "name", name)
+            by_hash = self._textset_row(con, "content_hash", digest)
+            if by_hash is not None:
+                if by_hash.name != name:
+                    raise StoreError(
+                        f"these texts are already stored as text set '{by_hash.name}' "
+                        f"(hash {digest[:12]}); use that name")
+                return by_hash, False
+            if by_name is not None:
+                raise StoreError(
+                    f"text set '{name}' already exists with other texts "
+                    f"(hash {by_name.content_hash[:12]}, N={by_name.n_texts}); choose another name")
+            textset_id = con.execute(
+                "INSERT INTO textsets (name, content_hash, n_texts, mean_bytes, source) "
+                "VALUES (?, ?, ?, ?, ?) RETURNING textset_id",
+                [name, digest, len(textset), textset.mean_bytes, textset.source],
+            ).fetchone()[0]
+            import pyarrow as pa
+
+            rows = pa.table({
+                "textset_id": pa.array([textset_id] * len(textset), pa.int32()),
+                "idx": pa.array(range(len(textset)), pa.int32()),
+                "text": textset.texts,
+                "n_bytes": pa.array(textset.n_bytes, pa.int32()),
+                "domain": pa.array(textset.domains, pa.string()),
+                "meta": pa.array([json.dumps(m) if m else None for m in textset.metas],
+                                 pa.string()),
+            })
+            con.register("new_texts", rows)
+            con.execute("INSERT INTO texts SELECT * FROM new_texts")
+            con.unregister("new_texts")
+        return self.textset(name), True
+
+    @staticmethod
+    def _textset_row(con, column: str, value: str) -> StoredTextSet | None:
+        row = con.execute(
+            "SELECT textset_id, name, content_hash, n_texts, mean_bytes FROM textsets "
+            f"WHERE {column} = ?", [value]).fetchone()
+        return StoredTextSet(*row) if row else None
+
+    def textset(self, name: str) -> StoredTextSet:
+        with self.connect() as con:
+            found = self._textset_row(con, "name", name)
+            if found is None:
+                names = [r[0] for r in con.execute("SELECT name FROM textsets ORDER BY name").fetchall()]
+        if found is None:
+            raise StoreError(
+                f"no text set named '{name}' in {self.path}"
+                + (f" (have: {', '.join(names)})" if names else "")
+                + "; import one with `atlas textset import FILE --name NAME`")
+        return found
+
+    def texts(self, textset_id: int) -> list[str]:
+        with self.connect() as con:
+            return [r[0] for r in con.execute(
+                "SELECT text FROM texts WHERE textset_id = ? ORDER BY idx", [textset_id]).fetchall()]
+
+    # model variants and vectors -------------------------------------------------------------
+    def needs_vector(self, key: str, textset_id: int, source: str | None, config_id: str,
+                     force: bool = False) -> bool:
+        """Whether a vector must be (re)written; raises on conflicts, as ``write_vector`` does."""
+        with self.connect() as con:
+            return self._check_conflicts(con, key, textset_id, source, config_id, force)
+
+    def write_vector(self, key: ModelKey, *, textset_id: int, loglik: np.ndarray,
+                     n_tokens: np.ndarray | None, n_truncated: int, config_id: str,
+                     provenance: dict, n_params: int | None = None, parent: str | None = None,
+                     source: str | None = None, revision: str | None = None,
+                     force: bool = False) -> bool:
+        """Write one complete vector and its variant row in one transaction.
+
+        Returns False (and writes nothing) when the same variant, text set and config is stored
+        already; raises when a different one is, unless ``force``.
+        """
+        loglik = np.asarray(loglik, dtype=np.float64)
+        if not np.isfinite(loglik).all():
+            raise StoreError(f"{key}: refusing to store a vector with NaN or inf values")
+        stored = loglik.astype(np.float32)
+        mean = float(stored.astype(np.float64).mean())
+        with self.transaction() as con:
+            n_texts = con.execute("SELECT n_texts FROM textsets WHERE textset_id = ?",
+                                  [textset_id]).fetchone()[0]
+            if stored.size != n_texts:
+                raise StoreError(f"{key}: vector has {stored.size} values, text set has {n_texts}")
+            if not self._check_conflicts(con, str(key), textset_id, source, config_id, force):
+                return False
+            self._upsert_model(con, key, n_params=n_params, parent=parent, source=source,
+                               revision=revision)
+            con.execute("DELETE FROM vectors WHERE key = ? AND textset_id = ?",
+                        [str(key), textset_id])
+            con.execute(
+                "INSERT INTO vectors (key, textset_id, loglik, loglik_mean, loglik_centred, "
+                "n_tokens, total_tokens, n_truncated, config_id, provenance) "
+                "VALUES (?, ?, ?::FLOAT[], ?, ?::DOUBLE[], ?::INTEGER[], ?, ?, ?, ?)",
+                [str(key), textset_id, stored.tolist(), mean,
+                 (stored.astype(np.float64) - mean).tolist(),
+                 None if n_tokens is None else np.asarray(n_tokens).tolist(),
+                 None if n_tokens is None else int(np.sum(n_tokens)),
+                 n_truncated, config_id, json.dumps(provenance)],
+            )
+        return True
+
+    @staticmethod
+    def _check_conflicts(con, key: str, textset_id: int, source: str | None, config_id: str,
+                         force: bool) -> bool:
+        model = con.execute("SELECT source FROM models WHERE key = ?", [key]).fetchone()
+        if model and source and model[0] and model[0] != source and not force:
+            raise StoreError(
+                f"key {key} is already taken by a model loaded from {model[0]!r}, not {source!r}; "
+                "give this model another key (seed, checkpoint, quant …) or pass --force to "
+                "replace it")
+        vector = con.execute("SELECT config_id FROM vectors WHERE key = ? AND textset_id = ?",
+                             [key, textset_id]).fetchone()
+        if vector and not force:
+            if vector[0] == config_id:
+                return False
+            raise StoreError(
+                f"{key} is already scored on this text set with another scoring config "
+                f"({vector[0]} vs {config_id}: dtype, max length or source differ); pass "
+                "--force to replace it, or store it as another variant (e.g. --quant)")
+        return True
+
+    @staticmethod
+    def _upsert_model(con, key: ModelKey, **fields) -> None:
+        con.execute(
+            "INSERT INTO models (key, family, size, n_params, seed, quant, layer, checkpoint, "
+            "step, parent, source, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET n_params = coalesce(excluded.n_params, n_params), "
+            "parent = coalesce(excluded.parent, parent), source = coalesce(excluded.source, source), "
+            "revision = coalesce(excluded.revision, revision)",
+            [str(key), key.family, key.size, fields["n_params"], key.seed, key.quant, key.layer,
+             key.checkpoint, key.step, fields["parent"], fields["source"], fields["revision"]],
+        )
+
+    def resolve(self, key: str) -> str:
+        """Canonical key of a key or unambiguous shorthand (the SQL ``resolve_key`` rule)."""
+        with self.connect() as con:
+            try:
+                return con.execute("SELECT resolve_key(?)", [key]).fetchone()[0]
+            except duckdb.InvalidInputException as exc:
+                raise UnknownKeyError(_duckdb_message(exc)) from None
+
+    def matrix(self, keys: list[str] | None, textset: str) -> tuple[list[str], np.ndarray, float]:
+        """Raw vectors of ``keys`` (all on the text set if None) as a K × N float64 matrix."""
+        stored = self.textset(textset)
+        with self.connect() as con:
+            query = ("SELECT key, loglik FROM vectors WHERE textset_id = ?"
+                     + (" AND list_contains(?, key)" if keys is not None else "") + " ORDER BY key")
+            params = [stored.textset_id] + ([keys] if keys is not None else [])
+            table = con.sql(query, params=params).to_arrow_table()
+        found = table.column("key").to_pylist()
+        if keys is not None:
+            missing = sorted(set(keys) - set(found))
+            if missing:
+                raise UnknownKeyError(f"no vector on text set '{textset}' for: {', '.join(missing)}")
+            order = {k: i for i, k in enumerate(found)}
+            found, rows = keys, [order[k] for k in keys]
+        else:
+            rows = list(range(len(found)))
+        flat = table.column("loglik").combine_chunks().flatten().to_numpy()
+        matrix = flat.reshape(len(table), stored.n_texts).astype(np.float64)[rows]
+        return found, matrix, stored.mean_bytes
+
+    # ingest runs ------------------------------------------------------------------------------
+    def start_run(self, key: str, textset: str, source: str) -> str:
+        run_id = uuid.uuid4().hex[:12]
+        with self.transaction() as con:
+            con.execute(
+                "UPDATE ingest_runs SET status = 'interrupted' "
+                "WHERE key = ? AND textset = ? AND status = 'running'", [key, textset])
+            con.execute(
+                "INSERT INTO ingest_runs (run_id, key, textset, source, status, started_at) "
+                "VALUES (?, ?, ?, ?, 'running', now())", [run_id, key, textset, source])
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, *, error: str | None = None,
+                   seconds: float | None = None, tokens: int | None = None) -> None:
+        with self.transaction() as con:
+            con.execute(
+                "UPDATE ingest_runs SET status = ?, error = ?, finished_at = now(), seconds = ?, "
+                "tokens = ? WHERE run_id = ?", [status, error, seconds, tokens, run_id])
+
+
+def _macros_sha() -> str:
+    import hashlib
+
+    return hashlib.sha256(read_sql("macros.sql").encode()).hexdigest()[:16]
+
+
+def _duckdb_message(exc: Exception) -> str:
+    """The message of a DuckDB error without its 'Invalid Input Error: ' prefix."""
+    return re.sub(r"^[A-Za-z ]+Error: ", "", str(exc)).strip()

@@ -1,0 +1,127 @@
+-- LM Atlas SQL surface: views and macros persisted in the .duckdb file, so any DuckDB client
+-- (the duckdb CLI, Harlequin, Python) can query the atlas with no atlas code imported.
+--
+--   kl(key_a, key_b [, textset])        KL estimate in bits/byte on the text set both share
+--   kl_se(key_a, key_b [, textset])     its delta-method standard error
+--   kl_bpb(vec_a, vec_b, mean_bytes)    KL on raw vectors: Var(a − b) / (2 B̄ ln 2)
+--   kl_se_bpb(vec_a, vec_b, mean_bytes) its standard error
+--   nearest(key, k [, textset])         table (key, kl, se, textset), nearest first
+--   resolve_key(text)                   canonical key of a key or unambiguous shorthand
+--   model_variants, loglik_vectors      public views (stable columns)
+
+CREATE OR REPLACE VIEW model_variants AS
+SELECT key, family, size, n_params, seed, quant, layer, checkpoint, step, parent, source
+FROM models;
+
+CREATE OR REPLACE VIEW loglik_vectors AS
+SELECT v.key, t.name AS textset, v.loglik, t.mean_bytes
+FROM vectors v JOIN textsets t USING (textset_id);
+
+CREATE OR REPLACE MACRO bpb_scale(mean_bytes) AS 1.0 / (2.0 * mean_bytes * ln(2.0));
+
+-- The key grammar of atlas/keys.py, as a struct of strings ('' where a part is absent).
+CREATE OR REPLACE MACRO parse_key(k) AS regexp_extract(
+    k,
+    '^([A-Za-z0-9_.-]+)-([A-Za-z0-9_.]+)(?:/s([0-9]+))?(?:\+([A-Za-z0-9_.-]+))?(?:#([0-9]+))?(?:@([A-Za-z0-9_.-]+))?$',
+    ['family', 'size', 'seed', 'quant', 'layer', 'checkpoint']);
+
+-- Variants matching a key: the verbatim key if stored, else every variant whose fields equal
+-- the fields the key sets (absent parts are wildcards).
+CREATE OR REPLACE MACRO key_matches(k) AS TABLE
+WITH exact AS (SELECT key FROM models WHERE key = k),
+     parsed AS (SELECT parse_key(k) AS p)
+SELECT key FROM exact
+UNION ALL
+SELECT m.key FROM models m, parsed
+WHERE NOT EXISTS (SELECT 1 FROM exact)
+  AND m.family = p.family AND m.size = p.size
+  AND (p.seed = '' OR m.seed = TRY_CAST(p.seed AS INTEGER))
+  AND (p.quant = '' OR m.quant = p.quant)
+  AND (p.layer = '' OR m.layer = TRY_CAST(p.layer AS INTEGER))
+  AND (p.checkpoint = '' OR m.checkpoint = p.checkpoint);
+
+CREATE OR REPLACE MACRO resolve_key(k) AS (
+    SELECT CASE
+        WHEN count(*) = 1 THEN first(key)
+        WHEN count(*) = 0 THEN error(format(
+            'unknown model key ''{}'': no stored variant matches (list them with SELECT key FROM model_variants)', k))
+        ELSE error(format('ambiguous model key ''{}'' matches {} variants: {}; give more of the key',
+                          k, count(*), string_agg(key, ', ' ORDER BY key)))
+    END
+    FROM key_matches(k));
+
+-- a − b as DOUBLE; vectors of different lengths are not on the same text set.
+CREATE OR REPLACE MACRO loglik_diff(vec_a, vec_b) AS CASE
+    WHEN len(vec_a) = len(vec_b)
+    THEN list_transform(list_zip(vec_a, vec_b), lambda p: p[1]::DOUBLE - p[2]::DOUBLE)
+    ELSE error(format('vectors of different lengths ({} vs {}): not on the same text set',
+                      len(vec_a), len(vec_b)))
+END;
+
+CREATE OR REPLACE MACRO kl_bpb(vec_a, vec_b, mean_bytes) AS
+    list_aggregate(loglik_diff(vec_a, vec_b), 'var_pop') * bpb_scale(mean_bytes);
+
+-- k-th moment of a − b about `shift` (a constant close to the mean keeps the sums well scaled).
+CREATE OR REPLACE MACRO diff_moment(vec_a, vec_b, shift, k) AS
+    list_avg(list_transform(loglik_diff(vec_a, vec_b), lambda x: pow(x - shift, k)));
+
+-- Delta method: SE = √((m4 − m2²)/N) / (2 B̄ ln 2), central moments from shifted raw moments.
+CREATE OR REPLACE MACRO delta_se(r1, r2, r3, r4, n, mean_bytes) AS
+    sqrt(greatest((r4 - 4 * r1 * r3 + 6 * r1 * r1 * r2 - 3 * pow(r1, 4)) - pow(r2 - r1 * r1, 2), 0)
+         / n) * bpb_scale(mean_bytes);
+
+CREATE OR REPLACE MACRO kl_se_bpb(vec_a, vec_b, mean_bytes) AS delta_se(
+    diff_moment(vec_a, vec_b, vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, 1),
+    diff_moment(vec_a, vec_b, vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, 2),
+    diff_moment(vec_a, vec_b, vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, 3),
+    diff_moment(vec_a, vec_b, vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, 4),
+    len(vec_a), mean_bytes);
+
+-- KL from stored centred vectors: ‖c_a − c_b‖² / N, vectorised (list_distance).
+CREATE OR REPLACE MACRO kl_centred(c_a, c_b, mean_bytes) AS
+    pow(list_distance(c_a, c_b), 2) / len(c_a) * bpb_scale(mean_bytes);
+
+-- The vectors of two variants on each text set they share (optionally one named set).
+CREATE OR REPLACE MACRO shared_vectors(key_a, key_b, textset_name := NULL) AS TABLE
+SELECT t.name AS textset, t.mean_bytes, va.loglik_centred AS c_a, vb.loglik_centred AS c_b
+FROM vectors va
+JOIN vectors vb ON va.textset_id = vb.textset_id
+JOIN textsets t ON t.textset_id = va.textset_id
+WHERE va.key = resolve_key(key_a) AND vb.key = resolve_key(key_b)
+  AND (textset_name IS NULL OR t.name = textset_name);
+
+CREATE OR REPLACE MACRO no_single_textset(key_a, key_b, n) AS CASE
+    WHEN n = 0 THEN error(format(
+        'no text set holds vectors of both {} and {}: score them on the same text set', key_a, key_b))
+    ELSE error(format(
+        '{} and {} share {} text sets: name one, e.g. kl(''{}'', ''{}'', ''TEXTSET'')',
+        key_a, key_b, n, key_a, key_b))
+END;
+
+CREATE OR REPLACE MACRO kl(key_a, key_b, textset_name := NULL) AS (
+    SELECT CASE WHEN count(*) = 1 THEN first(kl_centred(c_a, c_b, mean_bytes))
+                ELSE no_single_textset(key_a, key_b, count(*)) END
+    FROM shared_vectors(key_a, key_b, textset_name));
+
+CREATE OR REPLACE MACRO kl_se(key_a, key_b, textset_name := NULL) AS (
+    SELECT CASE WHEN count(*) = 1 THEN first(kl_se_bpb(c_a, c_b, mean_bytes))
+                ELSE no_single_textset(key_a, key_b, count(*)) END
+    FROM shared_vectors(key_a, key_b, textset_name));
+
+-- The k variants nearest to a key by KL on each text set of the key (one named set if given).
+CREATE OR REPLACE MACRO nearest(query_key, k, textset_name := NULL) AS TABLE
+WITH query AS (
+    SELECT v.textset_id, v.loglik_centred AS c_q, t.mean_bytes, t.name AS textset
+    FROM vectors v JOIN textsets t USING (textset_id)
+    WHERE v.key = resolve_key(query_key)
+      AND (textset_name IS NULL OR t.name = textset_name)),
+ranked AS (
+    SELECT v.key, kl_centred(q.c_q, v.loglik_centred, q.mean_bytes) AS kl,
+           q.c_q, v.loglik_centred AS c_v, q.mean_bytes, q.textset
+    FROM query q JOIN vectors v ON v.textset_id = q.textset_id
+    WHERE v.key <> resolve_key(query_key)
+    ORDER BY kl, v.key
+    LIMIT k)
+SELECT key, kl, kl_se_bpb(c_q, c_v, mean_bytes) AS se, textset
+FROM ranked
+ORDER BY kl, key;

@@ -1,0 +1,76 @@
+-- LM Atlas storage schema. Applied by atlas.store on every open (idempotent) and persisted in
+-- the .duckdb file. Raw log-likelihoods are the source of truth; everything else is derived.
+
+CREATE TABLE IF NOT EXISTS atlas_meta (
+    name  VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+
+CREATE SEQUENCE IF NOT EXISTS textset_ids START 1;
+
+-- A text set is its content: content_hash covers the texts in order, nothing else.
+CREATE TABLE IF NOT EXISTS textsets (
+    textset_id   INTEGER PRIMARY KEY DEFAULT nextval('textset_ids'),
+    name         VARCHAR NOT NULL UNIQUE,
+    content_hash VARCHAR NOT NULL UNIQUE,
+    n_texts      INTEGER NOT NULL,
+    mean_bytes   DOUBLE  NOT NULL,          -- B̄, the bits/byte scale
+    source       VARCHAR,
+    created_at   TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS texts (
+    textset_id INTEGER NOT NULL,
+    idx        INTEGER NOT NULL,            -- 0-based position: the order of every vector
+    text       VARCHAR NOT NULL,
+    n_bytes    INTEGER NOT NULL,
+    domain     VARCHAR,                     -- e.g. the Pile's pile_set_name
+    meta       JSON,
+    PRIMARY KEY (textset_id, idx)
+);
+
+-- One row per model variant; key is the canonical string of atlas.keys.
+CREATE TABLE IF NOT EXISTS models (
+    key        VARCHAR PRIMARY KEY,
+    family     VARCHAR NOT NULL,
+    size       VARCHAR NOT NULL,
+    n_params   BIGINT,
+    seed       INTEGER,
+    quant      VARCHAR,
+    layer      INTEGER,
+    checkpoint VARCHAR,
+    step       BIGINT,
+    parent     VARCHAR,                     -- key of the base model of a fine-tune
+    source     VARCHAR,                     -- hub id, local path or file it was loaded from
+    revision   VARCHAR,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+-- One complete vector per (variant, text set), written in one transaction.
+CREATE TABLE IF NOT EXISTS vectors (
+    key            VARCHAR NOT NULL,
+    textset_id     INTEGER NOT NULL,
+    loglik         FLOAT[]  NOT NULL,       -- ℓ in nats, text-set order
+    loglik_mean    DOUBLE   NOT NULL,
+    loglik_centred DOUBLE[] NOT NULL,       -- ℓ − mean(ℓ): derived cache for fast KL/nearest
+    n_tokens       INTEGER[],
+    total_tokens   BIGINT,
+    n_truncated    INTEGER,
+    config_id      VARCHAR NOT NULL,        -- hash of what makes two scorings the same
+    provenance     JSON NOT NULL,           -- tokenizer, special tokens, dtype, max length, versions
+    scored_at      TIMESTAMP DEFAULT current_timestamp,
+    PRIMARY KEY (key, textset_id)
+);
+
+CREATE TABLE IF NOT EXISTS ingest_runs (
+    run_id      VARCHAR PRIMARY KEY,
+    key         VARCHAR NOT NULL,
+    textset     VARCHAR NOT NULL,
+    source      VARCHAR,
+    status      VARCHAR NOT NULL,           -- running | done | failed | skipped
+    error       VARCHAR,
+    started_at  TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    seconds     DOUBLE,
+    tokens      BIGINT
+);
