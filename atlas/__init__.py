@@ -7,6 +7,6 @@
 
 __version__ = "0.1.0"
 
-from atlas.api import Atlas, default_db_path, open  # noqa: E402
+from atlas.api import Atlas, default_db_path, open
 
 __all__ = ["Atlas", "__version__", "default_db_path", "open"]

@@ -9,7 +9,8 @@
     db.nearest("pythia-70m@step1000", k=10)                 # polars DataFrame
     db.sql("SELECT * FROM model_variants")                  # any SQL → polars
 
-Results come out as polars DataFrames. Connections are opened per call (see atlas.store).
+Results come out as polars DataFrames. An open Atlas holds its DuckDB file (one writer *or*
+many readers across processes) until ``close()``; ingest releases it while scoring.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ class Atlas:
         return self
 
     def __exit__(self, *exc) -> None:
-        """Nothing to release: connections live only as long as each call."""
+        self.close()
+
+    def close(self) -> None:
+        """Release the file (other processes can then open it); later calls reopen it."""
+        self.store.release()
 
     # text sets ----------------------------------------------------------------------------------
     def import_textset(self, source: str | Path | TextSet, name: str) -> tuple[StoredTextSet, bool]:
@@ -123,12 +128,11 @@ class Atlas:
 
     def kl(self, key_a: str, key_b: str, textset: str | None = None) -> KL:
         """KL(a, b) in bits/byte with its SE, on the one text set both share (or ``textset``)."""
-        a, b = self.resolve(key_a), self.resolve(key_b)
-        frame = self._keyed_sql(
-            "SELECT kl(?, ?, ?) AS kl, kl_se(?, ?, ?) AS se", [a, b, textset] * 2)
-        shared = self.sql(
-            "SELECT textset FROM shared_vectors(?, ?, ?)", [a, b, textset])["textset"][0]
-        return KL(a, b, frame["kl"][0], frame["se"][0], shared)
+        row = self._keyed_sql(
+            "SELECT resolve_key($a), resolve_key($b), kl($a, $b, $t), kl_se($a, $b, $t), "
+            "(SELECT first(textset) FROM shared_vectors($a, $b, $t))",
+            {"a": key_a, "b": key_b, "t": textset}).row(0)
+        return KL(*row)
 
     def nearest(self, key: str, k: int = 10, textset: str | None = None) -> pl.DataFrame:
         """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset), nearest first."""
@@ -162,6 +166,6 @@ class Atlas:
         return names[0]
 
 
-def open(path: str | Path | None = None, read_only: bool = False) -> Atlas:  # noqa: A001
+def open(path: str | Path | None = None, read_only: bool = False) -> Atlas:
     """Open (creating if needed, unless ``read_only``) the atlas at ``path``."""
     return Atlas(path, read_only=read_only)

@@ -150,6 +150,6 @@ def import_vectors(store: Store, path: str | Path, textset: str,
             vector.key, textset_id=stored.textset_id, loglik=vector.loglik, n_tokens=None,
             n_truncated=0, config_id=config_id, provenance=provenance,
             n_params=vector.fields.get("n_params"), parent=vector.fields.get("parent"),
-            source=vector.fields.get("source") or str(path.resolve()), force=force)
+            source=vector.fields.get("source"), force=force)
         results.append((str(vector.key), written))
     return results

@@ -62,6 +62,7 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
     started = time.perf_counter()
     try:
         texts = store.texts(stored_set.textset_id)
+        store.release()  # let readers in while we score; the write reopens it
         loaded = load_model(spec)
         scores = Scorer(loaded, batch_size=batch_size, max_length=max_length).score(
             texts, progress=progress)

@@ -14,6 +14,7 @@ import torch
 
 from atlas.errors import LoadError
 
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -73,9 +74,9 @@ def _offline() -> bool:
 def _explain_load_failure(spec: ModelSpec, what: str, exc: Exception) -> LoadError:
     message = str(exc)
     local = Path(spec.source).exists()
-    if "Unrecognized configuration class" in message or "does not support" in message.lower() and (
+    if "Unrecognized configuration class" in message or ("does not support" in message.lower() and (
         "causal" in message.lower()
-    ):
+    )):
         return LoadError(
             f"{spec.source}: not a causal language model ({type(exc).__name__}: "
             f"{message.splitlines()[0]}); LM Atlas scores decoder-only models "
@@ -113,9 +114,44 @@ def load_tokenizer(spec: ModelSpec):
 
     source, kwargs = _pretrained_args(spec)
     try:
-        return AutoTokenizer.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError, TypeError) as exc:
         raise _explain_load_failure(spec, "tokenizer", exc) from exc
+    # transformers builds an empty tokenizer from a config alone: catch that here.
+    if len(tokenizer) < 2 or not tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]:
+        raise _explain_load_failure(
+            spec, "tokenizer", ValueError(f"the tokenizer found has {len(tokenizer)} tokens"))
+    return tokenizer
+
+
+def _check_vocabulary(model: torch.nn.Module, tokenizer, source: str) -> None:
+    """Token ids beyond the embedding table: tokenizer and model do not belong together."""
+    config = getattr(model.config, "text_config", None) or model.config
+    largest = max(tokenizer(PROBE_TEXT)["input_ids"])
+    if largest >= config.vocab_size:
+        raise LoadError(
+            f"{source}: the tokenizer produces token id {largest} but the model has only "
+            f"{config.vocab_size} embeddings; the tokenizer does not belong to this model")
+
+
+def _check_causal(model: torch.nn.Module, source: str) -> None:
+    """Refuse models whose prediction at t sees tokens after t (e.g. BERT loaded as a 'causal' LM).
+
+    Changing the last token of a probe must leave every earlier position's logits unchanged.
+    """
+    config = getattr(model.config, "text_config", None) or model.config
+    device = next(model.parameters()).device
+    probe = (torch.arange(1, 9, device=device) % config.vocab_size).unsqueeze(0)
+    altered = probe.clone()
+    altered[0, -1] = (altered[0, -1] + 1) % config.vocab_size
+    with torch.inference_mode():
+        before = model(input_ids=probe).logits[0, :-1].float()
+        after = model(input_ids=altered).logits[0, :-1].float()
+    if not torch.allclose(before, after, atol=1e-5, rtol=1e-5):  # causal: equal up to rounding
+        raise LoadError(
+            f"{source}: not a causal language model (its predictions depend on later tokens; "
+            f"{type(model).__name__} with is_decoder={getattr(config, 'is_decoder', None)}). "
+            "LM Atlas scores decoder-only models")
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
@@ -133,6 +169,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     except (OSError, ValueError, KeyError) as exc:
         raise _explain_load_failure(spec, "model", exc) from exc
     model.to(device).eval()
+    _check_vocabulary(model, tokenizer, spec.source)
+    _check_causal(model, spec.source)
     n_params = sum(p.numel() for p in model.parameters())
     return LoadedModel(model=model, tokenizer=tokenizer, device=device, dtype=dtype,
                        n_params=n_params)

@@ -72,11 +72,16 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 
 
 class Store:
-    """A DuckDB atlas file."""
+    """A DuckDB atlas file.
+
+    One connection is held while the store is used and can be released at any time (``release``)
+    so that other processes can open the file, e.g. while an ingest is busy scoring.
+    """
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        self._con: duckdb.DuckDBPyConnection | None = None
         if read_only and not self.path.exists():
             raise StoreError(f"{self.path}: no atlas here; create one with `atlas init`")
         if not read_only:
@@ -84,16 +89,23 @@ class Store:
                 self._migrate(con)
 
     @contextlib.contextmanager
-    def connect(self, read_only: bool | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = _connect(self.path, self.read_only if read_only is None else read_only)
-        try:
-            yield con
-        finally:
-            con.close()
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The store's connection, opened on first use."""
+        if self._con is None:
+            self._con = _connect(self.path, self.read_only)
+        yield self._con
+
+    def release(self) -> None:
+        """Close the connection (and its file lock); the next call reopens it."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self.connect(read_only=False) as con:
+        if self.read_only:
+            raise StoreError(f"{self.path} is open read-only; open it writable to change it")
+        with self.connect() as con:
             con.begin()
             try:
                 yield con
@@ -104,12 +116,12 @@ class Store:
 
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
         """Apply schema and macros when the file is new or from an older atlas."""
-        has_meta = con.execute(
+        has_meta = first_row(con,
             "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'atlas_meta'"
-        ).fetchone()[0]
+        )[0]
         if has_meta:
-            row = con.execute(
-                "SELECT value FROM atlas_meta WHERE name = 'schema_version'").fetchone()
+            row = first_row(con,
+                "SELECT value FROM atlas_meta WHERE name = 'schema_version'")
             if row and row[0] == SCHEMA_VERSION and self._macros_current(con):
                 return
         con.execute(read_sql("schema.sql"))
@@ -121,7 +133,7 @@ class Store:
 
     @staticmethod
     def _macros_current(con: duckdb.DuckDBPyConnection) -> bool:
-        row = con.execute("SELECT value FROM atlas_meta WHERE name = 'macros_sha'").fetchone()
+        row = first_row(con, "SELECT value FROM atlas_meta WHERE name = 'macros_sha'")
         return bool(row) and row[0] == _macros_sha()
 
     # text sets -------------------------------------------------------------------------------
@@ -145,11 +157,11 @@ class Store:
                 raise StoreError(
                     f"text set '{name}' already exists with other texts "
                     f"(hash {by_name.content_hash[:12]}, N={by_name.n_texts}); choose another name")
-            textset_id = con.execute(
+            textset_id = first_row(con,
                 "INSERT INTO textsets (name, content_hash, n_texts, mean_bytes, source) "
                 "VALUES (?, ?, ?, ?, ?) RETURNING textset_id",
                 [name, digest, len(textset), textset.mean_bytes, textset.source],
-            ).fetchone()[0]
+            )[0]
             import pyarrow as pa
 
             rows = pa.table({
@@ -168,16 +180,17 @@ class Store:
 
     @staticmethod
     def _textset_row(con, column: str, value: str) -> StoredTextSet | None:
-        row = con.execute(
+        row = first_row(con,
             "SELECT textset_id, name, content_hash, n_texts, mean_bytes FROM textsets "
-            f"WHERE {column} = ?", [value]).fetchone()
+            f"WHERE {column} = ?", [value])
         return StoredTextSet(*row) if row else None
 
     def textset(self, name: str) -> StoredTextSet:
         with self.connect() as con:
             found = self._textset_row(con, "name", name)
             if found is None:
-                names = [r[0] for r in con.execute("SELECT name FROM textsets ORDER BY name").fetchall()]
+                names = [r[0] for r in con.execute(
+                    "SELECT name FROM textsets ORDER BY name").fetchall()]
         if found is None:
             raise StoreError(
                 f"no text set named '{name}' in {self.path}"
@@ -187,8 +200,9 @@ class Store:
 
     def texts(self, textset_id: int) -> list[str]:
         with self.connect() as con:
-            return [r[0] for r in con.execute(
-                "SELECT text FROM texts WHERE textset_id = ? ORDER BY idx", [textset_id]).fetchall()]
+            rows = con.execute("SELECT text FROM texts WHERE textset_id = ? ORDER BY idx",
+                               [textset_id]).fetchall()
+        return [row[0] for row in rows]
 
     # model variants and vectors -------------------------------------------------------------
     def needs_vector(self, key: str, textset_id: int, source: str | None, config_id: str,
@@ -213,8 +227,8 @@ class Store:
         stored = loglik.astype(np.float32)
         mean = float(stored.astype(np.float64).mean())
         with self.transaction() as con:
-            n_texts = con.execute("SELECT n_texts FROM textsets WHERE textset_id = ?",
-                                  [textset_id]).fetchone()[0]
+            n_texts = first_row(con, "SELECT n_texts FROM textsets WHERE textset_id = ?",
+                                  [textset_id])[0]
             if stored.size != n_texts:
                 raise StoreError(f"{key}: vector has {stored.size} values, text set has {n_texts}")
             if not self._check_conflicts(con, str(key), textset_id, source, config_id, force):
@@ -238,14 +252,14 @@ class Store:
     @staticmethod
     def _check_conflicts(con, key: str, textset_id: int, source: str | None, config_id: str,
                          force: bool) -> bool:
-        model = con.execute("SELECT source FROM models WHERE key = ?", [key]).fetchone()
+        model = first_row(con, "SELECT source FROM models WHERE key = ?", [key])
         if model and source and model[0] and model[0] != source and not force:
             raise StoreError(
                 f"key {key} is already taken by a model loaded from {model[0]!r}, not {source!r}; "
                 "give this model another key (seed, checkpoint, quant …) or pass --force to "
                 "replace it")
-        vector = con.execute("SELECT config_id FROM vectors WHERE key = ? AND textset_id = ?",
-                             [key, textset_id]).fetchone()
+        vector = first_row(con, "SELECT config_id FROM vectors WHERE key = ? AND textset_id = ?",
+                             [key, textset_id])
         if vector and not force:
             if vector[0] == config_id:
                 return False
@@ -261,7 +275,8 @@ class Store:
             "INSERT INTO models (key, family, size, n_params, seed, quant, layer, checkpoint, "
             "step, parent, source, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET n_params = coalesce(excluded.n_params, n_params), "
-            "parent = coalesce(excluded.parent, parent), source = coalesce(excluded.source, source), "
+            "parent = coalesce(excluded.parent, parent), "
+            "source = coalesce(excluded.source, source), "
             "revision = coalesce(excluded.revision, revision)",
             [str(key), key.family, key.size, fields["n_params"], key.seed, key.quant, key.layer,
              key.checkpoint, key.step, fields["parent"], fields["source"], fields["revision"]],
@@ -271,7 +286,7 @@ class Store:
         """Canonical key of a key or unambiguous shorthand (the SQL ``resolve_key`` rule)."""
         with self.connect() as con:
             try:
-                return con.execute("SELECT resolve_key(?)", [key]).fetchone()[0]
+                return first_row(con, "SELECT resolve_key(?)", [key])[0]
             except duckdb.InvalidInputException as exc:
                 raise UnknownKeyError(_duckdb_message(exc)) from None
 
@@ -287,7 +302,8 @@ class Store:
         if keys is not None:
             missing = sorted(set(keys) - set(found))
             if missing:
-                raise UnknownKeyError(f"no vector on text set '{textset}' for: {', '.join(missing)}")
+                raise UnknownKeyError(
+                    f"no vector on text set '{textset}' for: {', '.join(missing)}")
             order = {k: i for i, k in enumerate(found)}
             found, rows = keys, [order[k] for k in keys]
         else:
@@ -314,6 +330,12 @@ class Store:
             con.execute(
                 "UPDATE ingest_runs SET status = ?, error = ?, finished_at = now(), seconds = ?, "
                 "tokens = ? WHERE run_id = ?", [status, error, seconds, tokens, run_id])
+
+
+def first_row(con: duckdb.DuckDBPyConnection, query: str, params: list | None = None):
+    """The first row of a query (or None), with the result consumed as DuckDB 2 requires."""
+    rows = con.execute(query, params).fetchall()
+    return rows[0] if rows else None
 
 
 def _macros_sha() -> str:

@@ -37,7 +37,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, bos: bool = Fal
 
 
 def tiny_config(architecture: str, tokenizer, hidden: int = 32, layers: int = 2,
-                heads: int = 2, max_positions: int = 512):
+                heads: int = 2, max_positions: int = 2048):
     """A small config of one of ``ARCHITECTURES`` (sizes scale with ``hidden`` and ``layers``)."""
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
 

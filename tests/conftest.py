@@ -11,8 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub in tests
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from atlas import tiny  # noqa: E402
-from atlas.textsets import TextSet, chunk_document  # noqa: E402
+from atlas import tiny
+from atlas.textsets import TextSet, chunk_document
 
 ARCHS = ("gpt_neox", "gpt2", "llama")
 

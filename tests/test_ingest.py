@@ -1,0 +1,187 @@
+"""Ingest end to end through from_pretrained: idempotence, conflicts, crashes, bad input."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import duckdb
+import pytest
+
+import atlas
+from atlas import ingest as ingest_module
+from atlas import store as store_module
+from atlas.errors import AtlasError, LoadError, StoreError
+from atlas.textsets import TextSet
+
+
+def vector_count(db) -> int:
+    return db.sql("SELECT count(*) AS n FROM vectors")["n"][0]
+
+
+def test_ingest_stores_vector_with_provenance(db, model_dirs, texts):
+    result = db.ingest(str(model_dirs["gpt_neox"]), family="tiny", size="s", seed=0,
+                       checkpoint="step10", textset="eval", progress=False)
+    assert (result.key, result.status) == ("tiny-s/s0@step10", "stored")
+    assert result.tokens > 0 and result.n_params > 0
+    row = db.sql("SELECT * FROM model_variants").row(0, named=True)
+    assert row["step"] == 10 and row["n_params"] == result.n_params
+    vector = db.sql("SELECT loglik, provenance FROM vectors").row(0, named=True)
+    assert len(vector["loglik"]) == len(texts)
+    provenance = json.loads(vector["provenance"])
+    for field in ("tokenizer_fingerprint", "special_tokens", "dtype", "max_length", "versions"):
+        assert field in provenance
+    assert provenance["dtype"] == "float32"
+    runs = db.sql("SELECT status, tokens FROM ingest_runs").rows()
+    assert runs == [("done", result.tokens)]
+
+
+def test_reingest_is_a_noop_without_loading_the_model(db, model_dirs, monkeypatch):
+    kwargs = dict(family="tiny", size="s", textset="eval", progress=False)
+    db.ingest(str(model_dirs["gpt2"]), **kwargs)
+    before = db.sql("SELECT loglik, scored_at FROM vectors").rows()
+
+    def no_loading(spec):
+        raise AssertionError("the model must not be loaded for a no-op")
+
+    monkeypatch.setattr(ingest_module, "load_model", no_loading)
+    assert db.ingest(str(model_dirs["gpt2"]), **kwargs).status == "skipped"
+    assert db.sql("SELECT loglik, scored_at FROM vectors").rows() == before
+
+
+def test_force_rescores_in_place(db, model_dirs):
+    kwargs = dict(family="tiny", size="s", textset="eval", progress=False)
+    db.ingest(str(model_dirs["gpt2"]), **kwargs)
+    first = db.sql("SELECT scored_at FROM vectors")["scored_at"][0]
+    assert db.ingest(str(model_dirs["gpt2"]), force=True, **kwargs).status == "stored"
+    assert vector_count(db) == 1
+    assert db.sql("SELECT scored_at FROM vectors")["scored_at"][0] > first
+
+
+def test_same_key_other_source_is_refused_and_keeps_the_old_vector(db, model_dirs):
+    kwargs = dict(family="tiny", size="s", textset="eval", progress=False)
+    db.ingest(str(model_dirs["gpt2"]), **kwargs)
+    before = db.sql("SELECT loglik FROM vectors").rows()
+    with pytest.raises(AtlasError, match="already taken by a model loaded from"):
+        db.ingest(str(model_dirs["llama"]), **kwargs)
+    assert db.sql("SELECT loglik FROM vectors").rows() == before
+
+
+def test_other_dtype_for_the_same_key_needs_force(db, model_dirs):
+    kwargs = dict(family="tiny", size="s", textset="eval", progress=False)
+    db.ingest(str(model_dirs["gpt2"]), **kwargs)
+    with pytest.raises(AtlasError, match="another scoring config"):
+        db.ingest(str(model_dirs["gpt2"]), dtype="bfloat16", **kwargs)
+
+
+def test_identical_weights_give_exactly_zero_kl(db, model_dirs, tmp_path, seed_dirs):
+    copy = shutil.copytree(model_dirs["gpt_neox"], tmp_path / "copy")
+    db.ingest(str(model_dirs["gpt_neox"]), family="a", size="s", textset="eval", progress=False)
+    db.ingest(str(copy), family="b", size="s", textset="eval", progress=False)
+    db.ingest(str(seed_dirs[1]), family="c", size="s", textset="eval", progress=False)
+    assert db.kl("a-s", "b-s").value == 0.0
+    assert db.kl("a-s", "c-s").value > 0.0
+    assert db.nearest("a-s", k=1)["key"].to_list() == ["b-s"]
+
+
+def test_missing_textset_is_explained(db, model_dirs):
+    with pytest.raises(StoreError, match=r"no text set named .nope.*have: eval"):
+        db.ingest(str(model_dirs["gpt2"]), family="t", size="s", textset="nope")
+
+
+def _save_config_only(directory, config):
+    directory.mkdir()
+    config.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("case", ["missing", "encoder", "bidirectional", "no_tokenizer"])
+def test_bad_models_fail_clearly_and_store_nothing(db, model_dirs, tmp_path, case):
+    from transformers import BertConfig, DistilBertConfig
+
+    if case == "missing":
+        source, message = "no-such-org/no-such-model", "no local copy .* hub cannot be reached"
+    elif case in ("encoder", "bidirectional"):
+        source = shutil.copytree(model_dirs["gpt2"], tmp_path / case)
+        config = DistilBertConfig if case == "encoder" else BertConfig
+        config(vocab_size=384, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64, dim=32, hidden_dim=64, n_layers=1, n_heads=2
+               ).save_pretrained(source)
+        message = "not a causal language model"
+    else:
+        source = shutil.copytree(model_dirs["gpt2"], tmp_path / "bare")
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (source / name).unlink(missing_ok=True)
+        message = "no usable tokenizer"
+    with pytest.raises(LoadError, match=message):
+        db.ingest(str(source), family="bad", size="s", textset="eval", progress=False)
+    assert vector_count(db) == 0
+    assert db.sql("SELECT status FROM ingest_runs")["status"].to_list() == ["failed"]
+
+
+INGEST_SCRIPT = """
+import sys, atlas
+db = atlas.open(sys.argv[1])
+db.ingest(sys.argv[2], family="slow", size="s", textset="big", batch_size=1, progress=False)
+"""
+
+
+def test_killed_ingest_leaves_nothing_and_rerun_completes(tmp_path, model_dirs, corpus):
+    path = tmp_path / "kill.duckdb"
+    db = atlas.open(path)
+    db.import_textset(TextSet(corpus * 3), "big")
+    db.close()
+    process = subprocess.Popen([sys.executable, "-c", INGEST_SCRIPT, str(path),
+                                str(model_dirs["llama"])])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait until it is scoring (store released)
+            try:
+                con = duckdb.connect(str(path), read_only=True)
+                running = con.execute("SELECT count(*) FROM ingest_runs WHERE status = "
+                                      "'running'").fetchall()[0][0]
+                con.close()
+            except duckdb.IOException:
+                running = 0
+            if running:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "ingest finished before it could be killed"
+        time.sleep(1.0)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    db = atlas.open(path)
+    assert vector_count(db) == 0 and db.models().height == 0
+    result = db.ingest(str(model_dirs["llama"]), family="slow", size="s", textset="big",
+                       progress=False)
+    assert result.status == "stored" and vector_count(db) == 1
+    statuses = sorted(db.sql("SELECT status FROM ingest_runs")["status"].to_list())
+    assert statuses == ["done", "interrupted"]
+
+
+LOCKER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_locked_database_gives_a_clear_error_and_loses_nothing(db, monkeypatch, textset):
+    db.close()
+    monkeypatch.setattr(store_module, "LOCK_RETRY_SECONDS", 0.5)
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db.path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreError, match=r"locked by another process \(PID \d+"):
+            atlas.open(db.path).textsets()
+    finally:
+        locker.kill()
+        locker.wait()
+    assert atlas.open(db.path).textsets()["n_texts"].to_list() == [len(textset)]

@@ -1,0 +1,52 @@
+import duckdb
+import pytest
+
+from atlas.errors import InvalidKeyError
+from atlas.keys import ModelKey, step_of
+from atlas.store import read_sql
+
+KEYS = [
+    ("pythia-410m@step143000", ModelKey("pythia", "410m", checkpoint="step143000")),
+    ("pythia-deduped-1.4b/s3@step1000",
+     ModelKey("pythia-deduped", "1.4b", seed=3, checkpoint="step1000")),
+    ("llama-2-7b+bnb-nf4", ModelKey("llama-2", "7b", quant="bnb-nf4")),
+    ("smollm2-135m+gguf-q4_1#12", ModelKey("smollm2", "135m", quant="gguf-q4_1", layer=12)),
+    ("tiny-s/s0+gptq-4bit-g128#0@main", ModelKey("tiny", "s", 0, "gptq-4bit-g128", 0, "main")),
+]
+
+
+@pytest.mark.parametrize(("text", "key"), KEYS)
+def test_parse_and_format_round_trip(text, key):
+    assert ModelKey.parse(text) == key
+    assert str(key) == text
+
+
+@pytest.mark.parametrize(("text", "key"), KEYS)
+def test_sql_parser_agrees_with_python(text, key):
+    con = duckdb.connect()
+    con.execute(read_sql("schema.sql"))
+    con.execute(read_sql("macros.sql"))
+    parsed = con.execute("SELECT parse_key(?)", [text]).fetchone()[0]
+    assert parsed["family"] == key.family and parsed["size"] == key.size
+    assert parsed["seed"] == ("" if key.seed is None else str(key.seed))
+    assert parsed["quant"] == (key.quant or "")
+    assert parsed["checkpoint"] == (key.checkpoint or "")
+
+
+@pytest.mark.parametrize("bad", ["pythia", "pythia-", "-410m", "py thia-1b", "a-b@", "a-b/sx"])
+def test_unparseable_keys_explain_the_grammar(bad):
+    with pytest.raises(InvalidKeyError, match="FAMILY-SIZE"):
+        ModelKey.parse(bad)
+
+
+def test_field_validation_names_the_field():
+    with pytest.raises(InvalidKeyError, match="size"):
+        ModelKey("pythia", "70m-deduped")
+    with pytest.raises(InvalidKeyError, match="seed"):
+        ModelKey("pythia", "70m", seed=-1)
+
+
+@pytest.mark.parametrize(("label", "step"), [("step1000", 1000), ("0", 0), ("main", None),
+                                             ("ckpt-20", 20), (None, None)])
+def test_step_of(label, step):
+    assert step_of(label) == step
