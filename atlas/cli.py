@@ -16,7 +16,9 @@ FORMATS = click.Choice(["table", "csv", "json"])
 
 
 def _atlas(ctx: click.Context, read_only: bool = False) -> Atlas:
-    return Atlas(ctx.obj["db"], read_only=read_only)
+    atlas = Atlas(ctx.obj["db"], read_only=read_only)
+    ctx.call_on_close(atlas.close)
+    return atlas
 
 
 def _cell(value) -> str:

@@ -57,6 +57,10 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.ConnectionException as exc:
+            raise StoreError(
+                f"{path} is already open in this process with another mode (read-only vs "
+                "read-write); close the other Atlas first (Atlas.close())") from exc
         except duckdb.IOException as exc:
             if not _LOCK_RE.search(str(exc)):
                 raise StoreError(f"{path}: cannot open the atlas: {exc}") from exc

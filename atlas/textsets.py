@@ -180,10 +180,8 @@ def load_textset(path: str | Path) -> TextSet:
         content = _read_utf8(path)
         if not content.strip():
             raise TextSetError(f"{path}: the file is empty")
-        if path.suffix == ".jsonl" or not content.lstrip().startswith("["):
-            textset = _load_jsonl(path, content)
-        else:
-            textset = _load_json_list(path, content)
+        is_list = content.lstrip().startswith("[")  # by content: suffixes are unreliable
+        textset = (_load_json_list if is_list else _load_jsonl)(path, content)
     if not textset.texts:
         raise TextSetError(f"{path}: no texts found (folders keep only chunks over 256 bytes)")
     return textset
