@@ -133,8 +133,9 @@ def ingest(ctx: click.Context, source: str, **options) -> None:
     if result.status == "skipped":
         click.echo(f"{result.key}: already stored on '{result.textset}' (use --force to redo)")
     else:
-        click.echo(f"{result.key}: stored on '{result.textset}' — {result.tokens:,} tokens in "
-                   f"{result.seconds:.1f} s ({result.tokens_per_second:,.0f} tok/s)")
+        click.echo(f"{result.key}: stored on '{result.textset}' — {result.tokens:,} tokens "
+                   f"scored at {result.tokens_per_second:,.0f} tok/s ({result.seconds:.1f} s "
+                   "with loading)")
 
 
 @main.command()

@@ -24,13 +24,15 @@ class IngestResult:
     key: str
     textset: str
     status: str  # stored | skipped
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole ingest
     tokens: int = 0
     n_params: int | None = None
+    score_seconds: float = 0.0  # scoring alone, without loading the model
 
     @property
     def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
+        """Scoring throughput (model loading excluded)."""
+        return self.tokens / self.score_seconds if self.score_seconds else 0.0
 
 
 def normalise_source(source: str) -> str:
@@ -64,8 +66,10 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
         texts = store.texts(stored_set.textset_id)
         store.release()  # let readers in while we score; the write reopens it
         loaded = load_model(spec)
+        scoring_started = time.perf_counter()
         scores = Scorer(loaded, batch_size=batch_size, max_length=max_length).score(
             texts, progress=progress)
+        score_seconds = time.perf_counter() - scoring_started
         provenance = {**scores.provenance, "source": spec.source, "revision": spec.revision}
         written = store.write_vector(
             key, textset_id=stored_set.textset_id, loglik=scores.loglik, n_tokens=scores.n_tokens,
@@ -80,4 +84,5 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
     tokens = int(scores.n_tokens.sum())
     status = "stored" if written else "skipped"
     store.finish_run(run_id, "done" if written else "skipped", seconds=seconds, tokens=tokens)
-    return IngestResult(str(key), textset, status, seconds, tokens, loaded.n_params)
+    return IngestResult(str(key), textset, status, seconds, tokens, loaded.n_params,
+                        score_seconds)

@@ -2,8 +2,9 @@
 
 How it stays fast and exact:
 - texts are tokenized once with the tokenizer's default special tokens, sorted by length and
-  batched, right-padded (real tokens keep their positions, and causal attention never lets a real
-  token see a pad, so padding cannot change a score beyond kernel rounding);
+  batched, right-padded (real tokens keep their positions, and a causal model never lets a real
+  token see a later pad, so padding cannot change a score beyond kernel rounding, and no
+  attention mask is needed);
 - the backbone runs once per batch; the unembedding runs in sequence chunks, and each chunk's
   target log-probs are gather − logsumexp in float32, so no [batch, seq, vocab] float32 tensor ever
   exists;
@@ -195,21 +196,34 @@ class Scorer:
         budget = LOGIT_CHUNK_BYTES.get(self.device.type, 256 << 20)
         return max(1, budget // (batch * vocab * 4))
 
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":  # pinned + non_blocking: the copy does not sync the host
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
     def _batch_tensors(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded token ids and the mask of real tokens, on the device."""
         width = max(len(row) for row in ids)
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(ids), width), dtype=torch.long)
         for row, tokens in enumerate(ids):
             input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            attention[row, : len(tokens)] = 1
-        return input_ids.to(self.device), attention.to(self.device)
+        lengths = self._to_device(torch.tensor([len(row) for row in ids]))
+        real = torch.arange(width, device=self.device) < lengths[:, None]
+        return self._to_device(input_ids), real
 
     @torch.inference_mode()
     def _score_batch(self, ids: list[list[int]]) -> torch.Tensor:
-        input_ids, attention = self._batch_tensors(ids)
-        hidden = self.hidden(input_ids=input_ids, attention_mask=attention)
+        """Per-text sums of a batch, still on the device.
+
+        No attention mask is passed: with right padding, a causal model (checked at load) never
+        lets a real token see a pad, so the mask would change nothing we read. Leaving it out
+        keeps the attention kernels on their plain causal path and avoids the host syncs that
+        building a padding mask costs in transformers.
+        """
+        input_ids, real = self._batch_tensors(ids)
+        hidden = self.hidden(input_ids=input_ids)
         return chunked_target_logprob_sums(
-            hidden[:, :-1], input_ids[:, 1:], attention[:, 1:].bool(), self.head,
+            hidden[:, :-1], input_ids[:, 1:], real[:, 1:], self.head,
             self._chunk_positions(len(ids)),
         )
 

@@ -5,8 +5,15 @@ import json
 import pytest
 
 from atlas.errors import StoreError, TextSetError
-from atlas.textsets import (MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, TextSet, chunk_bytes,
-                            chunk_document, content_hash, load_textset)
+from atlas.textsets import (
+    MAX_CHUNK_BYTES,
+    MIN_CHUNK_BYTES,
+    TextSet,
+    chunk_bytes,
+    chunk_document,
+    content_hash,
+    load_textset,
+)
 
 MULTIBYTE = "aé中🙂" * 700  # 1, 2, 3 and 4-byte characters: every cut lands near one
 
