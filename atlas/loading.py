@@ -147,7 +147,7 @@ def _check_causal(model: torch.nn.Module, source: str) -> None:
     with torch.inference_mode():
         before = model(input_ids=probe).logits[0, :-1].float()
         after = model(input_ids=altered).logits[0, :-1].float()
-    if not torch.allclose(before, after, atol=1e-5, rtol=1e-5):  # causal: equal up to rounding
+    if not torch.allclose(before, after, atol=1e-5, rtol=1e-5, equal_nan=True):  # causal
         raise LoadError(
             f"{source}: not a causal language model (its predictions depend on later tokens; "
             f"{type(model).__name__} with is_decoder={getattr(config, 'is_decoder', None)}). "

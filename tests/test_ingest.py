@@ -185,3 +185,19 @@ def test_locked_database_gives_a_clear_error_and_loses_nothing(db, monkeypatch, 
         locker.kill()
         locker.wait()
     assert atlas.open(db.path).textsets()["n_texts"].to_list() == [len(textset)]
+
+
+def test_nan_model_stores_nothing(db, tokenizer, tmp_path):
+    import torch
+
+    from atlas import tiny
+    from atlas.errors import ScoringError
+
+    model = tiny.build_model(tiny.tiny_config("gpt_neox", tokenizer), seed=9)
+    with torch.no_grad():
+        model.gpt_neox.layers[0].mlp.dense_h_to_4h.weight.fill_(float("nan"))
+    path = tiny.save(model, tokenizer, tmp_path / "nan")
+    with pytest.raises(ScoringError, match="non-finite"):
+        db.ingest(str(path), family="nan", size="s", textset="eval", progress=False)
+    assert vector_count(db) == 0 and db.models().height == 0
+    assert db.sql("SELECT status FROM ingest_runs")["status"].to_list() == ["failed"]
