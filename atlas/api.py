@@ -85,7 +85,7 @@ class Atlas:
                seed: int | None = None, checkpoint: str | None = None,
                revision: str | None = None, quant: str | None = None,
                parent: str | None = None, device: str = "auto", dtype: str = "auto",
-               batch_size: int = 8, max_length: int | None = None, force: bool = False,
+               batch_size: int | None = None, max_length: int | None = None, force: bool = False,
                trust_remote_code: bool = False, progress: bool = True) -> IngestResult:
         """Score a model (hub id, local directory or .gguf file) and store its vector.
 

@@ -121,7 +121,8 @@ def textset_list(ctx: click.Context, fmt: str) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
               default="auto")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Texts per batch (default: 1 on CPU, 32 on CUDA, 8 on MPS).")
 @click.option("--max-length", type=click.IntRange(min=2), default=None,
               help="Truncate texts to this many tokens (default: the model's limit).")
 @click.option("--force", is_flag=True, help="Re-score and replace an existing vector.")

@@ -50,7 +50,7 @@ def scoring_config_id(spec: ModelSpec, key: ModelKey, max_length: int | None) ->
 
 
 def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
-           parent: str | None = None, batch_size: int = 8, max_length: int | None = None,
+           parent: str | None = None, batch_size: int | None = None, max_length: int | None = None,
            force: bool = False, progress: bool = True) -> IngestResult:
     """Score ``spec`` on ``textset`` and store the vector under ``key``."""
     spec.source = normalise_source(spec.source)

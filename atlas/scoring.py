@@ -5,9 +5,9 @@ How it stays fast and exact:
   batched, right-padded (real tokens keep their positions, and a causal model never lets a real
   token see a later pad, so padding cannot change a score beyond kernel rounding, and no
   attention mask is needed);
-- the backbone runs once per batch; the unembedding runs in sequence chunks, and each chunk's
-  target log-probs are gather − logsumexp in float32, so no [batch, seq, vocab] float32 tensor ever
-  exists;
+- the backbone runs once per batch; the unembedding runs only on real (unpadded) positions, a
+  chunk of them at a time, and each chunk's target log-probs are gather − logsumexp in float32,
+  so no [batch, seq, vocab] float32 tensor ever exists;
 - per-text sums accumulate in float64 on the device and come to the host once per batch.
 A batch with a non-finite sum is re-run in float32; if it is still non-finite, scoring stops with
 an error naming the texts, so a NaN is never stored.
@@ -27,7 +27,12 @@ import torch
 from atlas.errors import ScoringError
 from atlas.loading import LoadedModel
 
-# Bytes of float32 logits one unembedding chunk may hold (per batch), by device type.
+# Texts per batch when none is given. On a 2-core CPU one ~300-token text already keeps the
+# matrix products busy and larger batches only add padding and cache misses (measured with
+# bench/bench_scoring.py: batch 1 at 273 tok/s vs batch 8 at 252 on SmolLM2-135M); GPUs need
+# many rows to fill their cores.
+DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 32, "mps": 8}
+# Bytes of float32 logits one unembedding chunk may hold, by device type.
 LOGIT_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30, "mps": 256 << 20}
 
 
@@ -110,29 +115,54 @@ def output_head(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor
     return head
 
 
-def chunked_target_logprob_sums(
-    hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-    head: Callable[[torch.Tensor], torch.Tensor], chunk: int,
-) -> torch.Tensor:
-    """Σ_t mask · log p(target_t) per row, from hidden states [B, T, H], in float64 on device.
+@dataclass
+class PackedTargets:
+    """Where the predicted tokens of a right-padded batch are, flattened over (text, position).
 
-    ``hidden[:, t]`` predicts ``targets[:, t]``. Logits exist one chunk of positions at a time.
+    Only real positions are listed, so the unembedding never runs on padding.
     """
+
+    positions: torch.Tensor  # [M] index into hidden.reshape(-1, H): text · width + t
+    targets: torch.Tensor  # [M] the token that position t predicts (t + 1)
+    rows: torch.Tensor  # [M] which text of the batch
+
+    @classmethod
+    def from_ids(cls, ids: Sequence[Sequence[int]], width: int) -> PackedTargets:
+        positions, targets, rows = [], [], []
+        for row, tokens in enumerate(ids):
+            predicted = len(tokens) - 1
+            positions.extend(range(row * width, row * width + predicted))
+            targets.extend(tokens[1:])
+            rows.extend([row] * predicted)
+        return cls(*(torch.tensor(values, dtype=torch.long)
+                     for values in (positions, targets, rows)))
+
+
+def packed_target_logprob_sums(
+    hidden: torch.Tensor, packed: PackedTargets, head: Callable[[torch.Tensor], torch.Tensor],
+    chunk: int,
+) -> torch.Tensor:
+    """Σ_t log p(y_{t+1} | y_≤t) per text from hidden states [B, T, H], in float64 on device.
+
+    Logits exist for ``chunk`` real positions at a time: gather − logsumexp in float32, never a
+    [B, T, V] tensor. The loop bounds are known on the host, so nothing here syncs the device.
+    """
+    flat = hidden.reshape(-1, hidden.shape[-1])
     total = torch.zeros(hidden.shape[0], dtype=torch.float64, device=hidden.device)
-    for start in range(0, hidden.shape[1], chunk):
-        logits = head(hidden[:, start : start + chunk])
-        target = targets[:, start : start + chunk]
-        logprob = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-        keep = mask[:, start : start + chunk]
-        total += torch.where(keep, logprob, 0.0).sum(-1, dtype=torch.float64)
+    for start in range(0, packed.positions.shape[0], chunk):
+        logits = head(flat.index_select(0, packed.positions[start : start + chunk]))
+        target = packed.targets[start : start + chunk].unsqueeze(-1)
+        logprob = logits.gather(-1, target).squeeze(-1) - logits.logsumexp(-1)
+        total.index_add_(0, packed.rows[start : start + chunk], logprob.double())
     return total
 
 
 class Scorer:
     """Scores texts with one loaded model. Knows nothing of the store."""
 
-    def __init__(self, loaded: LoadedModel, *, batch_size: int = 8,
+    def __init__(self, loaded: LoadedModel, *, batch_size: int | None = None,
                  max_length: int | None = None) -> None:
+        batch_size = batch_size or DEFAULT_BATCH_SIZE.get(loaded.device.type, 8)
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.loaded = loaded
@@ -144,9 +174,16 @@ class Scorer:
         self.max_length = min(max_length, limit) if (max_length and limit) else (
             max_length or limit or 2048)
         self.pad_id = self.tokenizer.pad_token_id or 0
+        self._static_provenance: dict | None = None
         self.hidden, self.head = self._checked_head()
 
     def provenance(self, n_truncated: int) -> dict:
+        """How the vector was made (the tokenizer fingerprint is computed once per scorer)."""
+        if self._static_provenance is None:
+            self._static_provenance = self._describe()
+        return {**self._static_provenance, "n_truncated": n_truncated}
+
+    def _describe(self) -> dict:
         import transformers
 
         from atlas import __version__
@@ -160,7 +197,6 @@ class Scorer:
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "device": self.device.type,
             "max_length": self.max_length,
-            "n_truncated": n_truncated,
             "batch_size": self.batch_size,
             "head": self.head_path,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -176,10 +212,10 @@ class Scorer:
         backbone, head = self.model.base_model, output_head(self.model)
 
         def backbone_hidden(**inputs) -> torch.Tensor:
-            return backbone(**inputs).last_hidden_state
+            return backbone(**inputs, use_cache=False).last_hidden_state  # no KV cache to fill
 
         def model_logits(**inputs) -> torch.Tensor:
-            return self.model(**inputs).logits
+            return self.model(**inputs, use_cache=False).logits
 
         probe = torch.arange(1, 9, device=self.device).unsqueeze(0) % self.model.config.vocab_size
         with torch.inference_mode():
@@ -191,25 +227,26 @@ class Scorer:
         self.head_path = "full-logits"
         return model_logits, lambda logits: logits.float()
 
-    def _chunk_positions(self, batch: int) -> int:
+    def _chunk_positions(self) -> int:
+        """Positions per unembedding chunk: as many float32 logit rows as the budget holds."""
         vocab = self.model.get_output_embeddings().weight.shape[0]
         budget = LOGIT_CHUNK_BYTES.get(self.device.type, 256 << 20)
-        return max(1, budget // (batch * vocab * 4))
+        return max(1, budget // (vocab * 4))
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":  # pinned + non_blocking: the copy does not sync the host
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
 
-    def _batch_tensors(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded token ids and the mask of real tokens, on the device."""
+    def _batch_tensors(self, ids: list[list[int]]) -> tuple[torch.Tensor, PackedTargets]:
+        """Right-padded token ids and the packed targets, on the device."""
         width = max(len(row) for row in ids)
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
         for row, tokens in enumerate(ids):
             input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        lengths = self._to_device(torch.tensor([len(row) for row in ids]))
-        real = torch.arange(width, device=self.device) < lengths[:, None]
-        return self._to_device(input_ids), real
+        packed = PackedTargets.from_ids(ids, width)
+        return self._to_device(input_ids), PackedTargets(
+            *(self._to_device(t) for t in (packed.positions, packed.targets, packed.rows)))
 
     @torch.inference_mode()
     def _score_batch(self, ids: list[list[int]]) -> torch.Tensor:
@@ -220,12 +257,9 @@ class Scorer:
         keeps the attention kernels on their plain causal path and avoids the host syncs that
         building a padding mask costs in transformers.
         """
-        input_ids, real = self._batch_tensors(ids)
+        input_ids, packed = self._batch_tensors(ids)
         hidden = self.hidden(input_ids=input_ids)
-        return chunked_target_logprob_sums(
-            hidden[:, :-1], input_ids[:, 1:], real[:, 1:], self.head,
-            self._chunk_positions(len(ids)),
-        )
+        return packed_target_logprob_sums(hidden, packed, self.head, self._chunk_positions())
 
     @contextlib.contextmanager
     def _float32(self) -> Iterator[None]:

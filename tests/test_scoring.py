@@ -42,9 +42,9 @@ def test_independent_of_batch_size_and_padding(loaded, texts):
 def test_sequence_chunking_changes_nothing(loaded, texts, monkeypatch):
     whole = Scorer(loaded, batch_size=4).score(texts, progress=False).loglik
     vocab = loaded.model.get_output_embeddings().weight.shape[0]
-    monkeypatch.setitem(scoring.LOGIT_CHUNK_BYTES, "cpu", 4 * vocab * 4 * 7)  # 7 positions
+    monkeypatch.setitem(scoring.LOGIT_CHUNK_BYTES, "cpu", vocab * 4 * 7)  # 7 positions
     chunked = Scorer(loaded, batch_size=4)
-    assert chunked._chunk_positions(4) == 7
+    assert chunked._chunk_positions() == 7
     assert np.allclose(chunked.score(texts, progress=False).loglik, whole, rtol=1e-6, atol=1e-5)
 
 
