@@ -212,10 +212,10 @@ class Scorer:
         backbone, head = self.model.base_model, output_head(self.model)
 
         def backbone_hidden(**inputs) -> torch.Tensor:
-            return backbone(**inputs, use_cache=False).last_hidden_state  # no KV cache to fill
+            return backbone(**inputs).last_hidden_state
 
         def model_logits(**inputs) -> torch.Tensor:
-            return self.model(**inputs, use_cache=False).logits
+            return self.model(**inputs).logits
 
         probe = torch.arange(1, 9, device=self.device).unsqueeze(0) % self.model.config.vocab_size
         with torch.inference_mode():
