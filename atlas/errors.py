@@ -29,5 +29,9 @@ class StoreError(AtlasError):
     """The atlas file refuses an operation (conflict, lock, missing text set)."""
 
 
+class LockedError(StoreError):
+    """Another process holds the atlas file."""
+
+
 class ImportFormatError(AtlasError, ValueError):
     """A file of precomputed vectors that cannot be imported safely."""

@@ -3,7 +3,8 @@
 Formats:
 - Parquet: a ``loglik`` column (list of N floats, text-set order) and either a ``key`` column or
   the key columns of ``model_variants`` (family, size, seed, quant, layer, checkpoint); optional
-  n_params, parent, source.
+  n_params, parent, source, revision and provenance (a JSON string, as ingest's pending files
+  carry when the atlas was locked at write time).
 - The reference's pickle: a dict model name → list of N floats. It is read by an unpickler that
   refuses every class and global, so only plain containers and numbers get through: a pickle can
   otherwise run arbitrary code. Names that are not keys become ``FAMILY-na`` keys with the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import pickle
 import re
@@ -123,7 +125,8 @@ def read_parquet(path: Path, n_texts: int) -> list[ImportedVector]:
             key = _row_key(row, where)
         except InvalidKeyError as exc:
             raise ImportFormatError(f"{where}: {exc}") from None
-        extra = {name: row.get(name) for name in ("n_params", "parent", "source")}
+        extra = {name: row.get(name)
+                 for name in ("n_params", "parent", "source", "revision", "provenance")}
         vectors.append(ImportedVector(key, _as_vector(row["loglik"], where, n_texts), extra))
     return vectors
 
@@ -145,11 +148,13 @@ def import_vectors(store: Store, path: str | Path, textset: str,
     for vector in vectors:
         values = vector.loglik.astype(np.float32)
         config_id = "import-" + hashlib.sha256(values.tobytes()).hexdigest()[:16]
-        provenance = {"imported_from": str(path.resolve()), "format": path.suffix.lstrip(".")}
+        provenance = {**json.loads(vector.fields.get("provenance") or "{}"),
+                      "imported_from": str(path.resolve()), "format": path.suffix.lstrip(".")}
         written = store.write_vector(
             vector.key, textset_id=stored.textset_id, loglik=vector.loglik, n_tokens=None,
             n_truncated=0, config_id=config_id, provenance=provenance,
             n_params=vector.fields.get("n_params"), parent=vector.fields.get("parent"),
-            source=vector.fields.get("source"), force=force)
+            source=vector.fields.get("source"), revision=vector.fields.get("revision"),
+            force=force)
         results.append((str(vector.key), written))
     return results

@@ -7,12 +7,15 @@ transaction at the end, so a killed ingest leaves nothing partial and re-running
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from atlas.errors import LockedError
 from atlas.keys import ModelKey
 from atlas.loading import ModelSpec, load_model, resolve_device, resolve_dtype
 from atlas.scoring import Scorer
@@ -49,6 +52,20 @@ def scoring_config_id(spec: ModelSpec, key: ModelKey, max_length: int | None) ->
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def save_pending(db_path: Path, key: ModelKey, loglik, provenance: dict,
+                 fields: dict) -> Path:
+    """Keep a scored vector the atlas could not take, as a Parquet file ``atlas import`` reads."""
+    import polars as pl
+
+    folder = db_path.parent / f"{db_path.name}.pending"
+    folder.mkdir(exist_ok=True)
+    path = folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", str(key)) + ".parquet")
+    pl.DataFrame({"key": [str(key)], **{name: [value] for name, value in fields.items()},
+                  "loglik": [list(map(float, loglik))],
+                  "provenance": [json.dumps(provenance)]}).write_parquet(path)
+    return path
+
+
 def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
            parent: str | None = None, batch_size: int | None = None, max_length: int | None = None,
            force: bool = False, progress: bool = True) -> IngestResult:
@@ -71,14 +88,22 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
             texts, progress=progress)
         score_seconds = time.perf_counter() - scoring_started
         provenance = {**scores.provenance, "source": spec.source, "revision": spec.revision}
-        written = store.write_vector(
-            key, textset_id=stored_set.textset_id, loglik=scores.loglik, n_tokens=scores.n_tokens,
-            n_truncated=scores.n_truncated, config_id=config_id, provenance=provenance,
-            n_params=loaded.n_params, parent=parent, source=spec.source,
-            revision=spec.revision, force=force)
+        fields = dict(n_params=loaded.n_params, parent=parent, source=spec.source,
+                      revision=spec.revision)
+        try:
+            written = store.write_vector(
+                key, textset_id=stored_set.textset_id, loglik=scores.loglik,
+                n_tokens=scores.n_tokens, n_truncated=scores.n_truncated, config_id=config_id,
+                provenance=provenance, force=force, **fields)
+        except LockedError as exc:
+            pending = save_pending(store.path, key, scores.loglik, provenance, fields)
+            raise LockedError(
+                f"{exc} The scored vector is kept in {pending}: once the file is free, run "
+                f"`atlas import vectors {pending} --textset {textset}`.") from exc
     except BaseException as exc:
-        store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}",
-                         seconds=time.perf_counter() - started)
+        with contextlib.suppress(LockedError):  # then the run is marked interrupted next time
+            store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}",
+                             seconds=time.perf_counter() - started)
         raise
     seconds = time.perf_counter() - started
     tokens = int(scores.n_tokens.sum())

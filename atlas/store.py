@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from atlas.errors import StoreError, UnknownKeyError
+from atlas.errors import LockedError, StoreError, UnknownKeyError
 from atlas.keys import ModelKey
 from atlas.textsets import TextSet
 
@@ -66,7 +66,7 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
                 raise StoreError(f"{path}: cannot open the atlas: {exc}") from exc
             if time.monotonic() > deadline:
                 holder = re.search(r"PID (\d+)", str(exc))
-                raise StoreError(
+                raise LockedError(
                     f"{path} is locked by another process"
                     + (f" (PID {holder.group(1)})" if holder else "")
                     + ", probably an ingest or an open read-write session. Wait for it to finish"

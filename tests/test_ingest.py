@@ -201,3 +201,35 @@ def test_nan_model_stores_nothing(db, tokenizer, tmp_path):
         db.ingest(str(path), family="nan", size="s", textset="eval", progress=False)
     assert vector_count(db) == 0 and db.models().height == 0
     assert db.sql("SELECT status FROM ingest_runs")["status"].to_list() == ["failed"]
+
+
+def test_vector_scored_while_the_atlas_is_locked_is_kept_and_importable(db, model_dirs,
+                                                                      monkeypatch):
+    """Another process takes the file while we score: the write fails, the work is not lost."""
+    from atlas import scoring
+
+    monkeypatch.setattr(store_module, "LOCK_RETRY_SECONDS", 0.5)
+    real_score = scoring.Scorer.score
+    lockers = []
+
+    def score_then_lock(self, texts, progress=True):
+        result = real_score(self, texts, progress)
+        locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db.path)],
+                                  stdout=subprocess.PIPE, text=True)
+        lockers.append(locker)
+        assert locker.stdout.readline().strip() == "locked"
+        return result
+
+    monkeypatch.setattr(scoring.Scorer, "score", score_then_lock)
+    try:
+        with pytest.raises(StoreError, match=r"locked by another process.*kept in (\S+)"):
+            db.ingest(str(model_dirs["gpt2"]), family="held", size="s", textset="eval",
+                      progress=False)
+    finally:
+        for locker in lockers:
+            locker.kill()
+            locker.wait()
+    pending = next((db.path.parent / f"{db.path.name}.pending").glob("*.parquet"))
+    assert db.import_vectors(pending, "eval") == [("held-s", True)]
+    provenance = json.loads(db.sql("SELECT provenance FROM vectors")["provenance"][0])
+    assert provenance["special_tokens"] == "none" and provenance["imported_from"]
