@@ -28,7 +28,7 @@ from atlas.ingest import IngestResult, ingest
 from atlas.keys import ModelKey
 from atlas.kl import KLMatrix, kl_matrix
 from atlas.loading import ModelSpec
-from atlas.store import Store, StoredTextSet, _duckdb_message
+from atlas.store import Store, StoredTextSet, duckdb_message
 from atlas.textsets import TextSet, load_textset
 
 DEFAULT_DB = "atlas.duckdb"
@@ -116,7 +116,7 @@ class Atlas:
                 return pl.DataFrame() if relation is None else pl.from_arrow(
                     relation.to_arrow_table())
             except duckdb.Error as exc:
-                raise AtlasError(_duckdb_message(exc)) from None
+                raise AtlasError(duckdb_message(exc)) from None
 
     def models(self) -> pl.DataFrame:
         """All model variants with their key columns, sorted by key."""
@@ -128,11 +128,12 @@ class Atlas:
 
     def kl(self, key_a: str, key_b: str, textset: str | None = None) -> KL:
         """KL(a, b) in bits/byte with its SE, on the one text set both share (or ``textset``)."""
+        a, b = self.resolve(key_a), self.resolve(key_b)  # in order: the first unknown is named
         row = self._keyed_sql(
-            "SELECT resolve_key($a), resolve_key($b), kl($a, $b, $t), kl_se($a, $b, $t), "
+            "SELECT kl($a, $b, $t), kl_se($a, $b, $t), "
             "(SELECT first(textset) FROM shared_vectors($a, $b, $t))",
-            {"a": key_a, "b": key_b, "t": textset}).row(0)
-        return KL(*row)
+            {"a": a, "b": b, "t": textset}).row(0)
+        return KL(a, b, *row)
 
     def nearest(self, key: str, k: int = 10, textset: str | None = None) -> pl.DataFrame:
         """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset), nearest first."""

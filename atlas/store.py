@@ -20,6 +20,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from atlas.errors import LockedError, StoreError, UnknownKeyError
 from atlas.keys import ModelKey
@@ -120,12 +121,10 @@ class Store:
 
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
         """Apply schema and macros when the file is new or from an older atlas."""
-        has_meta = first_row(con,
-            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'atlas_meta'"
-        )[0]
+        has_meta = first_row(
+            con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'atlas_meta'")[0]
         if has_meta:
-            row = first_row(con,
-                "SELECT value FROM atlas_meta WHERE name = 'schema_version'")
+            row = first_row(con, "SELECT value FROM atlas_meta WHERE name = 'schema_version'")
             if row and row[0] == SCHEMA_VERSION and self._macros_current(con):
                 return
         con.execute(read_sql("schema.sql"))
@@ -161,13 +160,11 @@ class Store:
                 raise StoreError(
                     f"text set '{name}' already exists with other texts "
                     f"(hash {by_name.content_hash[:12]}, N={by_name.n_texts}); choose another name")
-            textset_id = first_row(con,
-                "INSERT INTO textsets (name, content_hash, n_texts, mean_bytes, source) "
+            textset_id = first_row(
+                con, "INSERT INTO textsets (name, content_hash, n_texts, mean_bytes, source) "
                 "VALUES (?, ?, ?, ?, ?) RETURNING textset_id",
                 [name, digest, len(textset), textset.mean_bytes, textset.source],
             )[0]
-            import pyarrow as pa
-
             rows = pa.table({
                 "textset_id": pa.array([textset_id] * len(textset), pa.int32()),
                 "idx": pa.array(range(len(textset)), pa.int32()),
@@ -184,8 +181,8 @@ class Store:
 
     @staticmethod
     def _textset_row(con, column: str, value: str) -> StoredTextSet | None:
-        row = first_row(con,
-            "SELECT textset_id, name, content_hash, n_texts, mean_bytes FROM textsets "
+        row = first_row(
+            con, "SELECT textset_id, name, content_hash, n_texts, mean_bytes FROM textsets "
             f"WHERE {column} = ?", [value])
         return StoredTextSet(*row) if row else None
 
@@ -292,7 +289,7 @@ class Store:
             try:
                 return first_row(con, "SELECT resolve_key(?)", [key])[0]
             except duckdb.InvalidInputException as exc:
-                raise UnknownKeyError(_duckdb_message(exc)) from None
+                raise UnknownKeyError(duckdb_message(exc)) from None
 
     def matrix(self, keys: list[str] | None, textset: str) -> tuple[list[str], np.ndarray, float]:
         """Raw vectors of ``keys`` (all on the text set if None) as a K × N float64 matrix."""
@@ -348,6 +345,6 @@ def _macros_sha() -> str:
     return hashlib.sha256(read_sql("macros.sql").encode()).hexdigest()[:16]
 
 
-def _duckdb_message(exc: Exception) -> str:
+def duckdb_message(exc: Exception) -> str:
     """The message of a DuckDB error without its 'Invalid Input Error: ' prefix."""
     return re.sub(r"^[A-Za-z ]+Error: ", "", str(exc)).strip()
