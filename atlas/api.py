@@ -129,11 +129,12 @@ class Atlas:
     def kl(self, key_a: str, key_b: str, textset: str | None = None) -> KL:
         """KL(a, b) in bits/byte with its SE, on the one text set both share (or ``textset``)."""
         a, b = self.resolve(key_a), self.resolve(key_b)  # in order: the first unknown is named
-        row = self._keyed_sql(
-            "SELECT kl($a, $b, $t), kl_se($a, $b, $t), "
-            "(SELECT first(textset) FROM shared_vectors($a, $b, $t))",
-            {"a": a, "b": b, "t": textset}).row(0)
-        return KL(a, b, *row)
+        shared = self._keyed_sql(
+            "SELECT kl_centred(c_a, c_b, mean_bytes), kl_se_bpb(c_a, c_b, mean_bytes), textset "
+            "FROM shared_vectors(?, ?, ?)", [a, b, textset])  # one scan for value, SE and set
+        if shared.height != 1:
+            self._keyed_sql("SELECT kl(?, ?, ?)", [a, b, textset])  # raises the SQL's message
+        return KL(a, b, *shared.row(0))
 
     def nearest(self, key: str, k: int = 10, textset: str | None = None) -> pl.DataFrame:
         """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset), nearest first."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ def _atlas(ctx: click.Context, read_only: bool = False) -> Atlas:
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, datetime.datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
     if isinstance(value, (list, pl.Series)):
         items = list(value)
         head = ", ".join(_cell(v) for v in items[:3])
@@ -105,7 +108,10 @@ def textset_import(ctx: click.Context, path: Path, name: str) -> None:
 @click.pass_context
 def textset_list(ctx: click.Context, fmt: str) -> None:
     """List the stored text sets."""
-    emit(_atlas(ctx, read_only=True).textsets(), fmt)
+    frame = _atlas(ctx, read_only=True).textsets()
+    if fmt == "table":  # the full hash is in csv/json; 12 hex digits identify a set on screen
+        frame = frame.with_columns(pl.col("content_hash").str.slice(0, 12))
+    emit(frame, fmt)
 
 
 @main.command()

@@ -83,12 +83,13 @@ CREATE OR REPLACE MACRO kl_centred(c_a, c_b, mean_bytes) AS
 
 -- The vectors of two variants on each text set they share (optionally one named set).
 CREATE OR REPLACE MACRO shared_vectors(key_a, key_b, textset_name := NULL) AS TABLE
+WITH va AS MATERIALIZED (SELECT textset_id, loglik_centred FROM vectors
+                         WHERE key = resolve_key(key_a)),
+     vb AS MATERIALIZED (SELECT textset_id, loglik_centred FROM vectors
+                         WHERE key = resolve_key(key_b))
 SELECT t.name AS textset, t.mean_bytes, va.loglik_centred AS c_a, vb.loglik_centred AS c_b
-FROM vectors va
-JOIN vectors vb ON va.textset_id = vb.textset_id
-JOIN textsets t ON t.textset_id = va.textset_id
-WHERE va.key = resolve_key(key_a) AND vb.key = resolve_key(key_b)
-  AND (textset_name IS NULL OR t.name = textset_name);
+FROM va JOIN vb USING (textset_id) JOIN textsets t USING (textset_id)
+WHERE textset_name IS NULL OR t.name = textset_name;
 
 CREATE OR REPLACE MACRO no_single_textset(key_a, key_b, n) AS CASE
     WHEN n = 0 THEN error(format(
@@ -109,19 +110,19 @@ CREATE OR REPLACE MACRO kl_se(key_a, key_b, textset_name := NULL) AS (
     FROM shared_vectors(key_a, key_b, textset_name));
 
 -- The k variants nearest to a key by KL on each text set of the key (one named set if given).
+-- The query vector is not carried through the ranking (it would be copied once per row).
 CREATE OR REPLACE MACRO nearest(query_key, k, textset_name := NULL) AS TABLE
-WITH query AS (
-    SELECT v.textset_id, v.loglik_centred AS c_q, t.mean_bytes, t.name AS textset
+WITH query AS MATERIALIZED (
+    SELECT v.textset_id, v.key, v.loglik_centred AS c_q, t.mean_bytes, t.name AS textset
     FROM vectors v JOIN textsets t USING (textset_id)
     WHERE v.key = resolve_key(query_key)
       AND (textset_name IS NULL OR t.name = textset_name)),
 ranked AS (
-    SELECT v.key, kl_centred(q.c_q, v.loglik_centred, q.mean_bytes) AS kl,
-           q.c_q, v.loglik_centred AS c_v, q.mean_bytes, q.textset
-    FROM query q JOIN vectors v ON v.textset_id = q.textset_id
-    WHERE v.key <> resolve_key(query_key)
+    SELECT v.key, v.textset_id, v.loglik_centred AS c_v,
+           kl_centred(q.c_q, v.loglik_centred, q.mean_bytes) AS kl
+    FROM query q JOIN vectors v ON v.textset_id = q.textset_id AND v.key <> q.key
     ORDER BY kl, v.key
     LIMIT k)
-SELECT key, kl, kl_se_bpb(c_q, c_v, mean_bytes) AS se, textset
-FROM ranked
-ORDER BY kl, key;
+SELECT r.key, r.kl, kl_se_bpb(q.c_q, r.c_v, q.mean_bytes) AS se, q.textset
+FROM ranked r JOIN query q ON q.textset_id = r.textset_id
+ORDER BY r.kl, r.key;
