@@ -15,7 +15,6 @@ many readers across processes) until ``close()``; ingest releases it while scori
 
 from __future__ import annotations
 
-import builtins
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +148,7 @@ class Atlas:
                 raise UnknownKeyError(str(exc)) from None
             raise
 
-    def kl_matrix(self, keys: builtins.list[str] | None = None, textset: str | None = None,
+    def kl_matrix(self, keys: list[str] | None = None, textset: str | None = None,
                   with_se: bool = True) -> KLMatrix:
         """All-pairs KL (bits/byte) and SEs with BLAS, for ``keys`` or every vector on the set."""
         if keys is not None:
