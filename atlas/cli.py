@@ -140,9 +140,11 @@ def ingest(ctx: click.Context, source: str, **options) -> None:
     if result.status == "skipped":
         click.echo(f"{result.key}: already stored on '{result.textset}' (use --force to redo)")
     else:
+        resumed = f", {result.resumed} texts resumed from an interrupted run" if (
+            result.resumed) else ""
         click.echo(f"{result.key}: stored on '{result.textset}' — {result.tokens:,} tokens "
                    f"scored at {result.tokens_per_second:,.0f} tok/s ({result.seconds:.1f} s "
-                   "with loading)")
+                   f"with loading{resumed})")
 
 
 @main.command()

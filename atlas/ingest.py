@@ -2,7 +2,9 @@
 
 Idempotent: the same variant + text set + scoring config is a no-op decided before any model is
 loaded. Resumable: the store is not held open while scoring, and the vector is written in one
-transaction at the end, so a killed ingest leaves nothing partial and re-running it completes it.
+transaction at the end, so a killed ingest leaves nothing partial in the atlas; the sums scored so
+far are saved beside it (``ATLAS.duckdb.pending/``) every 30 s, and re-running the same ingest
+scores only the texts still missing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from atlas.errors import LockedError
 from atlas.keys import ModelKey
 from atlas.loading import ModelSpec, load_model, resolve_device, resolve_dtype
-from atlas.scoring import Scorer
+from atlas.scoring import PartialScores, Scorer
 from atlas.store import Store
 
 
@@ -31,6 +33,7 @@ class IngestResult:
     tokens: int = 0
     n_params: int | None = None
     score_seconds: float = 0.0  # scoring alone, without loading the model
+    resumed: int = 0  # texts whose scores came from an interrupted run of the same config
 
     @property
     def tokens_per_second(self) -> float:
@@ -52,14 +55,19 @@ def scoring_config_id(spec: ModelSpec, key: ModelKey, max_length: int | None) ->
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def pending_path(db_path: Path, key: ModelKey, suffix: str) -> Path:
+    """Files of work in progress sit beside the atlas, in ``ATLAS.duckdb.pending/``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(key))
+    return db_path.parent / f"{db_path.name}.pending" / f"{name}{suffix}"
+
+
 def save_pending(db_path: Path, key: ModelKey, loglik, provenance: dict,
                  fields: dict) -> Path:
     """Keep a scored vector the atlas could not take, as a Parquet file ``atlas import`` reads."""
     import polars as pl
 
-    folder = db_path.parent / f"{db_path.name}.pending"
-    folder.mkdir(exist_ok=True)
-    path = folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", str(key)) + ".parquet")
+    path = pending_path(db_path, key, ".parquet")
+    path.parent.mkdir(exist_ok=True)
     pl.DataFrame({"key": [str(key)], **{name: [value] for name, value in fields.items()},
                   "loglik": [list(map(float, loglik))],
                   "provenance": [json.dumps(provenance)]}).write_parquet(path)
@@ -82,10 +90,19 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
     try:
         texts = store.texts(stored_set.textset_id)
         store.release()  # let readers in while we score; the write reopens it
+        partial_path = pending_path(
+            store.path, key, f".{stored_set.textset_id}.{config_id}.partial.npy")
+        if force:
+            partial_path.unlink(missing_ok=True)  # --force re-scores every text
+        partial = PartialScores(partial_path, len(texts))
         loaded = load_model(spec)
         scoring_started = time.perf_counter()
-        scores = Scorer(loaded, batch_size=batch_size, max_length=max_length).score(
-            texts, progress=progress)
+        try:
+            scores = Scorer(loaded, batch_size=batch_size, max_length=max_length).score(
+                texts, progress=progress, partial=partial)
+        except BaseException:
+            partial.flush()  # an error or Ctrl-C keeps what was scored for the next run
+            raise
         score_seconds = time.perf_counter() - scoring_started
         provenance = {**scores.provenance, "source": spec.source, "revision": spec.revision}
         fields = dict(n_params=loaded.n_params, parent=parent, source=spec.source,
@@ -100,14 +117,15 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
             raise LockedError(
                 f"{exc} The scored vector is kept in {pending}: once the file is free, run "
                 f"`atlas import vectors {pending} --textset {textset}`.") from exc
+        partial.discard()
     except BaseException as exc:
         with contextlib.suppress(LockedError):  # then the run is marked interrupted next time
             store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}",
                              seconds=time.perf_counter() - started)
         raise
     seconds = time.perf_counter() - started
-    tokens = int(scores.n_tokens.sum())
+    tokens = scores.scored_tokens
     status = "stored" if written else "skipped"
     store.finish_run(run_id, "done" if written else "skipped", seconds=seconds, tokens=tokens)
     return IngestResult(str(key), textset, status, seconds, tokens, loaded.n_params,
-                        score_seconds)
+                        score_seconds, scores.n_resumed)

@@ -18,8 +18,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +35,8 @@ from atlas.loading import LoadedModel
 # bench/bench_scoring.py: batch 1 at 273 tok/s vs batch 8 at 252 on SmolLM2-135M); GPUs need
 # many rows to fill their cores.
 DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 32, "mps": 8}
+# How often a vector in progress is saved for resumption (seconds).
+PARTIAL_FLUSH_SECONDS = 30.0
 # Bytes of float32 logits one unembedding chunk may hold, by device type.
 LOGIT_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30, "mps": 256 << 20}
 
@@ -44,6 +49,8 @@ class Scores:
     n_tokens: np.ndarray  # int, tokens in each (possibly truncated) encoding
     n_truncated: int
     provenance: dict = field(default_factory=dict)
+    n_resumed: int = 0  # texts taken from a partial run instead of scored now
+    scored_tokens: int = 0  # tokens of the texts scored in this run
 
 
 @dataclass
@@ -285,19 +292,60 @@ class Scorer:
             "outputs are not finite (corrupt or overflowing weights?); nothing was stored"
         )
 
-    def score(self, texts: Sequence[str], progress: bool = True) -> Scores:
-        """ℓ for every text, in the given order."""
+    def score(self, texts: Sequence[str], progress: bool = True,
+              partial: PartialScores | None = None) -> Scores:
+        """ℓ for every text, in the given order; texts already in ``partial`` are not re-scored."""
         tokenized = tokenize(self.tokenizer, texts, self.max_length)
         lengths = [len(ids) for ids in tokenized.ids]
-        loglik = np.zeros(len(texts), dtype=np.float64)
-        with _progress(progress, len(texts), sum(lengths)) as advance:
-            for indices in length_sorted_batches(lengths, self.batch_size):
-                batch_ids = [tokenized.ids[i] for i in indices]
-                loglik[indices] = self._finite_batch(batch_ids, indices)
+        partial = partial or PartialScores(None, len(texts))
+        todo = np.flatnonzero(np.isnan(partial.loglik))
+        with _progress(progress, len(todo), sum(lengths[i] for i in todo)) as advance:
+            for batch in length_sorted_batches([lengths[i] for i in todo], self.batch_size):
+                indices = todo[batch].tolist()
+                sums = self._finite_batch([tokenized.ids[i] for i in indices], indices)
+                partial.record(indices, sums)
                 advance(len(indices), sum(lengths[i] for i in indices))
-        return Scores(loglik=loglik, n_tokens=np.asarray(lengths, dtype=np.int64),
+        return Scores(loglik=partial.loglik.copy(), n_tokens=np.asarray(lengths, dtype=np.int64),
                       n_truncated=tokenized.n_truncated,
-                      provenance=self.provenance(tokenized.n_truncated))
+                      provenance=self.provenance(tokenized.n_truncated),
+                      n_resumed=len(texts) - len(todo),
+                      scored_tokens=sum(lengths[i] for i in todo))
+
+
+class PartialScores:
+    """The sums of a vector in progress, kept in a side file so a killed run resumes.
+
+    The file lives outside the atlas, so nothing partial is ever visible to a query; it is
+    replaced atomically (write, then rename) at most every ``PARTIAL_FLUSH_SECONDS``. NaN marks a
+    text not scored yet (scores themselves are never NaN).
+    """
+
+    def __init__(self, path: Path | None, n_texts: int) -> None:
+        self.path = path
+        self.loglik = np.full(n_texts, np.nan)
+        if path is not None and path.exists():
+            stored = np.load(path)
+            if stored.shape == self.loglik.shape:
+                self.loglik = stored
+        self._flushed = time.monotonic()
+
+    def record(self, indices: list[int], sums: np.ndarray) -> None:
+        self.loglik[indices] = sums
+        if time.monotonic() - self._flushed >= PARTIAL_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.path is None or np.isnan(self.loglik).all():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp.npy")
+        np.save(temporary, self.loglik)
+        os.replace(temporary, self.path)
+        self._flushed = time.monotonic()
+
+    def discard(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -8,12 +8,15 @@ import sys
 import time
 
 import duckdb
+import numpy as np
 import pytest
 
 import atlas
 from atlas import ingest as ingest_module
 from atlas import store as store_module
 from atlas.errors import AtlasError, LoadError, StoreError
+from atlas.loading import ModelSpec, load_model
+from atlas.scoring import Scorer
 from atlas.textsets import TextSet
 
 
@@ -122,7 +125,8 @@ def test_bad_models_fail_clearly_and_store_nothing(db, model_dirs, tmp_path, cas
 
 
 INGEST_SCRIPT = """
-import sys, atlas
+import sys, atlas, atlas.scoring
+atlas.scoring.PARTIAL_FLUSH_SECONDS = 0  # save progress after every batch
 db = atlas.open(sys.argv[1])
 db.ingest(sys.argv[2], family="slow", size="s", textset="big", batch_size=1, progress=False)
 """
@@ -149,7 +153,10 @@ def test_killed_ingest_leaves_nothing_and_rerun_completes(tmp_path, model_dirs, 
                 break
             time.sleep(0.2)
         assert process.poll() is None, "ingest finished before it could be killed"
-        time.sleep(1.0)
+        partials = path.parent / f"{path.name}.pending"
+        while time.monotonic() < deadline and not list(partials.glob("*.partial.npy")):
+            time.sleep(0.1)  # wait for some progress to be saved
+        time.sleep(0.5)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
@@ -160,8 +167,14 @@ def test_killed_ingest_leaves_nothing_and_rerun_completes(tmp_path, model_dirs, 
     result = db.ingest(str(model_dirs["llama"]), family="slow", size="s", textset="big",
                        progress=False)
     assert result.status == "stored" and vector_count(db) == 1
+    assert 0 < result.resumed < len(corpus) * 3  # picked up where the killed run stopped
+    assert not list(partials.glob("*"))  # the side file is gone once the vector is stored
     statuses = sorted(db.sql("SELECT status FROM ingest_runs")["status"].to_list())
     assert statuses == ["done", "interrupted"]
+    uninterrupted = Scorer(load_model(ModelSpec(str(model_dirs["llama"]), device="cpu"))).score(
+        corpus * 3, progress=False).loglik
+    stored = db.sql("SELECT loglik FROM vectors")["loglik"][0].to_numpy()
+    assert np.allclose(stored, uninterrupted, rtol=1e-5, atol=1e-3)
 
 
 LOCKER = """
@@ -212,8 +225,8 @@ def test_vector_scored_while_the_atlas_is_locked_is_kept_and_importable(db, mode
     real_score = scoring.Scorer.score
     lockers = []
 
-    def score_then_lock(self, texts, progress=True):
-        result = real_score(self, texts, progress)
+    def score_then_lock(self, texts, progress=True, partial=None):
+        result = real_score(self, texts, progress, partial)
         locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db.path)],
                                   stdout=subprocess.PIPE, text=True)
         lockers.append(locker)

@@ -96,3 +96,21 @@ def test_length_sorted_batches_cover_every_text_once():
     flat = [lengths[i] for batch in batches for i in batch]
     assert flat == sorted(flat, reverse=True)
     assert all(len(batch) <= 3 for batch in batches)
+
+
+def test_partial_scores_resume_and_round_trip(model_dirs, texts, tmp_path):
+    loaded = load_model(ModelSpec(str(model_dirs["gpt2"]), device="cpu"))
+    full = Scorer(loaded).score(texts, progress=False)
+    path = tmp_path / "v.partial.npy"
+    partial = scoring.PartialScores(path, len(texts))
+    partial.record([0, 3], np.array([-1.0, -2.0]))
+    partial.flush()
+    resumed = scoring.PartialScores(path, len(texts))
+    scores = Scorer(loaded).score(texts, progress=False, partial=resumed)
+    assert scores.n_resumed == 2 and scores.loglik[0] == -1.0 and scores.loglik[3] == -2.0
+    rest = [i for i in range(len(texts)) if i not in (0, 3)]
+    assert np.allclose(scores.loglik[rest], full.loglik[rest], rtol=1e-6)
+    assert scores.scored_tokens == int(full.n_tokens[rest].sum())
+    assert np.isnan(scoring.PartialScores(path, len(texts) + 1).loglik).all()  # other set size
+    resumed.discard()
+    assert not path.exists()
