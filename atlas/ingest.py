@@ -20,7 +20,7 @@ from pathlib import Path
 from atlas.errors import LockedError
 from atlas.keys import ModelKey
 from atlas.loading import ModelSpec, load_model, resolve_device, resolve_dtype
-from atlas.scoring import PartialScores, Scorer
+from atlas.scoring import PartialScores, Scorer, Scores
 from atlas.store import Store
 
 
@@ -74,6 +74,30 @@ def save_pending(db_path: Path, key: ModelKey, loglik, provenance: dict,
     return path
 
 
+def _score_resumably(scorer: Scorer, texts: list[str], partial: PartialScores,
+                     progress: bool) -> Scores:
+    try:
+        return scorer.score(texts, progress=progress, partial=partial)
+    except BaseException:
+        partial.flush()  # an error or Ctrl-C keeps what was scored for the next run
+        raise
+
+
+def _write_or_keep(store: Store, key: ModelKey, textset_id: int, textset: str, scores: Scores,
+                   config_id: str, provenance: dict, fields: dict, force: bool) -> bool:
+    """Write the vector; if another process holds the atlas, keep it as an importable file."""
+    try:
+        return store.write_vector(
+            key, textset_id=textset_id, loglik=scores.loglik, n_tokens=scores.n_tokens,
+            n_truncated=scores.n_truncated, config_id=config_id, provenance=provenance,
+            force=force, **fields)
+    except LockedError as exc:
+        pending = save_pending(store.path, key, scores.loglik, provenance, fields)
+        raise LockedError(
+            f"{exc} The scored vector is kept in {pending}: once the file is free, run "
+            f"`atlas import vectors {pending} --textset {textset}`.") from exc
+
+
 def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
            parent: str | None = None, batch_size: int | None = None, max_length: int | None = None,
            force: bool = False, progress: bool = True) -> IngestResult:
@@ -97,26 +121,14 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
         partial = PartialScores(partial_path, len(texts))
         loaded = load_model(spec)
         scoring_started = time.perf_counter()
-        try:
-            scores = Scorer(loaded, batch_size=batch_size, max_length=max_length).score(
-                texts, progress=progress, partial=partial)
-        except BaseException:
-            partial.flush()  # an error or Ctrl-C keeps what was scored for the next run
-            raise
+        scores = _score_resumably(Scorer(loaded, batch_size=batch_size, max_length=max_length),
+                                  texts, partial, progress)
         score_seconds = time.perf_counter() - scoring_started
         provenance = {**scores.provenance, "source": spec.source, "revision": spec.revision}
         fields = dict(n_params=loaded.n_params, parent=parent, source=spec.source,
                       revision=spec.revision)
-        try:
-            written = store.write_vector(
-                key, textset_id=stored_set.textset_id, loglik=scores.loglik,
-                n_tokens=scores.n_tokens, n_truncated=scores.n_truncated, config_id=config_id,
-                provenance=provenance, force=force, **fields)
-        except LockedError as exc:
-            pending = save_pending(store.path, key, scores.loglik, provenance, fields)
-            raise LockedError(
-                f"{exc} The scored vector is kept in {pending}: once the file is free, run "
-                f"`atlas import vectors {pending} --textset {textset}`.") from exc
+        written = _write_or_keep(store, key, stored_set.textset_id, textset, scores, config_id,
+                                 provenance, fields, force)
         partial.discard()
     except BaseException as exc:
         with contextlib.suppress(LockedError):  # then the run is marked interrupted next time

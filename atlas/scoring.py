@@ -299,7 +299,8 @@ class Scorer:
         lengths = [len(ids) for ids in tokenized.ids]
         partial = partial or PartialScores(None, len(texts))
         todo = np.flatnonzero(np.isnan(partial.loglik))
-        with _progress(progress, len(todo), sum(lengths[i] for i in todo)) as advance:
+        todo_tokens = sum(lengths[i] for i in todo)
+        with _progress(progress, len(todo), todo_tokens) as advance:
             for batch in length_sorted_batches([lengths[i] for i in todo], self.batch_size):
                 indices = todo[batch].tolist()
                 sums = self._finite_batch([tokenized.ids[i] for i in indices], indices)
@@ -309,7 +310,7 @@ class Scorer:
                       n_truncated=tokenized.n_truncated,
                       provenance=self.provenance(tokenized.n_truncated),
                       n_resumed=len(texts) - len(todo),
-                      scored_tokens=sum(lengths[i] for i in todo))
+                      scored_tokens=todo_tokens)
 
 
 class PartialScores:
