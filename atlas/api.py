@@ -29,6 +29,7 @@ from atlas.kl import KLMatrix, kl_matrix
 from atlas.loading import ModelSpec
 from atlas.store import Store, StoredTextSet, duckdb_message
 from atlas.textsets import TextSet, load_textset
+from atlas.weights import DEFAULT_DIM as DEFAULT_SKETCH_DIM
 
 DEFAULT_DB = "atlas.duckdb"
 
@@ -85,10 +86,12 @@ class Atlas:
                revision: str | None = None, quant: str | None = None,
                parent: str | None = None, device: str = "auto", dtype: str = "auto",
                batch_size: int | None = None, max_length: int | None = None, force: bool = False,
-               trust_remote_code: bool = False, progress: bool = True) -> IngestResult:
+               trust_remote_code: bool = False, progress: bool = True,
+               sketch_dim: int = DEFAULT_SKETCH_DIM) -> IngestResult:
         """Score a model (hub id, local directory or .gguf file) and store its vector.
 
-        ``checkpoint`` defaults to ``revision`` so hub checkpoints key themselves.
+        ``checkpoint`` defaults to ``revision`` so hub checkpoints key themselves. The weights
+        are sketched for weight-space distances unless ``sketch_dim`` is 0 (atlas.weights).
         """
         if self.store.read_only:
             raise StoreError(f"{self.path} is open read-only; open it writable to ingest")
@@ -97,7 +100,8 @@ class Atlas:
         spec = ModelSpec(source=str(source), revision=revision, device=device, dtype=dtype,
                          trust_remote_code=trust_remote_code)
         return ingest(self.store, spec, key, textset, parent=parent, batch_size=batch_size,
-                      max_length=max_length, force=force, progress=progress)
+                      max_length=max_length, force=force, progress=progress,
+                      sketch_dim=sketch_dim)
 
     def import_vectors(self, path: str | Path, textset: str,
                        force: bool = False) -> list[tuple[str, bool]]:

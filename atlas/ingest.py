@@ -22,6 +22,7 @@ from atlas.keys import ModelKey
 from atlas.loading import ModelSpec, load_model, resolve_device, resolve_dtype
 from atlas.scoring import PartialScores, Scorer, Scores
 from atlas.store import Store
+from atlas.weights import DEFAULT_DIM, WeightError, WeightSketch, sketch_parameters
 
 
 @dataclass
@@ -34,6 +35,8 @@ class IngestResult:
     n_params: int | None = None
     score_seconds: float = 0.0  # scoring alone, without loading the model
     resumed: int = 0  # texts whose scores came from an interrupted run of the same config
+    sketched: bool = False  # a weight sketch was stored with the vector
+    sketch_note: str | None = None  # why no sketch was stored (disabled, quantized weights …)
 
     @property
     def tokens_per_second(self) -> float:
@@ -98,10 +101,25 @@ def _write_or_keep(store: Store, key: ModelKey, textset_id: int, textset: str, s
             f"`atlas import vectors {pending} --textset {textset}`.") from exc
 
 
+def _sketch(model, sketch_dim: int, progress: bool) -> tuple[WeightSketch | None, str | None]:
+    """The weight sketch of the loaded model, or None and why (sketching must not fail ingest)."""
+    if sketch_dim <= 0:
+        return None, "disabled (sketch_dim 0)"
+    try:
+        return sketch_parameters(model, dim=sketch_dim, progress=progress), None
+    except WeightError as exc:  # quantized or offloaded weights: the vector is still worth it
+        return None, str(exc)
+
+
 def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
            parent: str | None = None, batch_size: int | None = None, max_length: int | None = None,
-           force: bool = False, progress: bool = True) -> IngestResult:
-    """Score ``spec`` on ``textset`` and store the vector under ``key``."""
+           force: bool = False, progress: bool = True,
+           sketch_dim: int = DEFAULT_DIM) -> IngestResult:
+    """Score ``spec`` on ``textset`` and store the vector under ``key``.
+
+    With ``sketch_dim`` > 0 the loaded model's weights are also sketched (atlas.weights) and the
+    sketch stored beside the vector, so weight distances need no second load of the checkpoint.
+    """
     spec.source = normalise_source(spec.source)
     stored_set = store.textset(textset)
     config_id = scoring_config_id(spec, key, max_length)
@@ -124,12 +142,17 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
         scores = _score_resumably(Scorer(loaded, batch_size=batch_size, max_length=max_length),
                                   texts, partial, progress)
         score_seconds = time.perf_counter() - scoring_started
+        sketch, sketch_note = _sketch(loaded.model, sketch_dim, progress)  # store released
         provenance = {**scores.provenance, "source": spec.source, "revision": spec.revision}
         fields = dict(n_params=loaded.n_params, parent=parent, source=spec.source,
                       revision=spec.revision)
         written = _write_or_keep(store, key, stored_set.textset_id, textset, scores, config_id,
                                  provenance, fields, force)
         partial.discard()
+        if written and sketch is not None:
+            store.write_sketch(key, sketch)
+        elif written and force:
+            store.delete_sketch(key)  # it may be of the weights this vector replaced
     except BaseException as exc:
         with contextlib.suppress(LockedError):  # then the run is marked interrupted next time
             store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}",
@@ -140,4 +163,5 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
     status = "stored" if written else "skipped"
     store.finish_run(run_id, "done" if written else "skipped", seconds=seconds, tokens=tokens)
     return IngestResult(str(key), textset, status, seconds, tokens, loaded.n_params,
-                        score_seconds, scores.n_resumed)
+                        score_seconds, scores.n_resumed, sketched=written and sketch is not None,
+                        sketch_note=sketch_note if written else None)

@@ -25,6 +25,7 @@ import pyarrow as pa
 from atlas.errors import LockedError, StoreError, UnknownKeyError
 from atlas.keys import ModelKey
 from atlas.textsets import TextSet
+from atlas.weights import WeightSketch
 
 SCHEMA_VERSION = "1"
 LOCK_RETRY_SECONDS = 10.0
@@ -313,6 +314,55 @@ class Store:
         matrix = flat.reshape(len(table), stored.n_texts).astype(np.float64)[rows]
         return found, matrix, stored.mean_bytes
 
+    # weight sketches --------------------------------------------------------------------------
+    def write_sketch(self, key: str | ModelKey, sketch: WeightSketch) -> None:
+        """Store (or replace) the weight sketch of a stored variant, in one transaction."""
+        with self.transaction() as con:
+            if first_row(con, "SELECT 1 FROM models WHERE key = ?", [str(key)]) is None:
+                raise UnknownKeyError(
+                    f"no model variant {key} in {self.path}: store its vector first; a sketch "
+                    "belongs to a variant")
+            con.execute(
+                "INSERT OR REPLACE INTO weight_sketches (key, method, dim, seed, layout_hash, "
+                "n_params, sq_norm, sketch, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?::DOUBLE[], current_timestamp)",
+                [str(key), sketch.method, sketch.dim, sketch.seed, sketch.layout_hash,
+                 sketch.n_params, sketch.sq_norm, sketch.sketch.tolist()])
+
+    def delete_sketch(self, key: str | ModelKey) -> None:
+        """Forget a variant's weight sketch (its weights were replaced without a new one)."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM weight_sketches WHERE key = ?", [str(key)])
+
+    def sketches(self, keys: list[str] | None = None) -> dict[str, WeightSketch]:
+        """The stored weight sketches of ``keys`` (canonical keys; all sketches if None)."""
+        if keys is not None and not keys:
+            return {}
+        query = ("SELECT key, method, dim, seed, layout_hash, n_params, sq_norm, sketch "
+                 "FROM weight_sketches" + (" WHERE list_contains(?, key)" if keys is not None
+                                           else "") + " ORDER BY key")
+        with self.connect() as con:
+            try:
+                table = con.sql(query, params=[keys] if keys is not None else None
+                                ).to_arrow_table()
+            except duckdb.CatalogException as exc:
+                raise StoreError(f"{self.path} predates weight sketches; open it writable once "
+                                 "(e.g. `atlas init`) to upgrade it") from exc
+        column = table.column("sketch").combine_chunks()
+        ends = np.cumsum(column.value_lengths().to_numpy())
+        flat = column.flatten().to_numpy().astype(np.float64)
+        values = np.split(flat, ends[:-1]) if len(ends) else []
+        found = {}
+        for row, sketch in zip(table.drop_columns("sketch").to_pylist(), values, strict=True):
+            key = row.pop("key")
+            found[key] = WeightSketch(sketch=sketch, **row)
+        missing = [key for key in keys or [] if key not in found]
+        if missing:
+            raise UnknownKeyError(
+                f"no weight sketch stored for: {', '.join(missing)}; weights are sketched at "
+                "ingest (sketch dim > 0), re-ingest with --force to add one")
+        return found if keys is None else {key: found[key] for key in keys}
+
     # ingest runs ------------------------------------------------------------------------------
     def start_run(self, key: str, textset: str, source: str) -> str:
         run_id = uuid.uuid4().hex[:12]
@@ -340,9 +390,11 @@ def first_row(con: duckdb.DuckDBPyConnection, query: str, params: list | None = 
 
 
 def _macros_sha() -> str:
+    """Hash of schema and macros: a change to either re-applies both (new tables included)."""
     import hashlib
 
-    return hashlib.sha256(read_sql("macros.sql").encode()).hexdigest()[:16]
+    text = read_sql("schema.sql") + read_sql("macros.sql")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def duckdb_message(exc: Exception) -> str:

@@ -126,3 +126,24 @@ ranked AS (
 SELECT r.key, r.kl, kl_se_bpb(q.c_q, r.c_v, q.mean_bytes) AS se, q.textset
 FROM ranked r JOIN query q ON q.textset_id = r.textset_id
 ORDER BY r.kl, r.key;
+
+-- Weight space (method.md §5): ‖S(a) − S(b)‖², the sketch estimate of ‖W_a − W_b‖², from the
+-- stored weight sketches of two variants of the same architecture (atlas.weights).
+CREATE OR REPLACE MACRO weight_sketch_settings(s) AS
+    format('{}, dim {}, seed {}, layout {}', s.method, s.dim, s.seed, s.layout_hash);
+
+CREATE OR REPLACE MACRO weight_sq_distance(key_a, key_b) AS (
+    WITH a AS MATERIALIZED (SELECT * FROM weight_sketches WHERE key = resolve_key(key_a)),
+         b AS MATERIALIZED (SELECT * FROM weight_sketches WHERE key = resolve_key(key_b))
+    SELECT CASE
+        WHEN a.key IS NULL OR b.key IS NULL THEN error(format(
+            'no weight sketch stored for {}: weights are sketched at ingest (sketch dim > 0); '
+            || 're-ingest the model with --force to add one',
+            CASE WHEN a.key IS NULL THEN key_a ELSE key_b END))
+        WHEN weight_sketch_settings(a) <> weight_sketch_settings(b) THEN error(format(
+            'weight sketches of {} and {} are not comparable ({} vs {}): weight distances need '
+            || 'the same architecture, size and sketch settings',
+            a.key, b.key, weight_sketch_settings(a), weight_sketch_settings(b)))
+        ELSE pow(list_distance(a.sketch, b.sketch), 2)
+    END
+    FROM (SELECT 1) one LEFT JOIN a ON true LEFT JOIN b ON true);

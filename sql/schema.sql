@@ -74,3 +74,18 @@ CREATE TABLE IF NOT EXISTS ingest_runs (
     seconds     DOUBLE,
     tokens      BIGINT
 );
+
+-- One weight sketch per variant (atlas.weights): a fixed random projection of all parameters, so
+-- ‖S(a) − S(b)‖² estimates ‖W_a − W_b‖² (method.md §5). Two sketches compare only when method,
+-- dim, seed and layout_hash (parameter names and shapes) are equal.
+CREATE TABLE IF NOT EXISTS weight_sketches (
+    key         VARCHAR PRIMARY KEY,        -- a models.key
+    method      VARCHAR  NOT NULL,          -- the projection scheme, e.g. countsketch-philox4x64-v1
+    dim         INTEGER  NOT NULL,
+    seed        BIGINT   NOT NULL,
+    layout_hash VARCHAR  NOT NULL,
+    n_params    BIGINT   NOT NULL,
+    sq_norm     DOUBLE   NOT NULL,          -- exact ‖W‖²
+    sketch      DOUBLE[] NOT NULL,          -- S(W), dim values
+    created_at  TIMESTAMP DEFAULT current_timestamp
+);
