@@ -1,0 +1,1 @@
+"""Analyses over log-likelihood vectors and weight distances, in pure numpy, without the store."""

@@ -1,0 +1,262 @@
+"""The KL scale across settings, on hand-built atlases whose KLs are known in closed form.
+
+Every vector is ℓ_m = base + c_m · u with u of zero mean and unit population variance, so
+KL(a, b) = (c_a − c_b)² / (2 B̄ ln 2) and SE(a, b) = (c_a − c_b)² √((mean u⁴ − 1)/N) / (2 B̄ ln 2).
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import pairwise
+
+import numpy as np
+import polars as pl
+import pytest
+
+import atlas
+from atlas.analysis import scale
+from atlas.kl import bpb_scale
+
+PYTHIA_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, *range(100, 1001, 100)]
+# key → (coordinate c, parent); the keys cover every built-in setting once or more
+MODELS: dict[str, tuple[float, str | None]] = {
+    **{f"pythia-70m@step{s}": (math.log1p(s), None) for s in PYTHIA_STEPS},
+    "pythia-70m/s1@step1000": (7.5, None),
+    "pythia-70m/s2@step1000": (8.0, None),
+    "pythia-160m@step1000": (9.0, None),
+    "pythia-160m+bnb-int8@step1000": (9.1, None),
+    "pythia-160m+bnb-nf4@step1000": (9.4, None),
+    "llama-7b": (20.0, None),
+    "llama-7b#0": (10.0, None),
+    "llama-7b#1": (12.0, None),
+    "llama-7b#2": (17.0, None),
+    "llama-chat-7b": (21.0, "llama-7b"),
+}
+P = "pythia-70m@step"
+EXPECTED = {
+    "consecutive-early": {(f"{P}{a}", f"{P}{b}") for a, b in pairwise(PYTHIA_STEPS[:9])},
+    "consecutive-mid": {(f"{P}{a}", f"{P}{a + 100}") for a in range(100, 600, 100)},
+    "consecutive-late": {(f"{P}{a}", f"{P}{a + 100}") for a in range(600, 1000, 100)},
+    "seeds": {(f"{P}1000", "pythia-70m/s1@step1000"), (f"{P}1000", "pythia-70m/s2@step1000"),
+              ("pythia-70m/s1@step1000", "pythia-70m/s2@step1000")},
+    "sizes": {(f"{P}1000", "pythia-160m@step1000")},
+    "seeds-all-steps": {(f"{P}1000", "pythia-70m/s1@step1000"),
+                        (f"{P}1000", "pythia-70m/s2@step1000"),
+                        ("pythia-70m/s1@step1000", "pythia-70m/s2@step1000")},
+    "quantization:bnb-int8": {("pythia-160m@step1000", "pythia-160m+bnb-int8@step1000")},
+    "quantization:bnb-nf4": {("pythia-160m@step1000", "pythia-160m+bnb-nf4@step1000")},
+    "fine-tune": {("llama-7b", "llama-chat-7b")},
+    "layers-adjacent": {("llama-7b#0", "llama-7b#1"), ("llama-7b#1", "llama-7b#2")},
+}
+POOL = [f"{P}1000", "pythia-70m/s1@step1000", "pythia-70m/s2@step1000", "pythia-160m@step1000",
+        "llama-7b", "llama-chat-7b"]
+FAMILY = {k: k.split("-7b")[0] if "7b" in k else "pythia" for k in POOL}
+POOL_PAIRS = {tuple(sorted((a, b))) for a in POOL for b in POOL if a < b}
+EXPECTED["random-within-family"] = {p for p in POOL_PAIRS if FAMILY[p[0]] == FAMILY[p[1]]}
+EXPECTED["random-across-families"] = {p for p in POOL_PAIRS if FAMILY[p[0]] != FAMILY[p[1]]}
+
+
+def _unit(n: int) -> np.ndarray:
+    x = np.cos(np.arange(n) * 1.7) + 0.3 * np.arange(n) / n
+    return (x - x.mean()) / x.std()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, textset):
+    """An atlas holding MODELS on the 'eval' text set, and the unit vector u."""
+    root = tmp_path_factory.mktemp("scale")
+    db = atlas.open(root / "atlas.duckdb")
+    db.import_textset(textset, "eval")
+    n = len(textset)
+    u, base = _unit(n), -np.linspace(1, 4, n)  # small: the atlas stores float32
+    pl.DataFrame({
+        "key": list(MODELS), "parent": [p for _, p in MODELS.values()],
+        "loglik": [(base + c * u).tolist() for c, _ in MODELS.values()],
+    }).write_parquet(root / "v.parquet")
+    db.import_vectors(root / "v.parquet", "eval")
+    yield db, u
+    db.close()
+
+
+def _as_sets(frame: pl.DataFrame) -> dict[str, set[tuple[str, str]]]:
+    found: dict[str, set[tuple[str, str]]] = {}
+    for name, a, b in frame.select("setting", "key_a", "key_b").iter_rows():
+        found.setdefault(name, set()).add((a, b))
+    return found
+
+
+def _orderless(sets):
+    return {name: {tuple(sorted(p)) for p in pairs} for name, pairs in sets.items()}
+
+
+def test_settings_derive_exact_pair_sets(world):
+    db, _ = world
+    found = _as_sets(scale.pairs(db.models()))
+    oriented = {k: v for k, v in EXPECTED.items() if not k.startswith("random")}
+    assert {k: found.get(k) for k in oriented} == oriented  # key_a is the "from" model
+    assert _orderless(found) == _orderless(EXPECTED)
+    assert set(found) == set(EXPECTED)
+
+
+def test_pairs_follow_registry_order():
+    frame = scale.pairs(scale.models_from_keys(list(MODELS), {"llama-chat-7b": "llama-7b"}))
+    order = [n.split(":")[0] for n in frame["setting"].unique(maintain_order=True).to_list()]
+    registered = [n for n in scale.SETTINGS if n in order]
+    assert list(dict.fromkeys(order)) == registered
+
+
+def test_kls_and_ses_are_the_closed_form(world):
+    db, u = world
+    result = scale.scale_pairs(db)
+    factor = bpb_scale(db.store.textset("eval").mean_bytes)
+    kurtosis = math.sqrt((np.mean(u**4) - 1.0) / u.size)
+    for _, a, b, kl, se in result.iter_rows():
+        delta2 = (MODELS[a][0] - MODELS[b][0]) ** 2
+        assert kl == pytest.approx(delta2 * factor, rel=1e-4, abs=1e-12)
+        assert se == pytest.approx(delta2 * kurtosis * factor, rel=1e-3, abs=1e-12)
+
+
+def test_statistics_match_numpy(world):
+    db, _ = world
+    scaled = scale.scale_pairs(db)
+    summary = scale.scale(db)
+    assert summary.columns == ["setting", "count", "median", "mean", "sd", "q1", "q3"]
+    assert summary["setting"].to_list() == scaled["setting"].unique(maintain_order=True).to_list()
+    for row in summary.iter_rows(named=True):
+        kl = scaled.filter(pl.col("setting") == row["setting"])["kl"].to_numpy()
+        assert row["count"] == kl.size
+        assert row["median"] == pytest.approx(np.median(kl))
+        assert row["mean"] == pytest.approx(np.mean(kl))
+        assert row["q1"] == pytest.approx(np.percentile(kl, 25))
+        assert row["q3"] == pytest.approx(np.percentile(kl, 75))
+        if kl.size > 1:
+            assert row["sd"] == pytest.approx(np.std(kl, ddof=1))
+        else:
+            assert row["sd"] is None
+
+
+def test_kls_come_from_one_matrix_call(world, monkeypatch):
+    db, _ = world
+    calls = []
+    original = db.kl_matrix
+    monkeypatch.setattr(db, "kl_matrix", lambda keys, **kw: calls.append(keys) or original(
+        keys, **kw))
+    result = scale.scale_pairs(db)
+    assert len(calls) == 1
+    assert set(calls[0]) == set(result["key_a"]) | set(result["key_b"])
+
+
+@pytest.mark.parametrize(("steps", "late", "late_half"), [
+    ([0, 1, 2, 4, 8, 16, 32, 64, *range(100, 1001, 100)], 8, 13),  # tail from 100; half from 600
+    ([0, 1, 2, 4, 8, 16, 32, 64, *range(100, 401, 100), *range(600, 1001, 100)], 8, 12),  # no 500
+    ([0, *[2**k for k in range(10)], *range(1000, 143001, 1000)], 11, 82),  # Pythia: 72k→73k
+    ([1, 2, 4, 8, 16], 2, 4),  # log-spaced only: median split (pairs ending ≤ 4 are early)
+    (list(range(0, 101, 10)), 5, 8),  # evenly spaced only: median split too
+    ([5, 7], 0, 1),
+    ([5], 0, 0),
+])
+def test_early_late_split(steps, late, late_half):
+    assert scale.split_schedule(steps) == (late, late_half)
+
+
+def test_a_registered_setting_appears(world, monkeypatch):
+    db, _ = world
+    monkeypatch.setattr(scale, "SETTINGS", dict(scale.SETTINGS))
+
+    @scale.setting("first-vs-last", "the first and last checkpoint of a run")
+    def first_vs_last(models):
+        run = models.filter(pl.col("size") == "70m", pl.col("seed").is_null()).sort("step")
+        return pl.DataFrame({"key_a": run["key"][:1], "key_b": run["key"][-1:]})
+
+    summary = scale.scale(db)
+    assert summary["setting"][-1] == "first-vs-last"
+    expected = (MODELS[f"{P}1000"][0] - MODELS[f"{P}0"][0]) ** 2
+    factor = bpb_scale(db.store.textset("eval").mean_bytes)
+    assert summary["median"][-1] == pytest.approx(expected * factor, rel=1e-4)
+    assert "first-vs-last" in scale.describe_settings()["setting"].to_list()
+    only = scale.scale(db, settings=["first-vs-last", "seeds"])
+    assert only["setting"].to_list() == ["first-vs-last", "seeds"]
+
+
+def test_unknown_setting_is_named(world):
+    db, _ = world
+    with pytest.raises(scale.ScaleError, match="unknown setting 'nope'; known: consecutive-early"):
+        scale.scale(db, settings=["nope"])
+
+
+def test_where_restricts_models(world):
+    db, _ = world
+    llama = set(scale.scale(db, where="family LIKE 'llama%'")["setting"])
+    assert llama == {"fine-tune", "layers-adjacent", "random-across-families"}
+    outputs = _as_sets(scale.scale_pairs(db, where="WHERE layer IS NULL AND quant IS NULL"))
+    assert "layers-adjacent" not in outputs
+    assert not any(name.startswith("quantization") for name in outputs)
+    assert outputs["seeds"] == EXPECTED["seeds"]
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ("family = ", "syntax error"),
+    ("colour = 'red'", 'column "colour"'),
+    ("family = 'pythia'; DROP TABLE models", "syntax error"),
+    ("TRUE); DROP TABLE models; SELECT (1", "one condition over model_variants"),
+    ("step = 'abc'", "Could not convert string 'abc'"),
+])
+def test_bad_where_is_explained(world, where, message):
+    db, _ = world
+    with pytest.raises(scale.ScaleError, match="bad where clause") as info:
+        scale.scale(db, where=where)
+    assert message in str(info.value)
+    assert db.models().height == len(MODELS)
+
+
+def test_empty_atlas_and_empty_selections(db, world):
+    with pytest.raises(scale.ScaleError, match="holds no log-likelihood vectors yet"):
+        scale.scale(db)
+    full, _ = world
+    with pytest.raises(scale.ScaleError, match="no model variant on text set 'eval' matching"):
+        scale.scale(full, where="family = 'gpt2'")
+    with pytest.raises(scale.ScaleError, match="form no pair in any setting"):
+        scale.scale(full, where="key = 'llama-7b'")
+
+
+def test_random_pairs_are_capped_reproducible_and_valid(monkeypatch):
+    monkeypatch.setattr(scale, "RANDOM_PAIRS", 25)
+    keys = [f"fam{f}-{s}m" for f in range(4) for s in range(12)]
+    models = scale.models_from_keys(keys)
+    for limit in (scale.ENUMERATE_LIMIT, 0):  # enumerated, then sampled by rejection
+        monkeypatch.setattr(scale, "ENUMERATE_LIMIT", limit)
+        within = scale.random_pairs(models, same_family=True)
+        across = scale.random_pairs(models.sample(fraction=1.0, shuffle=True, seed=3), False)
+        assert within.height == across.height == 25
+        assert within.equals(scale.random_pairs(models, same_family=True))
+        assert across.equals(scale.random_pairs(models, same_family=False))  # row order moot
+        for frame, same in ((within, True), (across, False)):
+            rows = frame.iter_rows()
+            assert all((a.split("-")[0] == b.split("-")[0]) == same and a < b for a, b in rows)
+            assert frame.unique().height == frame.height
+
+
+def test_final_variants_and_parents_by_shorthand():
+    models = scale.models_from_keys(
+        ["m-1b@main", "m-1b@v2", "m-2b", "m-2b@step10", "m-3b@main", "ft-1b", "ft-3b"],
+        {"ft-1b": "m-1b", "ft-3b": "m-3b"})
+    finals = scale.final_variants(models)["key"].to_list()
+    assert finals == ["m-2b@step10", "m-3b@main", "ft-1b", "ft-3b"]  # m-1b: two labels, no step
+    found = _as_sets(scale.pairs(models, ["fine-tune", "sizes"]))
+    assert found == {"fine-tune": {("m-3b@main", "ft-3b")},  # m-1b is ambiguous: left out
+                     "sizes": {("m-2b@step10", "m-3b@main"), ("ft-1b", "ft-3b")}}
+
+
+@pytest.mark.parametrize(("size", "value"), [
+    ("70m", 7e7), ("1.4b", 1.4e9), ("135M", 1.35e8), ("7b", 7e9), ("na", None), ("8x7b", None)])
+def test_size_value(size, value):
+    assert scale.size_value(size) == (pytest.approx(value) if value else None)
+
+
+def test_seeds_compare_final_models_and_all_steps_separately():
+    keys = [f"m-s/s{seed}@step{step}" for seed in (1, 2) for step in (0, 10, 20)]
+    found = _as_sets(scale.pairs(scale.models_from_keys(keys),
+                                 settings=["seeds", "seeds-all-steps"]))
+    assert found["seeds"] == {("m-s/s1@step20", "m-s/s2@step20")}
+    assert found["seeds-all-steps"] == {(f"m-s/s1@step{s}", f"m-s/s2@step{s}")
+                                        for s in (0, 10, 20)}
