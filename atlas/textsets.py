@@ -185,3 +185,14 @@ def load_textset(path: str | Path) -> TextSet:
     if not textset.texts:
         raise TextSetError(f"{path}: no texts found (folders keep only chunks over 256 bytes)")
     return textset
+
+
+def write_jsonl(textset: TextSet, path: str | Path) -> Path:
+    """Write ``{"text", "domain", **meta}`` lines: what ``load_textset`` reads back unchanged."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as out:
+        for text, domain, meta in zip(textset.texts, textset.domains, textset.metas, strict=True):
+            record = {"text": text, **({"domain": domain} if domain is not None else {}),
+                      **(meta or {})}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
