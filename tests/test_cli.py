@@ -71,3 +71,11 @@ def test_import_vectors_command(run, texts_file, tmp_path, texts):
     assert "imported 2 vectors" in run("import", "vectors", str(path), "--textset", "eval")
     assert "imported 0 vectors (2 already stored)" in run("import", "vectors", str(path),
                                                           "--textset", "eval")
+
+
+def test_build_default_textset(run, tmp_path):
+    out = run("textset", "build-default", "--texts", "50", "--output", str(tmp_path / "d.jsonl"))
+    assert "built text set 'default-50': N=50" in out
+    assert len((tmp_path / "d.jsonl").read_text().splitlines()) == 50
+    assert "already stored: text set 'default-50'" in run("textset", "build-default", "--texts",
+                                                          "50")

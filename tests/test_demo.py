@@ -1,0 +1,83 @@
+"""`atlas demo --quick` end to end: a real CLI process, real training, the science it must show."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from atlas.analysis import scale
+from atlas.api import Atlas
+from atlas.demo import QUICK, QUICK_TEXTS, textset_name
+
+ATLAS = Path(sys.executable).parent / "atlas"
+
+
+def _demo(db: Path, cache: Path) -> tuple[str, float]:
+    env = {**os.environ, "ATLAS_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    started = time.perf_counter()
+    done = subprocess.run([str(ATLAS), "--db", str(db), "demo", "--quick"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    db, cache = root / "demo.duckdb", root / "cache"
+    first, first_seconds = _demo(db, cache)
+    second, second_seconds = _demo(db, cache)
+    return {"db": db, "cache": cache, "first": first, "second": second,
+            "seconds": (first_seconds, second_seconds)}
+
+
+@pytest.fixture(scope="module")
+def medians(demo) -> dict[str, float]:
+    with Atlas(demo["db"], read_only=True) as atlas:
+        table = scale.scale(atlas)
+    return dict(zip(table["setting"], table["median"], strict=True))
+
+
+def test_every_checkpoint_and_finetune_is_ingested_with_its_sketch(demo):
+    n_checkpoints = len(QUICK.sizes) * len(QUICK.seeds) * len(QUICK.schedule())
+    n_finetunes = len(QUICK.finetunes)
+    with Atlas(demo["db"], read_only=True) as atlas:
+        models = atlas.models()
+        sketched = atlas.sql("SELECT count(*) AS n FROM weight_sketches")["n"][0]
+        assert atlas.textsets()["n_texts"].to_list() == [QUICK_TEXTS]
+    assert models.height == n_checkpoints + n_finetunes == sketched
+    assert len(QUICK.schedule()) >= 10 and QUICK.schedule()[:4] == [0, 1, 2, 4]
+    finetunes = models.filter(pl.col("parent").is_not_null())
+    final = QUICK.schedule()[-1]
+    assert sorted(finetunes["parent"].to_list()) == [f"{QUICK.family}-m/s1@step{final}"] * 2
+
+
+def test_summary_shows_scale_and_diffusion(demo):
+    out = demo["first"]
+    assert f"the KL scale on '{textset_name(QUICK_TEXTS)}'" in out
+    for setting in ("consecutive-late", "seeds", "sizes", "fine-tune", "random-within-family"):
+        assert setting in out
+    assert "c_q = " in out and "c_w = " in out and "alpha = " in out
+
+
+def test_orderings_of_the_papers_hold(medians):
+    assert medians["consecutive-late"] < medians["seeds"] < medians["sizes"]
+    assert medians["fine-tune"] < medians["random-within-family"]
+
+
+def test_training_loss_falls(demo):
+    table = demo["first"].split("training loss")[1].split("the KL scale")[0]
+    rows = [line.split("│")[1:4] for line in table.splitlines() if "@step" in line]
+    assert len(rows) == len(QUICK.sizes) * len(QUICK.seeds) + len(QUICK.finetunes)
+    assert all(float(last) < float(first) for _, first, last in rows)
+
+
+def test_rerun_reuses_weights_and_vectors(demo):
+    assert "0 vectors stored" in demo["second"]
+    assert "training (cached)" in demo["second"]
+    first, second = demo["seconds"]
+    assert second < first / 2
