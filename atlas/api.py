@@ -158,11 +158,11 @@ class Atlas:
         if keys is not None:
             keys = [self.resolve(k) for k in keys]
         if textset is None:
-            textset = self._only_textset()
+            textset = self.only_textset()
         found, matrix, mean_bytes = self.store.matrix(keys, textset)
         return kl_matrix(matrix, mean_bytes, found, with_se=with_se)
 
-    def _only_textset(self) -> str:
+    def only_textset(self) -> str:
         names = self.sql("SELECT DISTINCT textset FROM loglik_vectors ORDER BY 1")["textset"]
         if len(names) != 1:
             raise AtlasError(

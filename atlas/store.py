@@ -44,6 +44,13 @@ def read_sql(name: str) -> str:
     return (sql_dir() / name).read_text(encoding="utf-8")
 
 
+def sql_files() -> list[str]:
+    """The SQL applied on open, in order: schema.sql, macros.sql, then the others by name
+    (each feature's tables and macros in its own file, e.g. analysis.sql)."""
+    first = ["schema.sql", "macros.sql"]
+    return first + sorted(p.name for p in sql_dir().glob("*.sql") if p.name not in first)
+
+
 @dataclass(frozen=True)
 class StoredTextSet:
     textset_id: int
@@ -128,8 +135,8 @@ class Store:
             row = first_row(con, "SELECT value FROM atlas_meta WHERE name = 'schema_version'")
             if row and row[0] == SCHEMA_VERSION and self._macros_current(con):
                 return
-        con.execute(read_sql("schema.sql"))
-        con.execute(read_sql("macros.sql"))
+        for name in sql_files():
+            con.execute(read_sql(name))
         con.execute(
             "INSERT OR REPLACE INTO atlas_meta VALUES ('schema_version', ?), ('macros_sha', ?)",
             [SCHEMA_VERSION, _macros_sha()],
@@ -390,10 +397,10 @@ def first_row(con: duckdb.DuckDBPyConnection, query: str, params: list | None = 
 
 
 def _macros_sha() -> str:
-    """Hash of schema and macros: a change to either re-applies both (new tables included)."""
+    """Hash of all SQL files: a change to any re-applies them all (new tables included)."""
     import hashlib
 
-    text = read_sql("schema.sql") + read_sql("macros.sql")
+    text = "".join(read_sql(name) for name in sql_files())
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
