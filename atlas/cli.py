@@ -226,6 +226,166 @@ def sql(ctx: click.Context, query: str, fmt: str, write: bool) -> None:
     emit(_atlas(ctx, read_only=not write).sql(query), fmt)
 
 
+@main.command()
+@click.option("--where", default=None, help="SQL condition on model_variants (family = 'x' …).")
+@click.option("--textset", default=None, help="Text set, when the atlas holds several.")
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.pass_context
+def scale(ctx: click.Context, where: str | None, textset: str | None, fmt: str) -> None:
+    """The KL scale: KL distribution per setting (consecutive checkpoints, seeds, sizes …)."""
+    from atlas.analysis import scale as scales
+
+    frame = scales.scale(_atlas(ctx, read_only=True), where=where, textset=textset)
+    emit(frame, fmt, title="the KL scale (bits/byte), over pairs of each setting")
+
+
+def _run_options(command):
+    """FAMILY --size S --seed N [--textset T]: one training run."""
+    for option in reversed([
+            click.argument("family"),
+            click.option("--size", required=True),
+            click.option("--seed", type=int, default=None, help="Omit for an unseeded run."),
+            click.option("--textset", default=None, help="Default: the run's one text set.")]):
+        command = option(command)
+    return command
+
+
+@main.command()
+@_run_options
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.pass_context
+def trajectory(ctx: click.Context, family: str, size: str, seed: int | None,
+               textset: str | None, fmt: str) -> None:
+    """Consecutive-checkpoint KL (and weight distance) against step for one run."""
+    from atlas.analysis import trajectory as trajectories
+
+    frame = trajectories.consecutive(_atlas(ctx, read_only=True), family, size, seed, textset)
+    if fmt == "table":  # the keys are in csv/json; on screen the steps say it
+        frame = frame.drop("key", "next_key")
+    emit(frame, fmt, title=f"{family}-{size}" + ("" if seed is None else f"/s{seed}")
+         + ": KL between consecutive checkpoints (bits/byte)")
+
+
+@main.command()
+@_run_options
+@click.option("--window", type=click.IntRange(min=3), default=10, show_default=True,
+              help="Checkpoints after each start used as lags.")
+@click.option("--t0", type=float, default=None, help="Fit one start step only.")
+@click.option("--boot", "n_boot", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Bootstrap draws for the intervals (0: none).")
+@click.option("--save/--no-save", default=True, show_default=True,
+              help="Store the fit in the diffusion_fits table (--no-save opens read-only).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def diffusion(ctx: click.Context, family: str, size: str, seed: int | None, textset: str | None,
+              window: int, t0: float | None, n_boot: int, save: bool, fmt: str) -> None:
+    """Diffusion exponents c_q, c_w and alpha = c_q/c_w of one run, with bootstrap intervals."""
+    from atlas.analysis import trajectory as trajectories
+
+    result = trajectories.fit(_atlas(ctx, read_only=not save), family, size, seed,
+                              window=window, t0=t0, textset=textset, n_boot=n_boot, save=save)
+    fitted = result.to_dict()
+    if fmt == "json":
+        click.echo(json.dumps(fitted, indent=1))
+        return
+    emit(pl.DataFrame(fitted["per_t0"]), title=f"per start t0 (window {result.window})")
+    for name in ("c_q", "c_w", "alpha"):
+        estimate = fitted[name]
+        interval = ("" if estimate["ci_low"] is None
+                    else f"  [{estimate['ci_low']:.4g}, {estimate['ci_high']:.4g}]")
+        value = "n/a" if estimate["value"] is None else f"{estimate['value']:.4g}"
+        click.echo(f"{name:>5} = {value}{interval}")
+    for note in fitted.get("notes") or []:
+        click.echo(f"note: {note}")
+
+
+@main.command("map")
+@click.option("--method", type=click.Choice(["umap", "tsne", "pca"]), default="umap",
+              show_default=True)
+@click.option("--where", default=None, help="SQL condition on model_variants.")
+@click.option("--textset", default=None, help="Text set, when the atlas holds several.")
+@click.option("--name", default=None, help="Store it under this name (default METHOD-TEXTSET).")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.pass_context
+def map_(ctx: click.Context, method: str, where: str | None, textset: str | None,
+         name: str | None, seed: int, fmt: str) -> None:
+    """Fit a 2-D map of the models' q̃ and store it (SQL: SELECT * FROM map_points(NAME))."""
+    from atlas.analysis import maps
+
+    result = maps.fit_map(_atlas(ctx), method=method, where=where, textset=textset, name=name,
+                          seed=seed)
+    emit(result.to_polars(), fmt, title=f"map '{result.name}': {result.n_models} models, "
+         f"{result.method} in {result.seconds:.1f} s")
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+
+
+@main.group()
+def plot() -> None:
+    """Figures as PNG (or .svg/.pdf by the file's suffix)."""
+
+
+def _output(command):
+    return click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+                        required=True, help="File to write, e.g. scale.png.")(command)
+
+
+@plot.command("scale")
+@click.option("--where", default=None, help="SQL condition on model_variants.")
+@click.option("--textset", default=None)
+@_output
+@click.pass_context
+def plot_scale(ctx: click.Context, where: str | None, textset: str | None, output: Path) -> None:
+    """The KL distribution of every setting on one symlog axis."""
+    from atlas.analysis import figures, scale
+
+    pairs = scale.scale_pairs(_atlas(ctx, read_only=True), where=where, textset=textset)
+    click.echo(f"wrote {figures.plot_scale(pairs, output)}")
+
+
+@plot.command("trajectory")
+@_run_options
+@_output
+@click.pass_context
+def plot_trajectory(ctx: click.Context, family: str, size: str, seed: int | None,
+                    textset: str | None, output: Path) -> None:
+    """Consecutive-checkpoint KL against step (log-log)."""
+    from atlas.analysis import figures, trajectory
+
+    frame = trajectory.consecutive(_atlas(ctx, read_only=True), family, size, seed, textset)
+    title = f"{family}-{size}" + ("" if seed is None else f"/s{seed}")
+    click.echo(f"wrote {figures.plot_trajectory(frame, output, title)}")
+
+
+@plot.command("diffusion")
+@_run_options
+@click.option("--window", type=click.IntRange(min=3), default=10, show_default=True)
+@_output
+@click.pass_context
+def plot_diffusion(ctx: click.Context, family: str, size: str, seed: int | None,
+                   textset: str | None, window: int, output: Path) -> None:
+    """ln D against ln lag in log-likelihood and weight space, with the fitted exponents."""
+    from atlas.analysis import figures, trajectory
+
+    result = trajectory.fit(_atlas(ctx, read_only=True), family, size, seed, window=window,
+                            textset=textset)
+    title = f"{family}-{size}" + ("" if seed is None else f"/s{seed}")
+    click.echo(f"wrote {figures.plot_diffusion(result, output, title)}")
+
+
+@plot.command("map")
+@click.argument("name")
+@_output
+@click.pass_context
+def plot_map(ctx: click.Context, name: str, output: Path) -> None:
+    """A stored map (atlas map), coloured by family, training runs drawn as paths."""
+    from atlas.analysis import figures, maps
+
+    points = maps.load_map(_atlas(ctx, read_only=True), name)
+    click.echo(f"wrote {figures.plot_map(points, output, f'map {name}')}")
+
+
 @main.group("import")
 def import_() -> None:
     """Import precomputed data."""

@@ -1,5 +1,6 @@
 """`atlas demo --quick` end to end: a real CLI process, real training, the science it must show."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from click.testing import CliRunner
 
 from atlas.analysis import scale
 from atlas.api import Atlas
+from atlas.cli import main
 from atlas.demo import QUICK, QUICK_TEXTS, textset_name
 
 ATLAS = Path(sys.executable).parent / "atlas"
@@ -81,3 +84,53 @@ def test_rerun_reuses_weights_and_vectors(demo):
     assert "training (cached)" in demo["second"]
     first, second = demo["seconds"]
     assert second < first / 2
+
+
+def _cli(db: Path, *args: str, ok: bool = True) -> str:
+    result = CliRunner().invoke(main, ["--db", str(db), *args])
+    assert (result.exit_code == 0) == ok, result.output
+    return result.output
+
+
+def test_analysis_commands_on_the_demo_atlas(demo):
+    db, run = demo["db"], ["minipythia", "--size", "l", "--seed", "1"]
+    scale_rows = json.loads(_cli(db, "scale", "--format", "json"))
+    assert {r["setting"] for r in scale_rows} >= {"consecutive-late", "seeds", "sizes"}
+    filtered = json.loads(_cli(db, "scale", "--where", "size = 'l'", "--format", "json"))
+    assert "sizes" not in {r["setting"] for r in filtered}
+    steps = json.loads(_cli(db, "trajectory", *run, "--format", "json"))
+    assert [r["step"] for r in steps] == QUICK.schedule()[:-1]
+    assert all(r["kl"] > 0 and r["weight_sq"] > 0 for r in steps)
+    fitted = json.loads(_cli(db, "diffusion", *run, "--window", "5", "--format", "json"))
+    assert fitted["window"] == 5 and len(fitted["per_t0"]) == len(QUICK.schedule()) - 5
+    for name in ("c_q", "c_w", "alpha"):
+        estimate = fitted[name]
+        assert estimate["ci_low"] <= estimate["value"] <= estimate["ci_high"]
+    assert "alpha =" in _cli(db, "diffusion", *run, "--window", "5", "--boot", "20")
+    with Atlas(db, read_only=True) as atlas:
+        stored = atlas.sql("SELECT lags, n_boot, c_q, result FROM diffusion_fits ORDER BY n_boot")
+    assert stored["lags"].to_list() == [5, 5] and stored["n_boot"].to_list() == [20, 200]
+    assert stored["c_q"][1] == pytest.approx(fitted["c_q"]["value"])
+
+
+def test_analysis_commands_explain_bad_input(demo):
+    db = demo["db"]
+    assert "no checkpoints of nope-l" in _cli(db, "trajectory", "nope", "--size", "l", ok=False)
+    out = _cli(db, "diffusion", "minipythia", "--size", "l", "--seed", "1", "--window", "50",
+               ok=False)
+    assert "--window" in out
+    assert "bad where clause" in _cli(db, "scale", "--where", "size = ", ok=False)
+
+
+def test_map_and_plot_commands_on_the_demo_atlas(demo, tmp_path):
+    db = demo["db"]
+    _cli(db, "map", "--method", "pca", "--name", "demo-pca")
+    with Atlas(db, read_only=True) as atlas:
+        points = atlas.sql("SELECT * FROM map_points('demo-pca')")
+        assert points.height == atlas.models().height
+    run = ["minipythia", "--size", "l", "--seed", "1"]
+    for args in (["scale"], ["trajectory", *run], ["diffusion", *run, "--window", "5"],
+                 ["map", "demo-pca"]):
+        path = tmp_path / f"{args[0]}.png"
+        assert f"wrote {path}" in _cli(db, "plot", *args, "-o", str(path))
+        assert path.stat().st_size > 10_000
