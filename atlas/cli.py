@@ -164,10 +164,23 @@ def textset_list(ctx: click.Context, fmt: str) -> None:
 @click.option("--sketch-dim", type=click.IntRange(min=0), default=DEFAULT_SKETCH_DIM,
               show_default=True,
               help="Dimension of the weight sketch stored for weight-space distances; 0: none.")
+@click.option("--layers", default=None, metavar="all|LIST",
+              help="Logit lens: score these hidden states (all, or e.g. 0,6,12 or 0-4; 0 = "
+                   "embeddings, l = output of block l) in one forward pass, each stored as "
+                   "FAMILY-SIZE#LAYER.")
+@click.option("--lens-norm", default=None, metavar="PATH[,PATH…]|none",
+              help="With --layers: module path(s) of the final norm, applied in order before "
+                   "the unembedding (for architectures without a built-in lens).")
+@click.option("--lens-head", default=None, metavar="PATH",
+              help="With --layers: module path of the unembedding (default: the model's output "
+                   "embeddings).")
 @click.pass_context
 def ingest(ctx: click.Context, source: str, **options) -> None:
     """Score SOURCE (hub id, local directory or .gguf file) and store its vector."""
     result = _atlas(ctx).ingest(source, **options)
+    if result.layers:
+        _report_layers(result)
+        return
     if result.status == "skipped":
         click.echo(f"{result.key}: already stored on '{result.textset}' (use --force to redo)")
     else:
@@ -178,6 +191,29 @@ def ingest(ctx: click.Context, source: str, **options) -> None:
                    f"with loading{resumed})")
         if not result.sketched:
             click.echo(f"  no weight sketch: {result.sketch_note}")
+
+
+def _report_layers(result) -> None:
+    """One line for a logit-lens ingest: which layer keys were stored, which were there."""
+    from dataclasses import replace
+
+    from atlas.keys import ModelKey
+    from atlas.lens import format_layers
+
+    base = ModelKey.parse(result.key)
+    stored = [layer for layer, status in result.layers.items() if status == "stored"]
+    there = [layer for layer, status in result.layers.items() if status != "stored"]
+    if not stored:
+        click.echo(f"{result.key}: lens layers {format_layers(there)} already stored on "
+                   f"'{result.textset}' (use --force to redo)")
+        return
+    keys = [str(replace(base, layer=layer)) for layer in (stored[0], stored[-1])]
+    click.echo(f"{result.key}: lens layers {format_layers(stored)} stored on '{result.textset}' "
+               f"as {keys[0]}{' … ' + keys[1] if len(stored) > 1 else ''} — {result.tokens:,} "
+               f"tokens scored at {result.tokens_per_second:,.0f} tok/s, all layers from one "
+               f"forward pass ({result.seconds:.1f} s with loading)")
+    if there:
+        click.echo(f"  already stored, skipped: layers {format_layers(there)}")
 
 
 @main.command()
@@ -420,13 +456,11 @@ def import_vectors(ctx: click.Context, path: Path, textset: str, force: bool) ->
 def demo(ctx: click.Context, quick: bool, n_texts: int | None, workers: int | None,
          cache_dir: Path | None, real: bool) -> None:
     """Train a mini Pythia-like suite on this CPU, ingest every checkpoint, show the KL scale."""
-    from atlas.demo import run_demo, summarise
+    from atlas.demo import next_commands, run_demo, summarise
 
     db = ctx.obj["db"]
     report = run_demo(db, quick=quick, n_texts=n_texts, workers=workers, cache_dir=cache_dir,
                       real=real, echo=click.echo)
     summarise(db, report, quick=quick, echo=click.echo, show=lambda frame, title: emit(
         frame, title=title))
-    click.echo(f"\nnext: atlas --db {db} nearest {report.runs[0].checkpoints[-1].key}\n"
-               f'      atlas --db {db} sql "SELECT * FROM model_variants LIMIT 5"\n'
-               "      (the README has a SQL cookbook)")
+    click.echo("\nnext: " + "\n      ".join(next_commands(db, quick)))

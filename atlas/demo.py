@@ -263,6 +263,19 @@ def summarise(db: str | Path, report: DemoReport, *, quick: bool = False,
     return {"scale": table, "diffusion": exponents}
 
 
+def next_commands(db: str | Path, quick: bool = False) -> list[str]:
+    """What to try on the demo atlas, for the largest size's first seed."""
+    spec = QUICK if quick else FULL
+    run = (spec.family, spec.sizes[-1].name, spec.seeds[0])
+    window = DIFFUSION_WINDOW[quick]
+    return [f"atlas --db {db} nearest {run[0]}-{run[1]}/s{run[2]}@step{spec.schedule()[-1]}",
+            f"atlas --db {db} plot scale -o scale.png",
+            f"atlas --db {db} diffusion {run[0]} --size {run[1]} --seed {run[2]} "
+            f"--window {window}",
+            f"atlas --db {db} sql \"SELECT * FROM trajectory('{run[0]}', '{run[1]}', {run[2]})\"",
+            "(the README has a SQL cookbook)"]
+
+
 def _summarise_real(atlas: Atlas, show: Callable) -> None:
     name = textset_name(REAL_TEXTS)
     first, second = PACKAGED[0].key, PACKAGED[1].key
