@@ -16,6 +16,7 @@ many readers across processes) until ``close()``; ingest releases it while scori
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.ingest import IngestResult, ingest
 from atlas.keys import ModelKey
 from atlas.kl import KLMatrix, kl_matrix
+from atlas.lens import LensOverride
 from atlas.loading import ModelSpec
 from atlas.store import Store, StoredTextSet, duckdb_message
 from atlas.textsets import TextSet, load_textset
@@ -87,11 +89,19 @@ class Atlas:
                parent: str | None = None, device: str = "auto", dtype: str = "auto",
                batch_size: int | None = None, max_length: int | None = None, force: bool = False,
                trust_remote_code: bool = False, progress: bool = True,
-               sketch_dim: int = DEFAULT_SKETCH_DIM) -> IngestResult:
+               sketch_dim: int = DEFAULT_SKETCH_DIM, layers: str | Sequence[int] | None = None,
+               lens_norm: str | None = None, lens_head: str | None = None) -> IngestResult:
         """Score a model (hub id, local directory or .gguf file) and store its vector.
 
         ``checkpoint`` defaults to ``revision`` so hub checkpoints key themselves. The weights
         are sketched for weight-space distances unless ``sketch_dim`` is 0 (atlas.weights).
+
+        ``layers`` ("all", "0,6,12", or a list of ints) scores those hidden states through the
+        logit lens instead (0 = embeddings, l = output of block l, the last = the model's own
+        output), all from one forward pass per batch, each stored as ``FAMILY-SIZE#LAYER``;
+        ``result.layers`` says which were stored and which were there already.
+        ``lens_norm`` / ``lens_head`` give the module paths of the final norm (comma-separated
+        chain, or "none") and the unembedding for architectures atlas.lens does not describe.
         """
         if self.store.read_only:
             raise StoreError(f"{self.path} is open read-only; open it writable to ingest")
@@ -99,9 +109,10 @@ class Atlas:
                        checkpoint=checkpoint or revision)
         spec = ModelSpec(source=str(source), revision=revision, device=device, dtype=dtype,
                          trust_remote_code=trust_remote_code)
+        lens = LensOverride(lens_norm, lens_head) if (lens_norm or lens_head) else None
         return ingest(self.store, spec, key, textset, parent=parent, batch_size=batch_size,
                       max_length=max_length, force=force, progress=progress,
-                      sketch_dim=sketch_dim)
+                      sketch_dim=sketch_dim, layers=layers, lens=lens)
 
     def import_vectors(self, path: str | Path, textset: str,
                        force: bool = False) -> list[tuple[str, bool]]:

@@ -5,6 +5,11 @@ loaded. Resumable: the store is not held open while scoring, and the vector is w
 transaction at the end, so a killed ingest leaves nothing partial in the atlas; the sums scored so
 far are saved beside it (``ATLAS.duckdb.pending/``) every 30 s, and re-running the same ingest
 scores only the texts still missing.
+
+With ``layers`` (the logit lens, atlas.lens) one forward pass per batch scores every requested
+hidden state, and each is stored as its own variant ``FAMILY-SIZE#LAYER``, one transaction per
+vector. Which layers are missing is decided from the model's config before its weights load, so
+a re-run loads nothing when every layer is stored, and scores only the missing ones otherwise.
 """
 
 from __future__ import annotations
@@ -14,11 +19,23 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from atlas.errors import LockedError
 from atlas.keys import ModelKey
+from atlas.lens import (
+    LensError,
+    LensOverride,
+    format_layers,
+    layer_count,
+    lens_spec,
+    model_type_of,
+    parse_layers,
+    peek_config,
+    resolve_layers,
+)
 from atlas.loading import ModelSpec, load_model, resolve_device, resolve_dtype
 from atlas.scoring import PartialScores, Scorer, Scores
 from atlas.store import Store
@@ -37,6 +54,7 @@ class IngestResult:
     resumed: int = 0  # texts whose scores came from an interrupted run of the same config
     sketched: bool = False  # a weight sketch was stored with the vector
     sketch_note: str | None = None  # why no sketch was stored (disabled, quantized weights …)
+    layers: dict[int, str] = field(default_factory=dict)  # lens runs: layer → stored | skipped
 
     @property
     def tokens_per_second(self) -> float:
@@ -50,11 +68,14 @@ def normalise_source(source: str) -> str:
     return str(path.resolve()) if path.exists() else source
 
 
-def scoring_config_id(spec: ModelSpec, key: ModelKey, max_length: int | None) -> str:
+def scoring_config_id(spec: ModelSpec, key: ModelKey, max_length: int | None,
+                      lens: LensOverride | None = None) -> str:
     """What makes two scorings of a variant the same, known before loading anything."""
     dtype = resolve_dtype(spec.dtype, resolve_device(spec.device))
     payload = {"source": spec.source, "revision": spec.revision, "quant": key.quant,
                "dtype": str(dtype).removeprefix("torch."), "max_length": max_length}
+    if lens is not None and lens.given:  # user-given lens paths make another scoring
+        payload["lens"] = lens.as_dict()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -114,12 +135,22 @@ def _sketch(model, sketch_dim: int, progress: bool) -> tuple[WeightSketch | None
 def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
            parent: str | None = None, batch_size: int | None = None, max_length: int | None = None,
            force: bool = False, progress: bool = True,
-           sketch_dim: int = DEFAULT_DIM) -> IngestResult:
+           sketch_dim: int = DEFAULT_DIM, layers: str | Sequence[int] | None = None,
+           lens: LensOverride | None = None) -> IngestResult:
     """Score ``spec`` on ``textset`` and store the vector under ``key``.
 
     With ``sketch_dim`` > 0 the loaded model's weights are also sketched (atlas.weights) and the
     sketch stored beside the vector, so weight distances need no second load of the checkpoint.
+    With ``layers`` ("all", "0,6,12" or a list of hidden-state indices) the logit-lens vectors
+    of those hidden states are stored instead, each under ``key`` with its layer set
+    (``ingest_layers``).
     """
+    if layers is not None:
+        return ingest_layers(store, spec, key, textset, layers, lens=lens, parent=parent,
+                             batch_size=batch_size, max_length=max_length, force=force,
+                             progress=progress)
+    if lens is not None and lens.given:
+        raise LensError("--lens-norm/--lens-head describe the logit lens: they need --layers")
     spec.source = normalise_source(spec.source)
     stored_set = store.textset(textset)
     config_id = scoring_config_id(spec, key, max_length)
@@ -165,3 +196,124 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
     return IngestResult(str(key), textset, status, seconds, tokens, loaded.n_params,
                         score_seconds, scores.n_resumed, sketched=written and sketch is not None,
                         sketch_note=sketch_note if written else None)
+
+
+def _lens_plan(spec: ModelSpec, requested: str | list[int], lens: LensOverride | None,
+               config=None) -> tuple[list[int], int, str]:
+    """(layers to score, number of blocks, architecture) from the config; raises on a layer
+    the model does not have or an architecture without a lens, before the weights load."""
+    if config is None:
+        gguf = spec.gguf_file
+        config = peek_config(str(gguf.parent) if gguf else spec.source, spec.revision,
+                             spec.trust_remote_code, gguf.name if gguf else None)
+        if config is None:  # unreadable without the weights: decided after loading
+            return [], -1, ""
+    architecture = model_type_of(config)
+    lens_spec(architecture, lens)  # an architecture we cannot read fails here, loading nothing
+    n_layers = layer_count(config)
+    return resolve_layers(requested, n_layers, spec.source), n_layers, architecture
+
+
+def ingest_layers(store: Store, spec: ModelSpec, key: ModelKey, textset: str,
+                  layers: str | Sequence[int], *, lens: LensOverride | None = None,
+                  parent: str | None = None, batch_size: int | None = None,
+                  max_length: int | None = None, force: bool = False,
+                  progress: bool = True) -> IngestResult:
+    """Score the hidden states ``layers`` through the logit lens in one forward pass per batch
+    and store each as the variant ``key`` with ``layer`` set, one transaction per vector.
+
+    Layers already stored with the same config are skipped (all stored: nothing is loaded).
+    Lens variants get no weight sketch: they share the weights of the model output variant.
+    """
+    if key.layer is not None:
+        raise LensError(f"{key}: the key of a layers run has no #LAYER; each layer sets its own")
+    requested = parse_layers(layers)
+    spec.source = normalise_source(spec.source)
+    stored_set = store.textset(textset)
+    config_id = scoring_config_id(spec, key, max_length, lens)
+    if parent is not None:
+        parent = str(ModelKey.parse(parent))
+    wanted, n_layers, _ = _lens_plan(spec, requested, lens)
+
+    def missing_of(indices: list[int]) -> list[int]:
+        return [layer for layer in indices if store.needs_vector(
+            str(replace(key, layer=layer)), stored_set.textset_id, spec.source, config_id, force)]
+
+    missing = missing_of(wanted)
+    if n_layers >= 0 and not missing:
+        return IngestResult(str(key), textset, "skipped",
+                            layers={layer: "skipped" for layer in wanted})
+    run_label = f"{key}#{format_layers(wanted) if wanted else requested}"
+    run_id = store.start_run(run_label, textset, spec.source)
+    started = time.perf_counter()
+    try:
+        texts = store.texts(stored_set.textset_id)
+        store.release()  # let readers in while we score; the writes reopen it
+        loaded = load_model(spec)
+        if n_layers < 0:  # the config could not be read on its own: decide now
+            wanted, n_layers, _ = _lens_plan(spec, requested, lens, loaded.model.config)
+            missing = missing_of(wanted)
+            store.release()
+        written: dict[int, str] = {layer: "skipped" for layer in wanted}
+        scores, score_seconds, tokens, resumed = {}, 0.0, 0, 0
+        if missing:
+            partial_path = pending_path(
+                store.path, key, f".{stored_set.textset_id}.{config_id}."
+                f"layers-{format_layers(missing)}.partial.npy")
+            if force:
+                partial_path.unlink(missing_ok=True)
+            partial = PartialScores(partial_path, len(texts), rows=len(missing))
+            scorer = Scorer(loaded, batch_size=batch_size, max_length=max_length,
+                            layers=missing, lens=lens)
+            scoring_started = time.perf_counter()
+            try:
+                scores = scorer.score_layers(texts, progress=progress, partial=partial)
+            except BaseException:
+                partial.flush()
+                raise
+            score_seconds = time.perf_counter() - scoring_started
+            fields = dict(n_params=loaded.n_params, parent=parent, source=spec.source,
+                          revision=spec.revision)
+            _write_layers(store, key, stored_set.textset_id, textset, scores, config_id, spec,
+                          fields, force, written)
+            partial.discard()
+            first = next(iter(scores.values()))
+            tokens, resumed = first.scored_tokens, first.n_resumed
+    except BaseException as exc:
+        with contextlib.suppress(LockedError):
+            store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}",
+                             seconds=time.perf_counter() - started)
+        raise
+    seconds = time.perf_counter() - started
+    any_stored = "stored" in written.values()
+    store.finish_run(run_id, "done" if any_stored else "skipped", seconds=seconds, tokens=tokens)
+    return IngestResult(str(key), textset, "stored" if any_stored else "skipped", seconds, tokens,
+                        loaded.n_params, score_seconds, resumed, sketched=False,
+                        sketch_note=("lens layers share the weights of the model output "
+                                     "variant: ingest it without --layers for a weight sketch")
+                        if any_stored else None, layers=written)
+
+
+def _write_layers(store: Store, key: ModelKey, textset_id: int, textset: str,
+                  scores: dict, config_id: str, spec: ModelSpec, fields: dict, force: bool,
+                  written: dict[int, str]) -> None:
+    """One transaction per layer; if the atlas is taken meanwhile, keep the rest as files."""
+    for layer, layer_scores in scores.items():
+        layer_key = replace(key, layer=layer)
+        provenance = {**layer_scores.provenance, "source": spec.source,
+                      "revision": spec.revision}
+        try:
+            stored = store.write_vector(
+                layer_key, textset_id=textset_id, loglik=layer_scores.loglik,
+                n_tokens=layer_scores.n_tokens, n_truncated=layer_scores.n_truncated,
+                config_id=config_id, provenance=provenance, force=force, **fields)
+        except LockedError as exc:
+            kept = [save_pending(store.path, replace(key, layer=other), later.loglik,
+                                 {**later.provenance, "source": spec.source,
+                                  "revision": spec.revision}, fields)
+                    for other, later in scores.items() if written[other] != "stored"]
+            raise LockedError(
+                f"{exc} The {len(kept)} layer vectors not yet stored are kept in "
+                f"{kept[0].parent}: once the file is free, run `atlas import vectors FILE "
+                f"--textset {textset}` for each of {', '.join(p.name for p in kept)}.") from exc
+        written[layer] = "stored" if stored else "skipped"

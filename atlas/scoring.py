@@ -9,6 +9,10 @@ How it stays fast and exact:
   chunk of them at a time, and each chunk's target log-probs are gather − logsumexp in float32,
   so no [batch, seq, vocab] float32 tensor ever exists;
 - per-text sums accumulate in float64 on the device and come to the host once per batch.
+With ``layers`` (the logit lens, atlas.lens) the same forward pass also returns every hidden
+state; each requested one is read through the model's final norm and unembedding by the same
+chunked gather − logsumexp, one layer after another (one layer's logit chunk at a time), and all
+layers' sums still come to the host in one copy per batch.
 A batch with a non-finite sum is re-run in float32; if it is still non-finite, scoring stops with
 an error naming the texts, so a NaN is never stored.
 """
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 
 from atlas.errors import ScoringError
+from atlas.lens import Lens, LensError, LensOverride, logit_transform
 from atlas.loading import LoadedModel
 
 # Texts per batch when none is given. On a 2-core CPU one ~300-token text already keeps the
@@ -107,17 +112,10 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[l
 def output_head(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """hidden state (already final-normed) → float32 logits, with the model's post-transforms."""
     unembed = model.get_output_embeddings()
-    config = getattr(model.config, "text_config", None) or model.config
-    softcap = getattr(config, "final_logit_softcapping", None)
-    scale = getattr(config, "logit_scale", None)
+    transform, _ = logit_transform(model.config)
 
     def head(hidden: torch.Tensor) -> torch.Tensor:
-        logits = unembed(hidden).float()
-        if scale:
-            logits = logits * scale
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
+        return transform(unembed(hidden).float())
 
     return head
 
@@ -168,7 +166,10 @@ class Scorer:
     """Scores texts with one loaded model. Knows nothing of the store."""
 
     def __init__(self, loaded: LoadedModel, *, batch_size: int | None = None,
-                 max_length: int | None = None) -> None:
+                 max_length: int | None = None, layers: Sequence[int] | None = None,
+                 lens: LensOverride | None = None) -> None:
+        """``layers``: hidden-state indices to score through the logit lens (``score_layers``);
+        ``lens``: user-given module paths for an architecture atlas.lens does not describe."""
         batch_size = batch_size or DEFAULT_BATCH_SIZE.get(loaded.device.type, 8)
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -183,6 +184,27 @@ class Scorer:
         self.pad_id = self.tokenizer.pad_token_id or 0
         self._static_provenance: dict | None = None
         self.hidden, self.head = self._checked_head()
+        self.layers: list[int] | None = None
+        self.lens: Lens | None = None
+        if layers is not None:
+            self._set_up_lens(layers, lens)
+
+    def _set_up_lens(self, layers: Sequence[int], override: LensOverride | None) -> None:
+        """Resolve and verify the lens; the final index reuses the plain (verified) head."""
+        lens = Lens.of(self.model, override)
+        if self.head_path != "chunked":
+            raise LensError(
+                f"{type(self.model).__name__}: its logits are not its unembedding of the final "
+                "hidden state plus a transform LM Atlas knows, so no layer can be read through "
+                "a logit lens")
+        layers = sorted(set(layers))
+        beyond = [layer for layer in layers if not 0 <= layer <= lens.n_layers]
+        if not layers or beyond:
+            raise LensError(
+                f"layers {beyond or layers}: this model has {lens.n_layers} blocks, so its hidden "
+                f"states are 0..{lens.n_layers}")
+        self.lens_check = lens.verify(self.model, self.device)
+        self.lens, self.layers, self.lens_head = lens, layers, lens.head()
 
     def provenance(self, n_truncated: int) -> dict:
         """How the vector was made (the tokenizer fingerprint is computed once per scorer)."""
@@ -206,6 +228,8 @@ class Scorer:
             "max_length": self.max_length,
             "batch_size": self.batch_size,
             "head": self.head_path,
+            **({"forward": "one pass, all hidden states (output_hidden_states)"}
+               if self.layers is not None else {}),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "lm_atlas": __version__},
         }
@@ -257,7 +281,7 @@ class Scorer:
 
     @torch.inference_mode()
     def _score_batch(self, ids: list[list[int]]) -> torch.Tensor:
-        """Per-text sums of a batch, still on the device.
+        """Per-text sums of a batch, still on the device: [1, B], or [len(layers), B] with layers.
 
         No attention mask is passed: with right padding, a causal model (checked at load) never
         lets a real token see a pad, so the mask would change nothing we read. Leaving it out
@@ -265,8 +289,19 @@ class Scorer:
         building a padding mask costs in transformers.
         """
         input_ids, packed = self._batch_tensors(ids)
-        hidden = self.hidden(input_ids=input_ids)
-        return packed_target_logprob_sums(hidden, packed, self.head, self._chunk_positions())
+        chunk = self._chunk_positions()
+        if self.layers is None:
+            hidden = self.hidden(input_ids=input_ids)
+            return packed_target_logprob_sums(hidden, packed, self.head, chunk).unsqueeze(0)
+        output = self.model.base_model(input_ids=input_ids, output_hidden_states=True)
+        sums = torch.empty((len(self.layers), len(ids)), dtype=torch.float64, device=self.device)
+        for row, layer in enumerate(self.layers):
+            if layer == self.lens.n_layers:  # the model's own, already normalised, final state
+                hidden, head = output.last_hidden_state, self.head
+            else:
+                hidden, head = output.hidden_states[layer], self.lens_head
+            sums[row] = packed_target_logprob_sums(hidden, packed, head, chunk)
+        return sums
 
     @contextlib.contextmanager
     def _float32(self) -> Iterator[None]:
@@ -278,6 +313,7 @@ class Scorer:
             self.model.to(original)
 
     def _finite_batch(self, ids: list[list[int]], indices: list[int]) -> np.ndarray:
+        """[rows, B] sums on the host: one row, or one per lens layer."""
         sums = self._score_batch(ids).cpu().numpy()  # the one host sync of the batch
         if np.isfinite(sums).all():
             return sums
@@ -286,7 +322,7 @@ class Scorer:
                 sums = self._score_batch(ids).cpu().numpy()
             if np.isfinite(sums).all():
                 return sums
-        bad = [indices[i] for i in np.flatnonzero(~np.isfinite(sums))][:10]
+        bad = [indices[i] for i in np.flatnonzero(~np.isfinite(sums).all(0))][:10]
         raise ScoringError(
             f"non-finite log-likelihood (NaN/inf) for texts {bad} even in float32: the model's "
             "outputs are not finite (corrupt or overflowing weights?); nothing was stored"
@@ -295,10 +331,26 @@ class Scorer:
     def score(self, texts: Sequence[str], progress: bool = True,
               partial: PartialScores | None = None) -> Scores:
         """ℓ for every text, in the given order; texts already in ``partial`` are not re-scored."""
+        if self.layers is not None:
+            raise ValueError("this scorer reads lens layers: call score_layers()")
+        partial = partial or PartialScores(None, len(texts))
+        return self._score_rows(texts, progress, partial)[0]
+
+    def score_layers(self, texts: Sequence[str], progress: bool = True,
+                     partial: PartialScores | None = None) -> dict[int, Scores]:
+        """ℓ through the logit lens for every requested hidden state, from one forward pass per
+        batch: {layer: Scores}. The final index is the model's own output (= ``score``)."""
+        if self.layers is None:
+            raise ValueError("this scorer has no lens layers: pass layers= to Scorer")
+        partial = partial or PartialScores(None, len(texts), rows=len(self.layers))
+        scores = self._score_rows(texts, progress, partial)
+        return dict(zip(self.layers, scores, strict=True))
+
+    def _score_rows(self, texts: Sequence[str], progress: bool,
+                    partial: PartialScores) -> list[Scores]:
         tokenized = tokenize(self.tokenizer, texts, self.max_length)
         lengths = [len(ids) for ids in tokenized.ids]
-        partial = partial or PartialScores(None, len(texts))
-        todo = np.flatnonzero(np.isnan(partial.loglik))
+        todo = np.flatnonzero(np.isnan(partial.rows).any(0))
         todo_tokens = sum(lengths[i] for i in todo)
         with _progress(progress, len(todo), todo_tokens) as advance:
             for batch in length_sorted_batches([lengths[i] for i in todo], self.batch_size):
@@ -306,11 +358,13 @@ class Scorer:
                 sums = self._finite_batch([tokenized.ids[i] for i in indices], indices)
                 partial.record(indices, sums)
                 advance(len(indices), sum(lengths[i] for i in indices))
-        return Scores(loglik=partial.loglik.copy(), n_tokens=np.asarray(lengths, dtype=np.int64),
-                      n_truncated=tokenized.n_truncated,
-                      provenance=self.provenance(tokenized.n_truncated),
-                      n_resumed=len(texts) - len(todo),
-                      scored_tokens=todo_tokens)
+        provenance = self.provenance(tokenized.n_truncated)
+        return [Scores(loglik=row.copy(), n_tokens=np.asarray(lengths, dtype=np.int64),
+                       n_truncated=tokenized.n_truncated,
+                       provenance={**provenance, **({"lens": self.lens.describe(layer)}
+                                                    if self.lens is not None else {})},
+                       n_resumed=len(texts) - len(todo), scored_tokens=todo_tokens)
+                for row, layer in zip(partial.rows, self.layers or [None], strict=True)]
 
 
 class PartialScores:
@@ -321,17 +375,24 @@ class PartialScores:
     text not scored yet (scores themselves are never NaN).
     """
 
-    def __init__(self, path: Path | None, n_texts: int) -> None:
+    def __init__(self, path: Path | None, n_texts: int, rows: int | None = None) -> None:
+        """``rows``: one vector per lens layer ([rows, n_texts]); None: one vector."""
         self.path = path
-        self.loglik = np.full(n_texts, np.nan)
+        self.loglik = np.full(n_texts if rows is None else (rows, n_texts), np.nan)
         if path is not None and path.exists():
             stored = np.load(path)
             if stored.shape == self.loglik.shape:
                 self.loglik = stored
         self._flushed = time.monotonic()
 
+    @property
+    def rows(self) -> np.ndarray:
+        """The sums as [rows, n_texts] (a view)."""
+        return self.loglik.reshape(-1, self.loglik.shape[-1])
+
     def record(self, indices: list[int], sums: np.ndarray) -> None:
-        self.loglik[indices] = sums
+        """``sums``: [len(indices)] or [rows, len(indices)]."""
+        self.rows[:, indices] = np.asarray(sums).reshape(self.rows.shape[0], len(indices))
         if time.monotonic() - self._flushed >= PARTIAL_FLUSH_SECONDS:
             self.flush()
 
