@@ -3,7 +3,8 @@
 1. builds the default text set (atlas.textsources) and stores its evaluation part;
 2. trains (or finds in the cache) a Pythia-like suite of mini GPT-NeoX models on the disjoint
    training split, and fine-tunes of a final model on single domains (atlas.suite);
-3. ingests every checkpoint through the ordinary ingest path (vector + weight sketch);
+3. ingests every checkpoint through the ordinary ingest path (vector + weight sketch), and every
+   hidden state of each size's final model (first seed) by the logit lens (``--layers all``);
 4. prints the KL scale across settings, the diffusion exponents of one run, and what to try next.
 
 Training and scoring run in worker processes, one torch thread each: these models are far too
@@ -90,14 +91,16 @@ def _finetune(finetune: FineTune) -> Run:
     return _suite.finetune(finetune, on_step=_tick)
 
 
-def _ingest(db: str, checkpoint: Checkpoint, textset: str) -> str:
+def _ingest(db: str, checkpoint: Checkpoint, textset: str, layers: str | None = None
+            ) -> list[str]:
+    """Ingest one checkpoint (all its lens layers with ``layers``): one status per vector."""
     with Atlas(db) as atlas:
         result = atlas.ingest(str(checkpoint.path), family=checkpoint.family, size=checkpoint.size,
                               seed=checkpoint.seed, checkpoint=f"step{checkpoint.step}",
                               parent=checkpoint.parent, textset=textset, device="cpu",
-                              dtype="float32", batch_size=8, progress=False)
+                              dtype="float32", batch_size=8, progress=False, layers=layers)
     _tick()
-    return result.status
+    return list(result.layers.values()) if layers is not None else [result.status]
 
 
 # the demo ------------------------------------------------------------------------------------
@@ -189,6 +192,10 @@ def run_demo(db: str | Path, *, quick: bool = False, n_texts: int | None = None,
         mark = time.perf_counter()
         checkpoints = [c for run in runs for c in run.checkpoints]
         statuses = _ingest_all(db, checkpoints, name, workers, progress, "ingesting checkpoints")
+        lensed = [run.checkpoints[-1] for run in runs[:len(suite.runs())]
+                  if run.checkpoints[-1].seed == spec.seeds[0]]  # one final model per size
+        statuses += _ingest_all(db, lensed, name, workers, progress, "logit-lens layers",
+                                layers="all")
         seconds["ingest"] = time.perf_counter() - mark
         if real:
             mark = time.perf_counter()
@@ -201,12 +208,13 @@ def run_demo(db: str | Path, *, quick: bool = False, n_texts: int | None = None,
 
 
 def _ingest_all(db: str | Path, checkpoints: list[Checkpoint], textset: str, workers: int,
-                progress, description: str) -> list[str]:
+                progress, description: str, layers: str | None = None) -> list[str]:
     pool = _Pool(min(workers, len(checkpoints)), None)
     try:
         task = progress.add_task(description, total=len(checkpoints))
-        return pool.run([pool.executor.submit(_ingest, str(db), c, textset)
+        done = pool.run([pool.executor.submit(_ingest, str(db), c, textset, layers)
                          for c in checkpoints], progress, task)
+        return [status for statuses in done for status in statuses]
     finally:
         pool.close()
 
@@ -268,7 +276,8 @@ def next_commands(db: str | Path, quick: bool = False) -> list[str]:
     spec = QUICK if quick else FULL
     run = (spec.family, spec.sizes[-1].name, spec.seeds[0])
     window = DIFFUSION_WINDOW[quick]
-    return [f"atlas --db {db} nearest {run[0]}-{run[1]}/s{run[2]}@step{spec.schedule()[-1]}",
+    return [f"atlas tui {db}                       # browse it: models, SQL, scale, runs, maps",
+            f"atlas --db {db} nearest {run[0]}-{run[1]}/s{run[2]}@step{spec.schedule()[-1]}",
             f"atlas --db {db} plot scale -o scale.png",
             f"atlas --db {db} diffusion {run[0]} --size {run[1]} --seed {run[2]} "
             f"--window {window}",

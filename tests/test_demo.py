@@ -52,7 +52,11 @@ def test_every_checkpoint_and_finetune_is_ingested_with_its_sketch(demo):
         models = atlas.models()
         sketched = atlas.sql("SELECT count(*) AS n FROM weight_sketches")["n"][0]
         assert atlas.textsets()["n_texts"].to_list() == [QUICK_TEXTS]
-    assert models.height == n_checkpoints + n_finetunes == sketched
+    n_layers = sum(size.layers + 1 for size in QUICK.sizes)  # lens: one final model per size
+    assert models.height == n_checkpoints + n_finetunes + n_layers
+    assert sketched == n_checkpoints + n_finetunes  # layer variants share their model's weights
+    lensed = models.filter(pl.col("layer").is_not_null())
+    assert set(lensed["seed"]) == {QUICK.seeds[0]} and set(lensed["step"]) == {QUICK.schedule()[-1]}
     assert len(QUICK.schedule()) >= 10 and QUICK.schedule()[:4] == [0, 1, 2, 4]
     finetunes = models.filter(pl.col("parent").is_not_null())
     final = QUICK.schedule()[-1]
@@ -62,7 +66,8 @@ def test_every_checkpoint_and_finetune_is_ingested_with_its_sketch(demo):
 def test_summary_shows_scale_and_diffusion(demo):
     out = demo["first"]
     assert f"the KL scale on '{textset_name(QUICK_TEXTS)}'" in out
-    for setting in ("consecutive-late", "seeds", "sizes", "fine-tune", "random-within-family"):
+    for setting in ("consecutive-late", "seeds", "sizes", "fine-tune", "random-within-family",
+                    "layers-adjacent"):
         assert setting in out
     assert "c_q = " in out and "c_w = " in out and "alpha = " in out
 

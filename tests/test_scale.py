@@ -255,6 +255,8 @@ def test_size_value(size, value):
 
 def test_seeds_compare_final_models_and_all_steps_separately():
     keys = [f"m-s/s{seed}@step{step}" for seed in (1, 2) for step in (0, 10, 20)]
+    keys += [f"m-s/s{seed}#0@step20" for seed in (1, 2)]  # lens layers: not "seeds"
+    keys += [f"m-s/s{seed}+int8@step20" for seed in (1, 2)]  # quantized copies: neither
     found = _as_sets(scale.pairs(scale.models_from_keys(keys),
                                  settings=["seeds", "seeds-all-steps"]))
     assert found["seeds"] == {("m-s/s1@step20", "m-s/s2@step20")}

@@ -31,6 +31,8 @@ Decisions (the reference leaves these implicit):
   near-uniform predictions are all close. A variant without a seed counts as one more seed (the
   default run), so the original Pythia pairs with the PolyPythias; checkpoints match by step (or
   by label when unnumbered).
+* **Model outputs only** for consecutive checkpoints, seeds and sizes: quantized copies and
+  logit-lens layers are compared by their own settings (``quantization``, ``layers-adjacent``).
 * **Final variant** of a trajectory (``sizes`` and the random pools): its largest step; a
   trajectory without numbered checkpoints uses its single variant, or its unlabelled one; one with
   several unnumbered labels has no defined final and is left out.
@@ -135,6 +137,12 @@ def _empty() -> pl.DataFrame:
     return pl.DataFrame(schema={"key_a": pl.String, "key_b": pl.String})
 
 
+def _outputs(models: pl.DataFrame) -> pl.DataFrame:
+    """Model-output variants: checkpoints, seeds and sizes compare models, not their quantized
+    copies or logit-lens layers (those have settings of their own)."""
+    return models.filter(pl.col("quant").is_null() & pl.col("layer").is_null())
+
+
 def _pairs_within(models: pl.DataFrame, by: Sequence[str], differ: str,
                   order: pl.Expr | None = None) -> pl.DataFrame:
     """Every unordered pair that agrees on ``by`` (nulls equal) and differs in ``differ``.
@@ -210,7 +218,7 @@ def split_schedule(steps: Sequence[int]) -> tuple[int, int]:
 def consecutive_pairs(models: pl.DataFrame) -> pl.DataFrame:
     """Consecutive checkpoints of each trajectory with their phase: early, mid or late."""
     rows = []
-    stepped = models.filter(pl.col("step").is_not_null())
+    stepped = _outputs(models).filter(pl.col("step").is_not_null())
     for group in stepped.partition_by(list(TRAJECTORY), maintain_order=True):
         ordered = group.sort("step", "key").unique("step", keep="first", maintain_order=True)
         keys, steps = ordered["key"].to_list(), ordered["step"].to_list()
@@ -246,22 +254,21 @@ def _staged(models: pl.DataFrame) -> pl.DataFrame:
     return models.with_columns(stage=pl.coalesce(pl.col("step").cast(pl.String), "checkpoint"))
 
 
-@setting("seeds", "same family, size, quant and layer at their (shared) final step; other seed")
+@setting("seeds", "same family and size at their (shared) final step; different seed")
 def _seeds(models: pl.DataFrame) -> pl.DataFrame:
-    return _pairs_within(_staged(final_variants(models)),
-                         ("family", "size", "quant", "layer", "stage"), "seed")
+    return _pairs_within(_staged(final_variants(_outputs(models))),
+                         ("family", "size", "stage"), "seed")
 
 
-@setting("seeds-all-steps", "same family, size, quant, layer and checkpoint; different seed")
+@setting("seeds-all-steps", "same family, size and checkpoint; different seed")
 def _seeds_all_steps(models: pl.DataFrame) -> pl.DataFrame:
-    return _pairs_within(_staged(models), ("family", "size", "quant", "layer", "stage"), "seed")
+    return _pairs_within(_staged(_outputs(models)), ("family", "size", "stage"), "seed")
 
 
-@setting("sizes", "same family, seed, quant and layer; different size, each at its final step")
+@setting("sizes", "same family and seed; different size, each at its final step")
 def _sizes(models: pl.DataFrame) -> pl.DataFrame:
     by_size = pl.col("size").map_elements(size_value, return_dtype=pl.Float64)
-    return _pairs_within(final_variants(models), ("family", "seed", "quant", "layer"), "size",
-                         by_size)
+    return _pairs_within(final_variants(_outputs(models)), ("family", "seed"), "size", by_size)
 
 
 @setting("quantization", "quantized variant vs the same key unquantized, per quant type")
