@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from atlas.analysis.diffusion import DiffusionResult, diffusion
-from atlas.errors import AtlasError
+from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.kl import kl_bpb, kl_se_bpb
 from atlas.weights import sketch_distance
 
@@ -62,7 +62,10 @@ def load(atlas, family: str, size: str, seed: int | None, textset: str | None = 
     keys = run["key"].to_list()
     found, loglik, mean_bytes = atlas.store.matrix(keys, textset or _run_textset(atlas, keys))
     order = [found.index(k) for k in keys]
-    sketches = atlas.store.sketches(keys)
+    try:
+        sketches = atlas.store.sketches(keys)
+    except (UnknownKeyError, StoreError):  # imported vectors, older atlases: no weights, no c_w
+        sketches = {}
     weight_sq = None
     if len(sketches) == len(keys):
         weight_sq = np.array([[sketch_distance(sketches[a], sketches[b]) for b in keys]
