@@ -422,6 +422,20 @@ def plot_map(ctx: click.Context, name: str, output: Path) -> None:
     click.echo(f"wrote {figures.plot_map(points, output, f'map {name}')}")
 
 
+@main.command("tui")
+@click.argument("db", metavar="[DB]", required=False,
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def tui_command(ctx: click.Context, db: Path | None) -> None:
+    """Browse the atlas in a terminal UI (read-only): models, SQL, scale, runs, maps."""
+    path = db or ctx.obj["db"]
+    if not path.exists():
+        raise AtlasError(f"{path}: no atlas here; run `atlas demo` or `atlas init` first")
+    from tui.app import run
+
+    run(path)
+
+
 @main.group("import")
 def import_() -> None:
     """Import precomputed data."""

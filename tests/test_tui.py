@@ -1,0 +1,638 @@
+"""The Textual TUI (tui/) on a small hand-built atlas, driven by Textual's Pilot.
+
+The atlas: text set 'eval' (48 texts); family ``toy`` in sizes s and m × seeds 1 and 2, each a
+run of 8 checkpoints (steps 0 … 64) with a random-walk trajectory; ``toy-m/s1`` also has
+weight sketches (so the diffusion fit has c_w and α); a fine-tune ``toyft-m/s1@step10`` whose
+parent is ``toy-m/s1@step64``; a lone ``other-1b``; a second text set 'tiny' on which only
+three models are scored; and a stored PCA map ``pca-eval``. Every
+test runs the app read-only over the same file, whose bytes must never change.
+
+Tests are plain functions that drive the app with ``asyncio.run`` (no pytest-asyncio needed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+pytest.importorskip("textual")
+pytest.importorskip("textual_plotext")
+
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input, OptionList, Select, TextArea
+
+import atlas
+from atlas.analysis import maps, scale, trajectory
+from atlas.api import Atlas
+from atlas.errors import LockedError
+from atlas.textsets import TextSet
+from atlas.weights import WeightSketch
+from tui import backend as db
+from tui.app import AtlasApp
+from tui.render import LogScale, ScaleRow, number, scale_chart
+from tui.screens import base
+from tui.screens.detail import DetailScreen
+from tui.screens.help import HelpScreen
+from tui.screens.map import MapPlot, step_towards
+from tui.widgets import Notice
+
+N_TEXTS = 48
+STEPS = [0, 1, 2, 4, 8, 16, 32, 64]
+RUNS = [(size, seed) for size in ("s", "m") for seed in (1, 2)]
+PARENT = "toy-m/s1@step64"
+FINE_TUNE = "toyft-m/s1@step10"
+N_MODELS = len(RUNS) * len(STEPS) + 2
+TINY = [PARENT, FINE_TUNE, "other-1b"]  # the models with vectors on text set 'tiny' too
+SIZE = (100, 30)
+
+
+def _build(root: Path) -> Path:
+    path = root / "atlas.duckdb"
+    db_ = atlas.open(path)
+    db_.import_textset(TextSet([f"text {i} " * (1 + i % 7) for i in range(N_TEXTS)],
+                               source="tui-tests"), "eval")
+    rng = np.random.default_rng(7)
+    base_ = rng.normal(-200, 30, size=N_TEXTS)
+    growth = np.sqrt(np.diff(STEPS, prepend=-1))[:, None]
+    vectors: dict[str, np.ndarray] = {}
+    for size, factor in (("s", 1.0), ("m", 1.4)):
+        offset = rng.normal(0, 3, size=N_TEXTS)
+        for seed in (1, 2):
+            shift = rng.normal(0, 1, size=N_TEXTS)
+            walk = np.cumsum(rng.normal(0, 1, size=(len(STEPS), N_TEXTS)) * growth, axis=0)
+            for i, step in enumerate(STEPS):
+                vectors[f"toy-{size}/s{seed}@step{step}"] = (base_ + factor * (walk[i] + shift)
+                                                             + offset)
+    vectors[FINE_TUNE] = vectors[PARENT] + rng.normal(0, 2, size=N_TEXTS)
+    vectors["other-1b"] = base_ + rng.normal(0, 8, size=N_TEXTS)
+    pl.DataFrame({"key": list(vectors),
+                  "parent": [PARENT if k == FINE_TUNE else None for k in vectors],
+                  "loglik": [v.tolist() for v in vectors.values()]},
+                 schema={"key": pl.String, "parent": pl.String, "loglik": pl.List(pl.Float32)}
+                 ).write_parquet(root / "vectors.parquet")
+    db_.import_vectors(root / "vectors.parquet", "eval")
+    weights = np.cumsum(rng.normal(0, 1, size=(len(STEPS), 32)) * growth, axis=0)
+    for step, values in zip(STEPS, weights, strict=True):
+        db_.store.write_sketch(f"toy-m/s1@step{step}", WeightSketch(
+            sketch=values, sq_norm=float(values @ values), n_params=1000, dim=32, seed=0,
+            layout_hash="toy"))
+    # a second, smaller text set scored by three of the models only
+    db_.import_textset(TextSet([f"tiny {i} " * (1 + i % 3) for i in range(12)]), "tiny")
+    pl.DataFrame({"key": TINY, "loglik": [rng.normal(-50, 5, size=12).tolist() for _ in TINY]},
+                 schema={"key": pl.String, "loglik": pl.List(pl.Float32)}
+                 ).write_parquet(root / "tiny.parquet")
+    db_.import_vectors(root / "tiny.parquet", "tiny")
+    maps.fit_map(db_, "pca", textset="eval", name="pca-eval")
+    db_.close()
+    return path
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+BUILT: dict[Path, str] = {}  # atlas file → its SHA-256 right after the build
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    path = _build(tmp_path_factory.mktemp("tui"))
+    BUILT[path] = _digest(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reader(world):
+    handle = Atlas(world, read_only=True)
+    yield handle
+    handle.close()
+
+
+# driving the app ------------------------------------------------------------------------------
+async def settle(pilot: Pilot) -> None:
+    """Until no worker runs and the messages they posted are handled (answers start jobs)."""
+    app = pilot.app
+    for _ in range(400):
+        await pilot.pause()
+        if not any(w.is_running for w in app.workers):
+            await pilot.pause()
+            if not any(w.is_running for w in app.workers):
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError("workers still running")
+
+
+def drive(path: Path, scenario: Callable[[AtlasApp, Pilot], Awaitable[None]],
+          size: tuple[int, int] = SIZE) -> AtlasApp:
+    async def main() -> AtlasApp:
+        app = AtlasApp(path)
+        async with app.run_test(size=size) as pilot:
+            await settle(pilot)
+            await scenario(app, pilot)
+        return app
+
+    return asyncio.run(main())
+
+
+async def type_text(pilot: Pilot, text: str) -> None:
+    await pilot.press(*[{" ": "space"}.get(c, c) for c in text])
+
+
+def rows(table: DataTable) -> list[list[str]]:
+    return [[str(v) for v in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+def column(table: DataTable, index: int = 0) -> list[str]:
+    return [r[index] for r in rows(table)]
+
+
+def notice(app: AtlasApp) -> Notice:
+    return app.screen.query_one("#notice", Notice)
+
+
+# pure parts --------------------------------------------------------------------------------------
+def test_where_query_is_one_select():
+    assert db.where_clause("where step > 3") == "step > 3"
+    assert db.where_clause("WHERE  family = 'x'") == "family = 'x'"
+    assert db.where_clause("wherever") is None
+    assert db.where_query("step > 3") == "SELECT key FROM model_variants WHERE (step > 3)"
+    for bad in ("step > 3; DROP TABLE models", "", "step >"):
+        with pytest.raises(db.FilterError):
+            db.where_query(bad)
+
+
+def test_related_keys_and_natural_sort(reader):
+    models = db.load_models(reader)
+    row = models.filter(pl.col("key") == "toy-m/s1@step4").row(0, named=True)
+    assert db.related_keys(models, row) == [
+        ("previous checkpoint", "toy-m/s1@step2"), ("next checkpoint", "toy-m/s1@step8"),
+        ("other seed", "toy-m/s2@step4"), ("other size", "toy-s/s1@step4")]
+    parent = models.filter(pl.col("key") == PARENT).row(0, named=True)
+    assert ("fine-tune", FINE_TUNE) in db.related_keys(models, parent)
+    ordered = db.sort_models(models, "key")["key"].to_list()
+    assert ordered.index("toy-m/s1@step4") < ordered.index("toy-m/s1@step16")  # by step
+    assert db.sort_models(models, "checkpoint", descending=True)["step"][0] == 64
+
+
+def test_rulers_and_map_cursor():
+    ruler = LogScale.around([0.05, 3.0], 20)
+    assert (ruler.lo, ruler.hi) == (-2, 1)
+    assert len(ruler.bar(0.05).plain) == 20
+    assert len(ruler.bar(3.0).plain.strip()) > len(ruler.bar(0.05).plain.strip())
+    chart = scale_chart([ScaleRow("seeds", 3, 0.2, 0.3, 0.5), ScaleRow("sizes", 2, 1, 2, 3)],
+                        70).plain
+    assert "seeds" in chart and "0.300 n=3" in chart and "0.1" in chart and "1" in chart
+    xs, ys = [0.0, 1.0, 1.0, -1.0], [0.0, 0.0, 1.0, 0.0]
+    assert step_towards(xs, ys, 0, "right") == 1
+    assert step_towards(xs, ys, 0, "left") == 3
+    assert step_towards(xs, ys, 0, "up") == 2
+    assert step_towards(xs, ys, 1, "right") == 1  # nothing further right: stay
+
+
+# models ------------------------------------------------------------------------------------------
+def test_models_are_listed(world):
+    async def scenario(app, pilot):
+        table = app.screen.query_one("#models", DataTable)
+        keys = column(table)
+        assert len(keys) == N_MODELS
+        assert keys[:2] == ["other-1b", "toy-m/s1@step0"]
+        assert keys.index("toy-m/s1@step4") < keys.index("toy-m/s1@step16")
+        assert rows(table)[1][1:4] == ["toy", "m", "1"]
+        assert rows(table)[1][-1] == "eval"
+        assert rows(table)[keys.index(PARENT)][-1] == "eval, tiny"
+        assert app.model_keys and len(app.model_keys) == N_MODELS
+
+    drive(world, scenario)
+
+
+def test_substring_filter(world):
+    async def scenario(app, pilot):
+        await pilot.press("slash")
+        await type_text(pilot, "S2@STEP6")  # case-insensitive
+        await settle(pilot)
+        keys = column(app.screen.query_one("#models", DataTable))
+        assert keys == ["toy-m/s2@step64", "toy-s/s2@step64"]
+        app.screen.query_one("#filter", Input).value = ""
+        await settle(pilot)
+        assert app.screen.query_one("#models", DataTable).row_count == N_MODELS
+
+    drive(world, scenario)
+
+
+def test_where_filter(world):
+    async def scenario(app, pilot):
+        await pilot.press("slash")
+        await type_text(pilot, "where ")
+        app.screen.query_one("#filter", Input).value = "where size = 'm' and step >= 32"
+        await settle(pilot)
+        assert notice(app).kind == "hint"  # not applied before Enter
+        await pilot.press("enter")
+        await settle(pilot)
+        keys = column(app.screen.query_one("#models", DataTable))
+        assert keys == ["toy-m/s1@step32", "toy-m/s1@step64", "toy-m/s2@step32",
+                        "toy-m/s2@step64"]
+        assert notice(app).kind is None
+
+    drive(world, scenario)
+
+
+def test_bad_where_shows_an_error_inline(world):
+    async def scenario(app, pilot):
+        await pilot.press("slash")
+        for clause in ("where stepp > 3", "where step >", "where 1=1; drop table models"):
+            app.screen.query_one("#filter", Input).value = clause
+            await pilot.press("enter")
+            await settle(pilot)
+            assert notice(app).kind == "error", clause
+            assert notice(app).message.startswith("WHERE clause:")
+            assert app.screen.query_one("#models", DataTable).row_count == N_MODELS
+        assert "stepp" not in notice(app).message
+        assert app.is_running
+
+    drive(world, scenario)
+
+
+def test_sort_by_key_binding_and_header_click(world):
+    async def scenario(app, pilot):
+        screen = app.screen
+        await pilot.press("s")  # key → family
+        assert screen.sort_column == "family"
+        assert column(screen.query_one("#models", DataTable), 1)[0] == "other"
+        await pilot.press("S")
+        assert screen.descending
+        assert column(screen.query_one("#models", DataTable), 1)[0] == "toyft"
+        table = screen.query_one("#models", DataTable)
+        x = sum(c.get_render_width(table) for c in list(table.columns.values())[:2]) + 2
+        await pilot.click("#models", offset=(x, 0))  # the size header
+        await pilot.pause()
+        assert screen.sort_column == "size" and not screen.descending
+        assert column(table, 2)[0] == "1b"  # 1b names a number; m and s do not
+
+    drive(world, scenario)
+
+
+# detail ------------------------------------------------------------------------------------------
+def test_detail_nearest_and_related(world, reader):
+    async def scenario(app, pilot):
+        table = app.screen.query_one("#models", DataTable)
+        table.move_cursor(row=table.get_row_index(PARENT))
+        await pilot.press("enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DetailScreen) and screen.key == PARENT
+        nearest = rows(screen.query_one("#nearest", DataTable))
+        expected = reader.nearest(PARENT, k=10, textset="eval")
+        assert [r[1] for r in nearest] == expected["key"].to_list()
+        assert nearest[0][2] == number(expected["kl"][0])
+        assert all(len(r[4]) == 20 for r in nearest)  # the log-scale ruler
+        related = {(r[0], r[1]): r[2] for r in rows(screen.query_one("#related", DataTable))}
+        assert set(related) == {("fine-tune", FINE_TUNE),
+                                ("previous checkpoint", "toy-m/s1@step32"),
+                                ("other seed", "toy-m/s2@step64"),
+                                ("other size", "toy-s/s1@step64")}
+        assert related[("other seed", "toy-m/s2@step64")] == number(
+            reader.kl(PARENT, "toy-m/s2@step64", "eval").value)
+        provenance = str(screen.query_one("#provenance").render())
+        assert "eval (N=48" in provenance and "tiny (N=12" in provenance
+        await pilot.press("x")  # the other text set
+        await settle(pilot)
+        assert screen.textset == "tiny"
+        nearest = rows(screen.query_one("#nearest", DataTable))
+        assert sorted(r[1] for r in nearest) == sorted(set(TINY) - {PARENT})
+        related = {r[1]: r[2] for r in rows(screen.query_one("#related", DataTable))}
+        assert related[FINE_TUNE] == number(reader.kl(PARENT, FINE_TUNE, "tiny").value)
+        assert related["toy-m/s2@step64"] == "n/a"
+        assert notice(app).kind == "hint" and "no vector on tiny" in notice(app).message
+        await pilot.press("x")
+        await settle(pilot)
+        assert screen.textset == "eval"
+        # Enter on the fine-tune opens it, with the KL to its parent
+        screen.query_one("#related", DataTable).focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.screen.key == FINE_TUNE
+        related = rows(app.screen.query_one("#related", DataTable))
+        assert related[0][:3] == ["parent", PARENT,
+                                  number(reader.kl(FINE_TUNE, PARENT, "eval").value)]
+        await pilot.press("escape", "escape")
+        assert app.screen.query("#models")
+
+    drive(world, scenario)
+
+
+def test_detail_jumps_to_the_run(world):
+    async def scenario(app, pilot):
+        app.open_model("toy-s/s2@step8")
+        await settle(pilot)
+        await pilot.press("t")
+        await settle(pilot)
+        assert app.current_mode == "trajectory"
+        assert app.screen.run.label == "toy-s/s2"
+
+    drive(world, scenario)
+
+
+# SQL console ------------------------------------------------------------------------------------
+def test_sql_console_runs_shows_errors_and_keeps_history(world):
+    async def scenario(app, pilot):
+        await pilot.press("2")
+        await settle(pilot)
+        assert app.current_mode == "sql"
+        editor = app.screen.query_one("#editor", TextArea)
+        assert app.focused is editor
+        editor.text = "SELECT count(*) AS n, kl('toy-m/s1@step0', 'toy-m/s1@step1') AS kl\n" \
+                      "FROM model_variants"
+        await pilot.press("ctrl+enter")
+        await settle(pilot)
+        results = app.screen.query_one("#results", DataTable)
+        assert [str(c.label) for c in results.columns.values()] == ["n", "kl"]
+        assert rows(results)[0][0] == str(N_MODELS)
+        assert notice(app).kind is None
+        for bad in ("SELEC 1", "DELETE FROM models", "CREATE TABLE t AS SELECT 1"):
+            editor.text = bad
+            await pilot.press("ctrl+j")
+            await settle(pilot)
+            assert notice(app).kind == "error", bad
+        assert "read-only" in notice(app).message
+        history = app.screen.query_one("#history", OptionList)
+        assert history.option_count == 4
+        assert str(history.get_option_at_index(3).prompt).startswith("✓ 1 rows")
+        history.focus()
+        history.highlighted = 3
+        await pilot.press("enter")
+        assert editor.text.startswith("SELECT count(*)")
+
+    drive(world, scenario)
+
+
+# scale, trajectory, diffusion, map ---------------------------------------------------------------
+def test_scale_screen(world, reader):
+    async def scenario(app, pilot):
+        await pilot.press("3")
+        await settle(pilot)
+        expected = scale.scale(reader, textset="eval")
+        stats = rows(app.screen.query_one("#stats", DataTable))
+        assert [r[0] for r in stats] == expected["setting"].to_list()
+        assert stats[0][2] == number(expected["median"][0])
+        chart = str(app.screen.query_one("#chart").render())
+        for setting in ("consecutive-early", "seeds", "fine-tune"):
+            assert setting in chart
+        assert "log scale" in chart
+        where = app.screen.query_one("#where", Input)
+        where.focus()
+        where.value = "where size = 'm'"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "sizes" not in column(app.screen.query_one("#stats", DataTable))
+        select = app.screen.query_one("#textset", Select)
+        assert not select.disabled
+        select.value = "tiny"
+        await settle(pilot)
+        assert app.screen.textset == "tiny"
+        assert "fine-tune" in column(app.screen.query_one("#stats", DataTable))
+        where.value = "where nosuch = 1"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert notice(app).kind == "error" and "nosuch" in notice(app).message
+
+    drive(world, scenario)
+
+
+def test_trajectory_screen(world, reader):
+    async def scenario(app, pilot):
+        await pilot.press("4")
+        await settle(pilot)
+        screen = app.screen
+        assert screen.run.label == "toy-m/s1"
+        table = rows(screen.query_one("#steps", DataTable))
+        expected = trajectory.consecutive(reader, "toy", "m", 1)
+        assert [r[:2] for r in table] == [[str(a), str(b)] for a, b in
+                                          expected.select("step", "next_step").rows()]
+        assert table[-1][2] == number(expected["kl"][-1])
+        plot = screen.query_one("#plot")
+        assert "toy-m/s1" in plot.plt.build()
+        screen.choose(db.Run("toy", "s", 2, 8).ident)
+        await settle(pilot)
+        # a run without weight sketches (atlas.analysis.trajectory needs them; the TUI not)
+        assert rows(screen.query_one("#steps", DataTable))[0][2] == number(
+            reader.kl("toy-s/s2@step0", "toy-s/s2@step1").value)
+
+    drive(world, scenario)
+
+
+def test_diffusion_screen(world, reader):
+    async def scenario(app, pilot):
+        await pilot.press("5")
+        await settle(pilot)
+        screen = app.screen
+        fit = trajectory.fit(reader, "toy", "m", 1, window=3, n_boot=200)
+        table = rows(screen.query_one("#fits", DataTable))
+        assert table[0][0] == "overall"
+        assert table[0][1].startswith(number(fit.c_q.value) + " [")
+        assert table[0][2].startswith(number(fit.c_w.value) + " [")
+        assert table[0][3].startswith(number(fit.alpha.value) + " [")
+        assert [r[0] for r in table[1:]] == [str(r.t0) for r in fit.per_t0]
+        assert "D_q" in screen.query_one("#plot").plt.build()
+        assert "D_w" in screen.query_one("#plot").plt.build()
+        window = screen.query_one("#window", Input)
+        window.focus()
+        window.value = "4"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert screen.result.window == 4 and len(screen.result.per_t0) == 4
+        window.value = "40"
+        await pilot.press("enter")
+        await settle(pilot)  # clipped to the run's 7 lags
+        assert screen.result.window == 7
+        # a run without weight sketches: c_q only, said so
+        screen.choose(db.Run("toy", "s", 1, 8).ident)
+        await settle(pilot)
+        assert rows(screen.query_one("#fits", DataTable))[0][2] == "—"
+        assert "no weight sketches" in str(screen.query_one("#notes").render())
+
+    drive(world, scenario)
+
+
+def test_map_screen_moves_and_opens(world, reader):
+    async def scenario(app, pilot):
+        await pilot.press("6")
+        await settle(pilot)
+        plot = app.screen.query_one("#plot", MapPlot)
+        assert plot.points.height == N_MODELS
+        assert app.focused is plot
+        expected = maps.load_map(reader, "pca-eval").sort("key")
+        assert plot.points["key"].to_list() == expected["key"].to_list()
+        start = plot.cursor
+        await pilot.press("right")
+        moved = plot.cursor
+        assert moved != start and plot.points["x"][moved] > plot.points["x"][start]
+        assert plot.points["key"][moved] in str(app.screen.query_one("#point").render())
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, DetailScreen)
+        assert app.screen.key == plot.points["key"][moved]
+        await pilot.press("escape")
+        assert app.current_mode == "map" and app.screen.query("#plot")
+
+    drive(world, scenario)
+
+
+# global ------------------------------------------------------------------------------------------
+def test_every_screen_fits_80x24(world):
+    async def scenario(app, pilot):
+        for key in "123456":
+            await pilot.press(key)
+            await settle(pilot)
+            assert app.current_mode, key
+            footer = app.screen.query_one("Footer")
+            assert footer.region.y == 23 and footer.region.height == 1
+            assert notice(app).kind in (None, "hint"), (key, notice(app).message)
+            body = {"1": "#models", "2": "#results", "3": "#chart", "4": "#plot",
+                    "5": "#plot", "6": "#plot"}[key]
+            region = app.screen.query_one(body).region
+            assert region.height >= 3 and region.right <= 80, key
+            if key == "2":  # the editor holds the focus: leave it so digits switch screens
+                await pilot.press("escape")
+
+    drive(world, scenario, size=(80, 24))
+
+
+def test_help_theme_palette_and_quit(world):
+    async def scenario(app, pilot):
+        await pilot.click("ModeBar", offset=(21, 0))  # " 2 SQL " in the mode bar
+        await settle(pilot)
+        assert app.current_mode == "sql"
+        await pilot.press("escape", "1")
+        assert app.current_mode == "models"
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        assert app.theme == "textual-dark"
+        await pilot.press("ctrl+t")
+        assert app.theme == "textual-light"
+        await pilot.press("6")  # plots redraw in the new theme without error
+        await settle(pilot)
+        await pilot.press("ctrl+t")
+        await settle(pilot)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for label in ("Models", "SQL", "Scale", "Trajectory", "Diffusion", "Map"):
+            assert f"Screen: {label}" in titles
+        assert "Toggle light/dark theme" in titles and "Help" in titles
+        command = next(c for c in app.get_system_commands(app.screen)
+                       if c.title == "Screen: Scale")
+        command.callback()
+        await settle(pilot)
+        assert app.current_mode == "scale"
+        await pilot.press("q")
+        await pilot.pause()
+        assert not app.is_running
+
+    drive(world, scenario)
+
+
+def test_model_commands_open_a_model(world):
+    from tui.app import ModelCommands
+
+    async def scenario(app, pilot):
+        provider = ModelCommands(app.screen)
+        hits = [hit async for hit in provider.search("ftm/s1")]
+        assert hits and hits[0].text == FINE_TUNE
+        hits[0].command()
+        await settle(pilot)
+        assert app.screen.key == FINE_TUNE
+
+    drive(world, scenario)
+
+
+def test_locked_atlas_is_retried_with_a_notice(world, monkeypatch):
+    monkeypatch.setattr(base, "LOCK_RETRY_SECONDS", 0.05)
+    original = db.Backend.call
+    failures = {"left": 2}
+
+    def flaky(self, job):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise LockedError(f"{self.path} is locked by another process (PID 1)")
+        return original(self, job)
+
+    monkeypatch.setattr(db.Backend, "call", flaky)
+    seen: list[tuple[str, str]] = []
+    show = Notice.show
+
+    def record(self, message, kind="error"):
+        seen.append((kind, message))
+        show(self, message, kind)
+
+    monkeypatch.setattr(Notice, "show", record)
+
+    async def scenario(app, pilot):
+        for _ in range(200):
+            await settle(pilot)
+            if app.screen.query_one("#models", DataTable).row_count:
+                break
+            await asyncio.sleep(0.02)
+        assert app.screen.query_one("#models", DataTable).row_count == N_MODELS
+        assert notice(app).kind is None  # cleared once the atlas answered
+
+    drive(world, scenario)
+    locked = [message for kind, message in seen if kind == "locked"]
+    assert len(locked) == 2
+    assert "locked by another process" in locked[0] and "press r to retry" in locked[0]
+    assert "attempt 2" in locked[1]
+
+
+def test_missing_atlas_is_a_notice(tmp_path):
+    async def scenario(app, pilot):
+        assert notice(app).kind == "error"
+        assert "no atlas here" in notice(app).message
+        await pilot.press("3")
+        await settle(pilot)
+        assert notice(app).kind == "error"
+
+    drive(tmp_path / "missing.duckdb", scenario)
+    assert not (tmp_path / "missing.duckdb").exists()
+
+
+# snapshots ---------------------------------------------------------------------------------------
+def _snapshot(snap_compare, world, keys: str, size=(80, 24)) -> bool:
+    async def run_before(pilot):
+        await settle(pilot)
+        for key in keys.split():
+            await pilot.press(key)
+            await settle(pilot)
+
+    return snap_compare(AtlasApp(world), terminal_size=size, run_before=run_before)
+
+
+HAVE_SNAPSHOTS = importlib.util.find_spec("pytest_textual_snapshot") is not None
+
+
+@pytest.mark.skipif(not HAVE_SNAPSHOTS, reason="pytest-textual-snapshot is not installed")
+@pytest.mark.parametrize("keys", [
+    pytest.param("", id="models"),
+    pytest.param("down down enter", id="detail"),
+    pytest.param("3", id="scale"),
+    pytest.param("4", id="trajectory"),
+    pytest.param("5", id="diffusion"),
+    pytest.param("6", id="map"),
+])
+def test_snapshots(request, world, keys):
+    """SVG snapshots at 80×24 (update with --snapshot-update after a deliberate change)."""
+    snap_compare = request.getfixturevalue("snap_compare")
+    assert _snapshot(snap_compare, world, keys)
+
+
+def test_the_atlas_file_was_never_modified(world):
+    """Last in the module: every test above opened this file through the TUI (SQL writes
+    included) and none of them may have changed a byte of it or left a WAL beside it."""
+    assert _digest(world) == BUILT[world]
+    assert sorted(p.name for p in world.parent.iterdir() if p.name.startswith("atlas")) == [
+        "atlas.duckdb"]

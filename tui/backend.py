@@ -1,0 +1,445 @@
+"""Everything the TUI asks of the atlas, as plain functions over a read-only ``Atlas``.
+
+The screens never touch DuckDB themselves: they hand one of these functions to a thread worker
+(``AtlasScreen.start``), which calls it through ``Backend.call`` and posts the result back as a
+message. Keeping the queries here, free of Textual, makes them testable on their own and keeps
+the UI thread free of I/O.
+
+``Backend.call`` opens the atlas read-only for one job and releases the file afterwards (a
+reopen costs ~20 ms), so an ingest in another process can take the write lock between two
+screens' queries. DuckDB connections are not meant for concurrent use, so one lock serialises
+the jobs of one backend; the SQL console has a backend of its own, so a long query there does
+not hold up browsing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from atlas.api import Atlas
+from atlas.errors import AtlasError
+
+T = TypeVar("T")
+
+NEAREST_K = 10
+RELATED_PER_GROUP = 6  # other seeds / other sizes shown on the detail screen
+SQL_DISPLAY_ROWS = 500
+WHERE_PREFIX = re.compile(r"^\s*where\s+", re.IGNORECASE)
+RUN_KEY = ("family", "size", "seed")
+
+
+class FilterError(AtlasError):
+    """A model filter that is not one SQL condition over model_variants."""
+
+
+class Backend:
+    """A read-only atlas file, opened for one job at a time."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._atlas: Atlas | None = None
+
+    def call(self, job: Callable[[Atlas], T]) -> T:
+        """Run ``job(atlas)`` on the read-only atlas; the file is released afterwards."""
+        with self._lock:
+            if self._atlas is None:
+                self._atlas = Atlas(self.path, read_only=True)
+            try:
+                return job(self._atlas)
+            finally:
+                self._atlas.close()
+
+
+# models -----------------------------------------------------------------------------------------
+MODEL_COLUMNS = ("key", "family", "size", "seed", "quant", "layer", "checkpoint", "n_params",
+                 "textsets")
+
+
+def load_models(atlas: Atlas) -> pl.DataFrame:
+    """Every variant with its key columns and the text sets it has vectors on.
+
+    ``order`` is the atlas's own order (family, size, seed, quant, layer, step, key), which
+    sorts checkpoints by step rather than by the text of their key.
+    """
+    models = atlas.models().with_row_index("order")
+    sets = atlas.sql("SELECT key, string_agg(textset, ', ' ORDER BY textset) AS textsets "
+                     "FROM loglik_vectors GROUP BY key")
+    if sets.is_empty():
+        sets = pl.DataFrame(schema={"key": pl.String, "textsets": pl.String})
+    return models.join(sets, on="key", how="left")
+
+
+def where_clause(text: str) -> str | None:
+    """The condition of a ``where …`` filter, or None when ``text`` is a plain substring."""
+    if not WHERE_PREFIX.match(text):
+        return None
+    return WHERE_PREFIX.sub("", text, count=1).strip()
+
+
+def where_query(clause: str) -> str:
+    """``SELECT key FROM model_variants WHERE (clause)``, refused unless it is one SELECT."""
+    if not clause:
+        raise FilterError("write a condition after 'where', e.g. where family = 'pythia'")
+    query = f"SELECT key FROM model_variants WHERE ({clause})"
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise FilterError(_first_line(exc)) from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise FilterError("a filter is one condition over model_variants (no ';')")
+    return query
+
+
+def filter_keys(atlas: Atlas, clause: str) -> list[str]:
+    """Keys of the variants satisfying a SQL condition over model_variants."""
+    query = where_query(clause)
+    try:
+        return atlas.sql(query)["key"].to_list()
+    except AtlasError as exc:
+        raise FilterError(_first_line(exc)) from None
+
+
+def substring_filter(models: pl.DataFrame, text: str) -> pl.DataFrame:
+    """Rows whose key contains ``text`` (case-insensitive)."""
+    text = text.strip()
+    if not text:
+        return models
+    return models.filter(pl.col("key").str.to_lowercase().str.contains(text.lower(),
+                                                                         literal=True))
+
+
+def sort_models(models: pl.DataFrame, column: str, descending: bool = False) -> pl.DataFrame:
+    """Sorted by ``column`` (nulls last), ties in the atlas's order.
+
+    The key sorts in the atlas's order (steps numerically), sizes by the number they name,
+    checkpoints by step.
+    """
+    if column not in models.columns:
+        return models
+    by: list[Any] = [pl.col(column)]
+    if column == "size":
+        from atlas.analysis.scale import size_value
+
+        by = [pl.col("size").map_elements(size_value, return_dtype=pl.Float64), pl.col("size")]
+    elif column == "checkpoint" and "step" in models.columns:
+        by = [pl.col("step"), pl.col("checkpoint")]
+    elif column == "key" and "order" in models.columns:
+        by = [pl.col("order")]
+    tie = [pl.col("order")] if "order" in models.columns else [pl.col("key")]
+    return models.sort([*by, *tie], descending=[descending] * len(by) + [False] * len(tie),
+                       nulls_last=True)
+
+
+# one model ---------------------------------------------------------------------------------------
+@dataclass
+class Related:
+    """The KL from the model to one related variant (or why it could not be computed)."""
+
+    relation: str
+    key: str
+    kl: float | None = None
+    se: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class Detail:
+    key: str
+    info: dict[str, Any]
+    textsets: list[dict[str, Any]]  # name, n_texts, mean_bytes of the sets with its vectors
+    textset: str | None  # the set the KLs below are on
+    nearest: pl.DataFrame
+    related: list[Related] = field(default_factory=list)
+
+
+def model_detail(atlas: Atlas, key: str, textset: str | None = None,
+                 k: int = NEAREST_K) -> Detail:
+    """Provenance, nearest models and KLs to related variants of one model."""
+    key = atlas.resolve(key)
+    models = atlas.models()
+    row = models.filter(pl.col("key") == key).row(0, named=True)
+    info = dict(row)
+    try:  # revision and created_at live in the models table, outside the public view
+        extra = atlas.sql("SELECT revision, created_at FROM models WHERE key = ?", [key])
+        if extra.height:
+            info.update(extra.row(0, named=True))
+    except AtlasError:
+        pass
+    names = atlas.sql("SELECT textset FROM loglik_vectors WHERE key = ? ORDER BY textset",
+                      [key])["textset"].to_list()
+    sets = atlas.textsets().filter(pl.col("name").is_in(names))
+    textsets = sets.select("name", "n_texts", "mean_bytes").to_dicts()
+    if textset is None or textset not in names:
+        textset = names[0] if names else None
+    if textset is None:
+        nearest = pl.DataFrame(schema={"key": pl.String, "kl": pl.Float64, "se": pl.Float64,
+                                       "textset": pl.String})
+        return Detail(key, info, textsets, None, nearest, [])
+    nearest = atlas.nearest(key, k=k, textset=textset)
+    related = [_related_kl(atlas, key, relation, other, textset)
+               for relation, other in related_keys(models, row)]
+    return Detail(key, info, textsets, textset, nearest, related)
+
+
+def _same(models: pl.DataFrame, row: dict, columns: tuple[str, ...]) -> pl.DataFrame:
+    """The rows that agree with ``row`` on ``columns`` (nulls equal)."""
+    cond = pl.lit(True)
+    for name in columns:
+        cond = cond & pl.col(name).eq_missing(row[name])
+    return models.filter(cond)
+
+
+def related_keys(models: pl.DataFrame, row: dict) -> list[tuple[str, str]]:
+    """(relation, key) pairs: parent, fine-tunes, previous/next checkpoint, seeds, sizes."""
+    key = row["key"]
+    found: list[tuple[str, str]] = []
+    keys = set(models["key"].to_list())
+    if row.get("parent"):
+        found.append(("parent", row["parent"]))
+    children = models.filter(pl.col("parent") == key)["key"].to_list()
+    found += [("fine-tune", child) for child in children[:RELATED_PER_GROUP]]
+    if row.get("step") is not None:
+        run = _same(models, row, ("family", "size", "seed", "quant", "layer")).filter(
+            pl.col("step").is_not_null()).sort("step", "key")
+        earlier = run.filter(pl.col("step") < row["step"])
+        later = run.filter(pl.col("step") > row["step"])
+        if earlier.height:
+            found.append(("previous checkpoint", earlier["key"][-1]))
+        if later.height:
+            found.append(("next checkpoint", later["key"][0]))
+    seeds = _same(models, row, ("family", "size", "quant", "layer", "checkpoint")).filter(
+        pl.col("seed").ne_missing(row["seed"])).sort("seed", nulls_last=False)
+    found += [("other seed", k) for k in seeds["key"].to_list()[:RELATED_PER_GROUP]]
+    sizes = _same(models, row, ("family", "seed", "quant", "layer", "checkpoint")).filter(
+        pl.col("size") != row["size"])
+    sizes = sort_models(sizes, "size")
+    found += [("other size", k) for k in sizes["key"].to_list()[:RELATED_PER_GROUP]]
+    return [(relation, other) for relation, other in found
+            if other != key and (other in keys or relation == "parent")]
+
+
+def _related_kl(atlas: Atlas, key: str, relation: str, other: str, textset: str) -> Related:
+    try:
+        result = atlas.kl(key, other, textset=textset)
+    except AtlasError as exc:
+        return Related(relation, other, error=_first_line(exc))
+    return Related(relation, result.key_b, result.value, result.se)
+
+
+# SQL console -------------------------------------------------------------------------------------
+@dataclass
+class QueryResult:
+    query: str
+    frame: pl.DataFrame
+    seconds: float
+
+    @property
+    def shown(self) -> pl.DataFrame:
+        return self.frame.head(SQL_DISPLAY_ROWS)
+
+
+def run_query(atlas: Atlas, query: str) -> QueryResult:
+    started = time.perf_counter()
+    frame = atlas.sql(query)
+    return QueryResult(query, frame, time.perf_counter() - started)
+
+
+# runs, trajectories, diffusion ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    family: str
+    size: str
+    seed: int | None
+    n_checkpoints: int
+
+    @property
+    def label(self) -> str:
+        seed = "" if self.seed is None else f"/s{self.seed}"
+        return f"{self.family}-{self.size}{seed}"
+
+    @property
+    def ident(self) -> str:
+        return f"{self.family}\t{self.size}\t{'' if self.seed is None else self.seed}"
+
+
+def runs(atlas: Atlas) -> list[Run]:
+    """Training runs with two or more numbered checkpoints (output variants), by label."""
+    models = atlas.models().filter(pl.col("quant").is_null(), pl.col("layer").is_null(),
+                                   pl.col("step").is_not_null())
+    counted = models.group_by(list(RUN_KEY)).agg(n=pl.col("step").n_unique())
+    found = [Run(f, s, d, n) for f, s, d, n in counted.iter_rows() if n >= 2]
+    return sorted(found, key=lambda r: (r.family, r.size, -1 if r.seed is None else r.seed))
+
+
+def _no_sketches(exc: AtlasError) -> bool:
+    return "no weight sketch" in str(exc)
+
+
+@dataclass
+class RunResult:
+    """What a run screen shows: ``value`` (a frame or a DiffusionResult), on ``textset``, one of
+    the ``textsets`` that hold a vector of every checkpoint of the run."""
+
+    value: Any
+    textset: str
+    textsets: list[str]
+
+
+def run_textsets(atlas: Atlas, run: Run) -> tuple[list[str], list[str]]:
+    """(checkpoint keys in step order, the text sets holding a vector of each of them)."""
+    from atlas.analysis import trajectory as traj
+
+    keys = traj.checkpoints(atlas, run.family, run.size, run.seed)["key"].to_list()
+    sets = atlas.sql("SELECT textset FROM loglik_vectors WHERE list_contains(?, key) "
+                     "GROUP BY textset HAVING count(*) = ? ORDER BY textset",
+                     [keys, len(keys)])["textset"].to_list()
+    if not sets:
+        raise AtlasError(f"the checkpoints of {run.label} share no text set: score them all on "
+                         "one to compare them")
+    return keys, sets
+
+
+def _pick(sets: list[str], textset: str | None) -> str:
+    return textset if textset in sets else sets[0]
+
+
+def _no_sketches(exc: AtlasError) -> bool:
+    return "no weight sketch" in str(exc)
+
+
+def trajectory(atlas: Atlas, run: Run, textset: str | None = None) -> RunResult:
+    """KL (with SE) between consecutive checkpoints: atlas.analysis.trajectory.consecutive."""
+    from atlas.analysis import trajectory as traj
+
+    _, sets = run_textsets(atlas, run)
+    chosen = _pick(sets, textset)
+    try:
+        return RunResult(traj.consecutive(atlas, run.family, run.size, run.seed, chosen),
+                         chosen, sets)
+    except AtlasError as exc:
+        if not _no_sketches(exc):
+            raise
+    # trajectory.load insists on a weight sketch of every checkpoint (Store.sketches raises
+    # for missing ones); without them the KLs come from the vectors alone
+    from atlas.kl import kl_bpb, kl_se_bpb
+
+    keys, steps, loglik, mean_bytes = run_vectors(atlas, run, chosen)
+    rows = [{"step": int(steps[i]), "next_step": int(steps[i + 1]), "key": keys[i],
+             "next_key": keys[i + 1], "kl": kl_bpb(loglik[i], loglik[i + 1], mean_bytes),
+             "se": kl_se_bpb(loglik[i], loglik[i + 1], mean_bytes), "weight_sq": None}
+            for i in range(len(keys) - 1)]
+    frame = pl.DataFrame(rows, schema={"step": pl.Int64, "next_step": pl.Int64,
+                                       "key": pl.String, "next_key": pl.String,
+                                       "kl": pl.Float64, "se": pl.Float64,
+                                       "weight_sq": pl.Float64})
+    return RunResult(frame, chosen, sets)
+
+
+def run_vectors(atlas: Atlas, run: Run, textset: str
+                ) -> tuple[list[str], np.ndarray, np.ndarray, float]:
+    """(keys, steps, log-likelihoods K × N, B̄) of a run's checkpoints on ``textset``, read
+    through the public views."""
+    from atlas.analysis import trajectory as traj
+
+    checkpoints = traj.checkpoints(atlas, run.family, run.size, run.seed)
+    keys = checkpoints["key"].to_list()
+    vectors = atlas.sql("SELECT key, loglik, mean_bytes FROM loglik_vectors "
+                        "WHERE textset = ? AND list_contains(?, key)", [textset, keys])
+    by_key = dict(zip(vectors["key"].to_list(), vectors["loglik"].to_list(), strict=True))
+    missing = [k for k in keys if k not in by_key]
+    if missing:
+        raise AtlasError(f"no vector on {textset} for {', '.join(missing)}")
+    loglik = np.array([by_key[k] for k in keys], dtype=np.float64)
+    return keys, checkpoints["step"].to_numpy(), loglik, float(vectors["mean_bytes"][0])
+
+
+def default_window(n_checkpoints: int) -> int:
+    """The CLI's window of 10 lags, shortened for short runs to half their lags (at least 3),
+    so that several starts t0 have a full window."""
+    return min(10, max(3, (n_checkpoints - 1) // 2))
+
+
+def diffusion(atlas: Atlas, run: Run, window: int, textset: str | None = None,
+              n_boot: int = 200) -> RunResult:
+    """c_q, c_w, α of a run: atlas.analysis.trajectory.fit (c_q alone without sketches)."""
+    from atlas.analysis import trajectory as traj
+
+    _, sets = run_textsets(atlas, run)
+    chosen = _pick(sets, textset)
+    try:
+        return RunResult(traj.fit(atlas, run.family, run.size, run.seed, window=window,
+                                  textset=chosen, n_boot=n_boot), chosen, sets)
+    except AtlasError as exc:
+        if not _no_sketches(exc):
+            raise
+    from atlas.analysis.diffusion import diffusion as fit
+
+    _, steps, loglik, mean_bytes = run_vectors(atlas, run, chosen)
+    result = fit(steps, loglik, mean_bytes, weight_sq=None, window=window, n_boot=n_boot)
+    return RunResult(result, chosen, sets)
+
+
+def fitted_line(lags, distances, slope: float | None) -> tuple[list[float], list[float]] | None:
+    """A line of the fitted slope through the centroid of the (ln Δt, ln D) points."""
+    if slope is None or lags is None or distances is None:
+        return None
+    pairs = [(math.log(t), math.log(d)) for t, d in zip(lags.ravel(), distances.ravel(),
+                                                       strict=True)
+             if t > 0 and d is not None and math.isfinite(d) and d > 0]
+    if not pairs:
+        return None
+    xs = [p[0] for p in pairs]
+    mx, my = sum(xs) / len(xs), sum(p[1] for p in pairs) / len(pairs)
+    lo, hi = min(xs), max(xs)
+    return [lo, hi], [my + slope * (lo - mx), my + slope * (hi - mx)]
+
+
+# scale and maps ----------------------------------------------------------------------------------
+def text_set_names(atlas: Atlas) -> list[str]:
+    return atlas.sql("SELECT DISTINCT textset FROM loglik_vectors ORDER BY 1")["textset"].to_list()
+
+
+def kl_scale(atlas: Atlas, textset: str | None = None, where: str | None = None) -> pl.DataFrame:
+    from atlas.analysis import scale
+
+    return scale.scale(atlas, where=where or None, textset=textset)
+
+
+def map_names(atlas: Atlas) -> pl.DataFrame:
+    from atlas.analysis import maps
+
+    return maps.maps(atlas)
+
+
+def map_points(atlas: Atlas, name: str) -> pl.DataFrame:
+    from atlas.analysis import maps
+
+    return maps.load_map(atlas, name)
+
+
+# messages ----------------------------------------------------------------------------------------
+def _first_line(exc: BaseException) -> str:
+    """The message on one line, without DuckDB's echo of the query (LINE 1: … and its caret)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    kept = [line for line in lines
+            if line and not line.startswith("LINE ") and set(line) != {"^"}]
+    return " ".join(kept) or type(exc).__name__
+
+
+def error_text(exc: BaseException) -> str:
+    """A one-paragraph message for the user: atlas errors as they are, others with their type."""
+    if isinstance(exc, AtlasError | duckdb.Error):
+        return str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
