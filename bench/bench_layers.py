@@ -40,13 +40,14 @@ import statistics
 import sys
 import sysconfig
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, installed or not
+from gpu_check import count_syncs  # bench/ is on sys.path: this script's folder
+
 from atlas import tiny
 from atlas.loading import LoadedModel, resolve_device, resolve_dtype
 from atlas.scoring import (
@@ -149,24 +150,6 @@ def unembedding_seconds(scorer: Scorer, texts: list[str], head, repeats: int) ->
             runs["wall"].append(wall)
             runs["cpu"].append(cpu)
     return runs
-
-
-def count_syncs(scorer: Scorer, texts: list[str]) -> dict | None:
-    """Host syncs torch reports inside one layered batch (expected: 1, the .cpu() of the sums)."""
-    if scorer.device.type != "cuda":
-        return None
-    ids = tokenize(scorer.tokenizer, texts, scorer.max_length).ids
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            scorer._finite_batch(ids, list(range(len(ids))))
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    where = [f"{Path(w.filename).name}:{w.lineno}" for w in caught
-             if "synchroniz" in str(w.message).lower()
-             and "prototype feature" not in str(w.message)]
-    return {"count": len(where), "where": sorted(set(where))}
 
 
 def parse_args() -> argparse.Namespace:
