@@ -13,7 +13,7 @@ both. Workers ingest concurrently into the same atlas file — ingest holds the 
 and to write, and waits for a lock held by another worker. The demo runs on the CPU whatever the
 machine has, so its numbers are the same everywhere.
 
-Sizes, for 5 minutes on 2 cores: the default demo scores a 500-text head of the default text set
+Sizes, for 5 minutes on 2 cores: the default demo scores a 400-text head of the default text set
 (the same shuffled order, so it is the first half of the 1,000-text default): 147 vectors of
 1,000 texts would take ~10 minutes here. ``--texts 1000`` scores the whole default set.
 """
@@ -35,7 +35,7 @@ from atlas.realmodels import PACKAGED, locate
 from atlas.suite import Checkpoint, FineTune, Run, Suite, SuiteSpec
 from atlas.textsources import DEFAULT_N_EVAL, DEFAULT_NAME, build_default
 
-DEMO_TEXTS = 500
+DEMO_TEXTS = 400
 QUICK_TEXTS = 100
 REAL_TEXTS = 100  # texts the real pretrained models are scored on (--real)
 FULL = SuiteSpec()  # 3 sizes × 3 seeds × 15 checkpoints (0, 1, …, 32, then every 50 to 400)
