@@ -14,8 +14,8 @@ and to write, and waits for a lock held by another worker. The demo runs on the 
 machine has, so its numbers are the same everywhere.
 
 Sizes, for 5 minutes on 2 cores: the default demo scores a 400-text head of the default text set
-(the same shuffled order, so it is the first half of the 1,000-text default): 147 vectors of
-1,000 texts would take ~10 minutes here. ``--texts 1000`` scores the whole default set.
+(the same shuffled order, so its first 400 texts): 145 vectors of 1,000 texts would take ~12
+minutes here. ``--texts 1000`` scores the whole default set.
 """
 
 from __future__ import annotations
