@@ -5,7 +5,8 @@
    training split, and fine-tunes of a final model on single domains (atlas.suite);
 3. ingests every checkpoint through the ordinary ingest path (vector + weight sketch), and every
    hidden state of each size's final model (first seed) by the logit lens (``--layers all``);
-4. prints the KL scale across settings, the diffusion exponents of one run, and what to try next.
+4. fits a t-SNE map of all its models (what ``atlas tui`` and ``atlas plot map`` show);
+5. prints the KL scale across settings, the diffusion exponents of one run, and what to try next.
 
 Training and scoring run in worker processes, one torch thread each: these models are far too
 small for intra-op threads to pay, so one process per core is ~2× faster than one process using
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import polars as pl
 
+from atlas.analysis.maps import fit_map
 from atlas.api import Atlas
 from atlas.realmodels import PACKAGED, locate
 from atlas.suite import Checkpoint, FineTune, Run, Suite, SuiteSpec
@@ -52,6 +54,10 @@ def cache_root() -> Path:
 
 def textset_name(n_texts: int) -> str:
     return DEFAULT_NAME if n_texts == DEFAULT_N_EVAL else f"{DEFAULT_NAME}-{n_texts}"
+
+
+def map_name(n_texts: int) -> str:
+    return f"tsne-{textset_name(n_texts)}"
 
 
 @dataclass
@@ -202,6 +208,10 @@ def run_demo(db: str | Path, *, quick: bool = False, n_texts: int | None = None,
             statuses += _ingest_real(db, [r.checkpoints[-1] for r in runs], workers,
                                      cache_dir or cache_root(), progress)
             seconds["real models"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    with Atlas(db) as atlas:  # the map the TUI and `atlas plot map` show; refitted on re-runs
+        fit_map(atlas, method="tsne", textset=name, name=map_name(n_texts))
+    seconds["map"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - started
     return DemoReport(name, stored.n_texts, runs, ingested=statuses.count("stored"),
                       skipped=statuses.count("skipped"), seconds=seconds)
@@ -279,6 +289,8 @@ def next_commands(db: str | Path, quick: bool = False) -> list[str]:
     return [f"atlas tui {db}                       # browse it: models, SQL, scale, runs, maps",
             f"atlas --db {db} nearest {run[0]}-{run[1]}/s{run[2]}@step{spec.schedule()[-1]}",
             f"atlas --db {db} plot scale -o scale.png",
+            f"atlas --db {db} plot map {map_name(QUICK_TEXTS if quick else DEMO_TEXTS)} "
+            "-o map.png",
             f"atlas --db {db} diffusion {run[0]} --size {run[1]} --seed {run[2]} "
             f"--window {window}",
             f"atlas --db {db} sql \"SELECT * FROM trajectory('{run[0]}', '{run[1]}', {run[2]})\"",

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from atlas.analysis import scale
 from atlas.api import Atlas
 from atlas.cli import main
-from atlas.demo import QUICK, QUICK_TEXTS, textset_name
+from atlas.demo import QUICK, QUICK_TEXTS, map_name, textset_name
 
 ATLAS = Path(sys.executable).parent / "atlas"
 
@@ -51,10 +51,12 @@ def test_every_checkpoint_and_finetune_is_ingested_with_its_sketch(demo):
     with Atlas(demo["db"], read_only=True) as atlas:
         models = atlas.models()
         sketched = atlas.sql("SELECT count(*) AS n FROM weight_sketches")["n"][0]
+        mapped = atlas.sql(f"SELECT count(*) AS n FROM map_points('{map_name(QUICK_TEXTS)}')")
         assert atlas.textsets()["n_texts"].to_list() == [QUICK_TEXTS]
     n_layers = sum(size.layers + 1 for size in QUICK.sizes)  # lens: one final model per size
     assert models.height == n_checkpoints + n_finetunes + n_layers
     assert sketched == n_checkpoints + n_finetunes  # layer variants share their model's weights
+    assert mapped["n"][0] == models.height
     lensed = models.filter(pl.col("layer").is_not_null())
     assert set(lensed["seed"]) == {QUICK.seeds[0]} and set(lensed["step"]) == {QUICK.schedule()[-1]}
     assert len(QUICK.schedule()) >= 10 and QUICK.schedule()[:4] == [0, 1, 2, 4]
