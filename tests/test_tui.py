@@ -364,6 +364,13 @@ def test_sql_console_runs_shows_errors_and_keeps_history(world):
         history = app.screen.query_one("#history", OptionList)
         assert history.option_count == 4
         assert str(history.get_option_at_index(3).prompt).startswith("✓ 1 rows")
+        editor.focus()
+        await pilot.press("f4")  # F-keys switch screens even from the editor, where "3" is text
+        await settle(pilot)
+        assert app.current_mode == "scale" and "3" not in editor.text
+        await pilot.press("f3")
+        await settle(pilot)
+        assert app.current_mode == "sql"
         history.focus()
         history.highlighted = 3
         await pilot.press("enter")

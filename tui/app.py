@@ -70,6 +70,9 @@ class AtlasApp(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         *(Binding(key, f"switch_mode('{mode}')", label, show=False)
           for mode, key, label in MODE_KEYS),
+        # F2–F7 switch screens from anywhere, the SQL editor included, where digits are text
+        *(Binding(f"f{index + 2}", f"switch_mode('{mode}')", label, show=False, priority=True)
+          for index, (mode, _, label) in enumerate(MODE_KEYS)),
         Binding("question_mark,f1", "help", "Help"),
         Binding("ctrl+t", "toggle_theme", "Theme", show=False),
         Binding("q", "quit", "Quit"),
