@@ -38,7 +38,6 @@ import json
 import platform
 import statistics
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, installed or not
-from gpu_check import count_syncs  # bench/ is on sys.path: this script's folder
+from gpu_check import count_syncs, stdlib_texts  # bench/ is on sys.path: this script's folder
 
 from atlas import tiny
 from atlas.loading import LoadedModel, resolve_device, resolve_dtype
@@ -56,7 +55,6 @@ from atlas.scoring import (
     packed_target_logprob_sums,
     tokenize,
 )
-from atlas.textsets import chunk_document
 
 PRESETS = {
     "small": {"hidden": 128, "layers": 4, "heads": 4, "vocab": 8192, "tokenizer_vocab": 1024,
@@ -67,20 +65,9 @@ PRESETS = {
 TARGET_RATIO = 1.3
 
 
-def stdlib_chunks(limit: int) -> list[str]:
-    """Chunks of the standard library's source, in a fixed order."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    chunks: list[str] = []
-    for path in sorted(root.glob("*.py")):
-        chunks.extend(chunk_document(path.read_text(encoding="utf-8", errors="replace")))
-        if len(chunks) >= limit:
-            break
-    return chunks
-
-
 def texts_and_training(n_texts: int) -> tuple[list[str], list[str]]:
     """``n_texts`` chunks of 900–1024 bytes to score; other chunks to train the tokenizer on."""
-    chunks = stdlib_chunks(4 * n_texts + 2000)
+    chunks = stdlib_texts(4 * n_texts + 2000)
     long = [c for c in chunks if len(c.encode("utf-8")) >= 900]
     if len(long) < n_texts:
         raise SystemExit(f"only {len(long)} stdlib chunks of ≥ 900 bytes; ask for fewer texts")
