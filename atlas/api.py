@@ -16,7 +16,7 @@ many readers across processes) until ``close()``; ingest releases it while scori
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,8 @@ from atlas.ingest import IngestResult, ingest
 from atlas.keys import ModelKey
 from atlas.kl import KLMatrix, kl_matrix
 from atlas.lens import LensOverride
-from atlas.loading import ModelSpec
+from atlas.loading import ModelSpec, resolve_device
+from atlas.quantize import QuantizeError, QuantSpec, key_quant, require, source_label
 from atlas.store import Store, StoredTextSet, duckdb_message
 from atlas.textsets import TextSet, load_textset
 from atlas.weights import DEFAULT_DIM as DEFAULT_SKETCH_DIM
@@ -90,7 +91,10 @@ class Atlas:
                batch_size: int | None = None, max_length: int | None = None, force: bool = False,
                trust_remote_code: bool = False, progress: bool = True,
                sketch_dim: int = DEFAULT_SKETCH_DIM, layers: str | Sequence[int] | None = None,
-               lens_norm: str | None = None, lens_head: str | None = None) -> IngestResult:
+               lens_norm: str | None = None, lens_head: str | None = None,
+               quantize: str | QuantSpec | None = None, bits: int | None = None,
+               group_size: int | None = None, quant_type: str | None = None,
+               calibration: str | Path | None = None) -> IngestResult:
         """Score a model (hub id, local directory or .gguf file) and store its vector.
 
         ``checkpoint`` defaults to ``revision`` so hub checkpoints key themselves. The weights
@@ -102,13 +106,29 @@ class Atlas:
         ``result.layers`` says which were stored and which were there already.
         ``lens_norm`` / ``lens_head`` give the module paths of the final norm (comma-separated
         chain, or "none") and the unembedding for architectures atlas.lens does not describe.
+
+        ``quantize`` (a method: torchao, bnb, gptq, with ``bits``, ``group_size``,
+        ``quant_type``; or a label such as "int8", "bnb-nf4", "gptq-4bit-g128") scores the model
+        quantized (atlas.quantize); GPTQ calibrates on ``calibration`` (a text-set file), by
+        default on the default text set's training split. The key's quant is the label of what
+        was loaded (a GGUF source's type, a pre-quantized checkpoint's config, then ``quantize``
+        on top); ``quant`` may repeat it, or name a float variant freely.
         """
         if self.store.read_only:
             raise StoreError(f"{self.path} is open read-only; open it writable to ingest")
-        key = ModelKey(family=family, size=size, seed=seed, quant=quant,
-                       checkpoint=checkpoint or revision)
         spec = ModelSpec(source=str(source), revision=revision, device=device, dtype=dtype,
-                         trust_remote_code=trust_remote_code)
+                         trust_remote_code=trust_remote_code,
+                         calibration=None if calibration is None else str(calibration))
+        if quantize is not None:
+            method = quantize if isinstance(quantize, QuantSpec) else QuantSpec.from_options(
+                quantize, bits, group_size, quant_type)
+            require(method, resolve_device(device))  # before anything is loaded or stored
+            spec.quantize = method.on(source_label(spec))
+        elif (bits, group_size, quant_type, calibration) != (None, None, None, None):
+            raise QuantizeError("--bits, --group-size, --quant-type and --calibration describe "
+                                "a quantization: they need --quantize")
+        key = ModelKey(family=family, size=size, seed=seed, quant=key_quant(spec, quant),
+                       checkpoint=checkpoint or revision)
         lens = LensOverride(lens_norm, lens_head) if (lens_norm or lens_head) else None
         return ingest(self.store, spec, key, textset, parent=parent, batch_size=batch_size,
                       max_length=max_length, force=force, progress=progress,
@@ -131,6 +151,31 @@ class Atlas:
                     relation.to_arrow_table())
             except duckdb.Error as exc:
                 raise AtlasError(duckdb_message(exc)) from None
+
+    def sql_batches(self, query: str, batch_rows: int = 10_000) -> Iterator[pl.DataFrame]:
+        """Run any SQL and yield its result in DataFrames of up to ``batch_rows`` rows as DuckDB
+        produces them, so the first rows of a large result can be shown (or the rest left
+        unread) before the last are computed. The first frame is empty and carries the columns
+        (none for a statement without a result)."""
+        with self.store.connect() as con:
+            try:
+                relation = con.sql(query)
+                if relation is None:
+                    yield pl.DataFrame()
+                    return
+                reader = relation.to_arrow_reader(batch_rows)
+                yield pl.from_arrow(reader.schema.empty_table())
+                for batch in reader:
+                    yield pl.from_arrow(batch)
+            except duckdb.Error as exc:
+                raise AtlasError(duckdb_message(exc)) from None
+
+    def interrupt(self) -> None:
+        """Stop the query this atlas is running in another thread (its caller gets an
+        AtlasError saying it was interrupted); nothing happens when none runs."""
+        con = self.store._con  # the open connection, if any; never opens one
+        if con is not None:
+            con.interrupt()
 
     def models(self) -> pl.DataFrame:
         """All model variants with their key columns, sorted by key."""

@@ -174,6 +174,20 @@ def textset_list(ctx: click.Context, fmt: str) -> None:
 @click.option("--lens-head", default=None, metavar="PATH",
               help="With --layers: module path of the unembedding (default: the model's output "
                    "embeddings).")
+@click.option("--quantize", default=None, metavar="METHOD|LABEL",
+              help="Score the model quantized: torchao, bnb or gptq (with --bits, --group-size, "
+                   "--quant-type), or a label: int8, int4-g32, bnb-int8, bnb-nf4, bnb-fp4, "
+                   "gptq-4bit-g128. The key's quant becomes the label.")
+@click.option("--bits", type=click.IntRange(min=1, max=8), default=None,
+              help="With --quantize METHOD: bits per weight (torchao 8, bnb 8, gptq 4 default).")
+@click.option("--group-size", type=click.IntRange(min=0), default=None,
+              help="With --quantize METHOD: weights per scale (gptq 128 default; 0 or none: "
+                   "per output channel).")
+@click.option("--quant-type", type=click.Choice(["nf4", "fp4"]), default=None,
+              help="With --quantize bnb --bits 4: the 4-bit type (default nf4).")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=True), default=None,
+              help="With --quantize gptq: calibration texts (a text-set file; default: the "
+                   "default text set's training split, never the scored texts).")
 @click.pass_context
 def ingest(ctx: click.Context, source: str, **options) -> None:
     """Score SOURCE (hub id, local directory or .gguf file) and store its vector."""
@@ -478,3 +492,4 @@ def demo(ctx: click.Context, quick: bool, n_texts: int | None, workers: int | No
     summarise(db, report, quick=quick, echo=click.echo, show=lambda frame, title: emit(
         frame, title=title))
     click.echo("\nnext: " + "\n      ".join(next_commands(db, quick)))
+

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import polars as pl
 
+from atlas import caching
 from atlas.analysis.maps import fit_map
 from atlas.api import Atlas
 from atlas.realmodels import PACKAGED, locate
@@ -48,8 +49,8 @@ LOSS_WINDOW = 10  # training losses are shown as means over the first and last s
 
 
 def cache_root() -> Path:
-    """Where trained weights live: $ATLAS_CACHE, else ~/.cache/lm-atlas."""
-    return Path(os.environ.get("ATLAS_CACHE", Path.home() / ".cache" / "lm-atlas")) / "demo"
+    """Where trained weights live: $ATLAS_CACHE/demo (atlas.caching)."""
+    return caching.cache_root() / "demo"
 
 
 def textset_name(n_texts: int) -> str:

@@ -19,7 +19,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from atlas.lens import (
     peek_config,
     resolve_layers,
 )
-from atlas.loading import ModelSpec, load_model, resolve_device, resolve_dtype
+from atlas.loading import LoadedModel, ModelSpec, load_model, resolve_device, resolve_dtype
 from atlas.scoring import PartialScores, Scorer, Scores
 from atlas.store import Store
 from atlas.weights import DEFAULT_DIM, WeightError, WeightSketch, sketch_parameters
@@ -76,6 +76,8 @@ def scoring_config_id(spec: ModelSpec, key: ModelKey, max_length: int | None,
                "dtype": str(dtype).removeprefix("torch."), "max_length": max_length}
     if lens is not None and lens.given:  # user-given lens paths make another scoring
         payload["lens"] = lens.as_dict()
+    if spec.quantize is not None and spec.quantize.method == "gptq":  # GPTQ depends on them
+        payload["calibration"] = spec.calibration or "default text set, training split"
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -96,6 +98,27 @@ def save_pending(db_path: Path, key: ModelKey, loglik, provenance: dict,
                   "loglik": [list(map(float, loglik))],
                   "provenance": [json.dumps(provenance)]}).write_parquet(path)
     return path
+
+
+def load_for_scoring(spec: ModelSpec, texts: Sequence[str]) -> LoadedModel:
+    """The model as it is scored: quantized when ``spec.quantize`` says so, GPTQ calibrated on
+    texts that are not among the scored ``texts``."""
+    if spec.quantize is None:
+        return load_model(spec)
+    from atlas import quantize
+
+    calibration = quantize.calibration_texts(texts, path=spec.calibration) if (
+        spec.quantize.method == "gptq") else None
+    return quantize.load_quantized(spec, spec.quantize, calibration)
+
+
+def vector_provenance(scores: Scores, spec: ModelSpec, loaded: LoadedModel) -> dict:
+    """What is stored with a vector: how it was scored, where the model came from, and its
+    quantization (the store files that in ``quantizations``)."""
+    from atlas.quantize import describe
+
+    return {**scores.provenance, "source": spec.source, "revision": spec.revision,
+            "quantization": describe(spec, loaded)}
 
 
 def _score_resumably(scorer: Scorer, texts: list[str], partial: PartialScores,
@@ -122,10 +145,13 @@ def _write_or_keep(store: Store, key: ModelKey, textset_id: int, textset: str, s
             f"`atlas import vectors {pending} --textset {textset}`.") from exc
 
 
-def _sketch(model, sketch_dim: int, progress: bool) -> tuple[WeightSketch | None, str | None]:
+def _sketch(model, sketch_dim: int, progress: bool,
+            quantized: bool = False) -> tuple[WeightSketch | None, str | None]:
     """The weight sketch of the loaded model, or None and why (sketching must not fail ingest)."""
     if sketch_dim <= 0:
         return None, "disabled (sketch_dim 0)"
+    if quantized:  # packed integers are not the weights; the float variant carries the sketch
+        return None, "quantized weights are not sketched (the unquantized variant's sketch is)"
     try:
         return sketch_parameters(model, dim=sketch_dim, progress=progress), None
     except WeightError as exc:  # quantized or offloaded weights: the vector is still worth it
@@ -168,13 +194,14 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
         if force:
             partial_path.unlink(missing_ok=True)  # --force re-scores every text
         partial = PartialScores(partial_path, len(texts))
-        loaded = load_model(spec)
+        loaded = load_for_scoring(spec, texts)
         scoring_started = time.perf_counter()
         scores = _score_resumably(Scorer(loaded, batch_size=batch_size, max_length=max_length),
                                   texts, partial, progress)
         score_seconds = time.perf_counter() - scoring_started
-        sketch, sketch_note = _sketch(loaded.model, sketch_dim, progress)  # store released
-        provenance = {**scores.provenance, "source": spec.source, "revision": spec.revision}
+        provenance = vector_provenance(scores, spec, loaded)
+        sketch, sketch_note = _sketch(loaded.model, sketch_dim, progress,  # store released
+                                      quantized=provenance["quantization"] is not None)
         fields = dict(n_params=loaded.n_params, parent=parent, source=spec.source,
                       revision=spec.revision)
         written = _write_or_keep(store, key, stored_set.textset_id, textset, scores, config_id,
@@ -249,7 +276,7 @@ def ingest_layers(store: Store, spec: ModelSpec, key: ModelKey, textset: str,
     try:
         texts = store.texts(stored_set.textset_id)
         store.release()  # let readers in while we score; the writes reopen it
-        loaded = load_model(spec)
+        loaded = load_for_scoring(spec, texts)
         if n_layers < 0:  # the config could not be read on its own: decide now
             wanted, n_layers, _ = _lens_plan(spec, requested, lens, loaded.model.config)
             missing = missing_of(wanted)
@@ -274,7 +301,8 @@ def ingest_layers(store: Store, spec: ModelSpec, key: ModelKey, textset: str,
             score_seconds = time.perf_counter() - scoring_started
             fields = dict(n_params=loaded.n_params, parent=parent, source=spec.source,
                           revision=spec.revision)
-            _write_layers(store, key, stored_set.textset_id, textset, scores, config_id, spec,
+            _write_layers(store, key, stored_set.textset_id, textset, scores, config_id,
+                          lambda layer_scores: vector_provenance(layer_scores, spec, loaded),
                           fields, force, written)
             partial.discard()
             first = next(iter(scores.values()))
@@ -295,13 +323,12 @@ def ingest_layers(store: Store, spec: ModelSpec, key: ModelKey, textset: str,
 
 
 def _write_layers(store: Store, key: ModelKey, textset_id: int, textset: str,
-                  scores: dict, config_id: str, spec: ModelSpec, fields: dict, force: bool,
-                  written: dict[int, str]) -> None:
+                  scores: dict, config_id: str, provenance_of: Callable[[Scores], dict],
+                  fields: dict, force: bool, written: dict[int, str]) -> None:
     """One transaction per layer; if the atlas is taken meanwhile, keep the rest as files."""
     for layer, layer_scores in scores.items():
         layer_key = replace(key, layer=layer)
-        provenance = {**layer_scores.provenance, "source": spec.source,
-                      "revision": spec.revision}
+        provenance = provenance_of(layer_scores)
         try:
             stored = store.write_vector(
                 layer_key, textset_id=textset_id, loglik=layer_scores.loglik,
@@ -309,11 +336,25 @@ def _write_layers(store: Store, key: ModelKey, textset_id: int, textset: str,
                 config_id=config_id, provenance=provenance, force=force, **fields)
         except LockedError as exc:
             kept = [save_pending(store.path, replace(key, layer=other), later.loglik,
-                                 {**later.provenance, "source": spec.source,
-                                  "revision": spec.revision}, fields)
+                                 provenance_of(later), fields)
                     for other, later in scores.items() if written[other] != "stored"]
             raise LockedError(
                 f"{exc} The {len(kept)} layer vectors not yet stored are kept in "
                 f"{kept[0].parent}: once the file is free, run `atlas import vectors FILE "
                 f"--textset {textset}` for each of {', '.join(p.name for p in kept)}.") from exc
         written[layer] = "stored" if stored else "skipped"
+
+
+# building blocks for other writers of vectors (atlas.bulk) ----------------------------------------
+def sketch_weights(model, sketch_dim: int = DEFAULT_DIM, progress: bool = False,
+                   quantized: bool = False) -> tuple[WeightSketch | None, str | None]:
+    """The weight sketch ingest stores with a model-output vector, or None and why not."""
+    return _sketch(model, sketch_dim, progress, quantized)
+
+
+def lens_layers(spec: ModelSpec, layers: str | Sequence[int],
+                lens: LensOverride | None = None) -> list[int] | None:
+    """The hidden states ``layers`` names for ``spec``'s model, from its config alone (None when
+    the config cannot be read without the weights); raises ``LensError`` as ingest would."""
+    wanted, n_layers, _ = _lens_plan(spec, parse_layers(layers), lens)
+    return wanted if n_layers >= 0 else None

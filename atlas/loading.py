@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from atlas.errors import LoadError
+
+if TYPE_CHECKING:
+    from atlas.quantize import QuantSpec
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -27,6 +31,8 @@ class ModelSpec:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
+    quantize: QuantSpec | None = None  # a quantization applied on loading (atlas.quantize)
+    calibration: str | None = None  # GPTQ calibration texts (a text-set file); None: default
 
     @property
     def gguf_file(self) -> Path | None:
@@ -154,21 +160,39 @@ def _check_causal(model: torch.nn.Module, source: str) -> None:
             "LM Atlas scores decoder-only models")
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load model and tokenizer on the resolved device and dtype, in eval mode."""
+def size_gptqmodel_pool() -> None:
+    """Call before GPTQModel is imported (it loads GPTQ/AWQ checkpoints and quantizes GPTQ).
+
+    It sizes its CPU pool at half the cores but its model loader asks for two threads, so on a
+    2-core machine it fails ("requests 2 workers but parent 'cpu' only has 1") unless told.
+    """
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, (os.cpu_count() or 2) // 2)))
+
+
+def load_model(spec: ModelSpec, **pretrained: object) -> LoadedModel:
+    """Load model and tokenizer on the resolved device and dtype, in eval mode.
+
+    ``pretrained`` goes to ``from_pretrained`` (a ``quantization_config``, atlas.quantize); a
+    model quantized while loading is placed by ``device_map``, as bitsandbytes requires.
+    """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # ours (rich) is the one progress display
+    size_gptqmodel_pool()
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     tokenizer = load_tokenizer(spec)
     source, kwargs = _pretrained_args(spec)
+    if "quantization_config" in pretrained:
+        kwargs["device_map"] = str(device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs, **pretrained)
     except (OSError, ValueError, KeyError) as exc:
         raise _explain_load_failure(spec, "model", exc) from exc
-    model.to(device).eval()
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
     _check_vocabulary(model, tokenizer, spec.source)
     _check_causal(model, spec.source)
     n_params = sum(p.numel() for p in model.parameters())

@@ -244,6 +244,7 @@ class Store:
                 return False
             self._upsert_model(con, key, n_params=n_params, parent=parent, source=source,
                                revision=revision)
+            self._record_quantization(con, key, provenance.get("quantization"))
             con.execute("DELETE FROM vectors WHERE key = ? AND textset_id = ?",
                         [str(key), textset_id])
             con.execute(
@@ -277,6 +278,18 @@ class Store:
                 f"({vector[0]} vs {config_id}: dtype, max length or source differ); pass "
                 "--force to replace it, or store it as another variant (e.g. --quant)")
         return True
+
+    @staticmethod
+    def _record_quantization(con, key: ModelKey, record: dict | None) -> None:
+        """The ``quantizations`` row of a quantized variant (atlas.quantize.QuantSpec.record)."""
+        if not record:
+            return
+        columns = ["method", "bits", "group_size", "qtype", "source_quant", "compute_dtype",
+                   "library", "library_version"]
+        con.execute(
+            f"INSERT OR REPLACE INTO quantizations (key, {', '.join(columns)}) "
+            f"VALUES (?{', ?' * len(columns)})",
+            [str(key), *(record.get(column) for column in columns)])
 
     @staticmethod
     def _upsert_model(con, key: ModelKey, **fields) -> None:

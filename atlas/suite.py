@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import torch
 
 from atlas import tiny
+from atlas.caching import atomic_dir
 from atlas.textsets import TextSet
 
 STREAM_TOKENS_PER_STEP = 4  # training windows drawn from a stream 4× the tokens trained on
@@ -202,7 +201,7 @@ class Suite:
             if not (folder / "tokenizer.json").is_file():
                 tokenizer = tiny.train_tokenizer(self.train_texts.texts,
                                                  vocab_size=self.spec.vocab_size)
-                _atomic_dir(folder, tokenizer.save_pretrained)
+                atomic_dir(folder, tokenizer.save_pretrained)
             self._tokenizer = AutoTokenizer.from_pretrained(folder)
         return self._tokenizer
 
@@ -243,7 +242,7 @@ class Suite:
                                seed=seed, tokenizer=self.tokenizer, on_step=on_step,
                                save_at={s: tmp / f"step{s}" for s in steps})
                 (tmp / "run.json").write_text(json.dumps({"losses": losses}))
-            _atomic_dir(directory, work)
+            atomic_dir(directory, work)
         return Run([Checkpoint(directory / f"step{s}", self.spec.family, size.name, seed, s)
                     for s in steps], self._losses(directory))
 
@@ -262,7 +261,7 @@ class Suite:
                                seed=finetune.seed + 10_000, tokenizer=self.tokenizer,
                                on_step=on_step, save_at={finetune.steps: tmp / "final"})
                 (tmp / "run.json").write_text(json.dumps({"losses": losses}))
-            _atomic_dir(directory, work)
+            atomic_dir(directory, work)
         checkpoint = Checkpoint(directory / "final", self.spec.finetune_family(finetune),
                                 finetune.size, finetune.seed, finetune.steps, parent=parent)
         return Run([checkpoint], self._losses(directory))
@@ -270,19 +269,6 @@ class Suite:
     @staticmethod
     def _losses(directory: Path) -> list[float]:
         return json.loads((directory / "run.json").read_text())["losses"]
-
-
-def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Let ``write`` fill a temporary sibling folder, then rename it to ``target``."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def train_suite(suite: Suite, on_step: Callable[[], None] | None = None) -> list[Run]:
