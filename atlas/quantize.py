@@ -355,9 +355,18 @@ def dequantized_gguf(spec: ModelSpec) -> ModelSpec:
     if not (target / "config.json").is_file():
         loaded = load_model(replace(spec, dtype="float32", device="cpu"))
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_dir(target, lambda tmp: (loaded.model.save_pretrained(tmp),
-                                        loaded.tokenizer.save_pretrained(tmp)))
+        atomic_dir(target, lambda tmp: _save_dequantized(loaded, tmp))
     return replace(spec, source=str(target), revision=None)
+
+
+def _save_dequantized(loaded: LoadedModel, folder: Path) -> None:
+    """Save a model read from GGUF: its weights are floats already, but transformers keeps a
+    GGUF quantizer on it that refuses ``save_pretrained``; dropped, the model saves as float."""
+    loaded.model.hf_quantizer = None
+    if hasattr(loaded.model.config, "quantization_config"):
+        del loaded.model.config.quantization_config
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
 
 
 def load_quantized(spec: ModelSpec, quant: QuantSpec,
