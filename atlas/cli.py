@@ -11,6 +11,7 @@ import click
 import polars as pl
 
 from atlas.api import Atlas, default_db_path
+from atlas.bulk.cli import bulk
 from atlas.demo import DEMO_TEXTS, QUICK_TEXTS
 from atlas.errors import AtlasError
 from atlas.textsets import write_jsonl
@@ -493,3 +494,5 @@ def demo(ctx: click.Context, quick: bool, n_texts: int | None, workers: int | No
         frame, title=title))
     click.echo("\nnext: " + "\n      ".join(next_commands(db, quick)))
 
+
+main.add_command(bulk)

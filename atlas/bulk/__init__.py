@@ -1,0 +1,1 @@
+"""Bulk ingestion of model releases: manifest → plan → workers writing shards → one merger."""

@@ -1,0 +1,88 @@
+"""The merger: the one writer that folds finished shards into the atlas.
+
+Each vector goes in through ``Store.write_vector`` (one transaction: the whole vector and its
+variant row, or nothing), then its weight sketch, and only then does the shard move to
+``merged/``. A crash in between leaves the shard in ``ready/``; merging it again finds the same
+vector and config stored (a no-op) and writes the sketch, so merging is idempotent. The file is
+released after every round, so readers (SQL, TUI) get in between.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from atlas.bulk.shards import Shard, ShardDir, ShardError
+from atlas.errors import LockedError, StoreError
+from atlas.keys import ModelKey
+from atlas.store import Store
+from atlas.weights import WeightSketch
+
+
+@dataclass
+class MergeReport:
+    stored: int = 0  # new vectors in the atlas
+    present: int = 0  # already there with the same config (a re-merge, or ingest was first)
+    rejected: list[str] = field(default_factory=list)  # "NAME: reason"
+    locked: str | None = None  # another process held the atlas: the rest waits for next time
+
+    def add(self, other: MergeReport) -> None:
+        self.stored += other.stored
+        self.present += other.present
+        self.rejected += other.rejected
+        self.locked = other.locked
+
+
+def merge_ready(store: Store, shards: ShardDir) -> MergeReport:
+    """Fold every finished shard into the atlas; a shard the atlas refuses is set aside."""
+    report = MergeReport()
+    with shards.merge_lock():
+        _merge_all(store, shards, report)
+    return report
+
+
+def _merge_all(store: Store, shards: ShardDir, report: MergeReport) -> None:
+    shards.tidy()
+    try:
+        for shard in shards.ready_shards():
+            try:
+                written = merge_one(store, shards, shard)
+            except LockedError as exc:
+                report.locked = str(exc)
+                break
+            except (ShardError, StoreError) as exc:
+                shards.reject(shard, str(exc))
+                report.rejected.append(f"{shard.name}: {exc}")
+                continue
+            shards.mark_merged(shard)
+            if written:
+                report.stored += 1
+            else:
+                report.present += 1
+    finally:
+        store.release()
+
+
+def merge_one(store: Store, shards: ShardDir, shard: Shard) -> bool:
+    """Write one shard's vector (and sketch); False if the same vector was stored already."""
+    import pyarrow.parquet as pq
+
+    row = pq.read_table(shards.verified_parquet(shard)).to_pylist()[0]
+    stored = store.textset(row["textset"])
+    if stored.content_hash != shard.meta["textset_hash"]:
+        raise StoreError(f"{row['key']}: scored on other texts than the atlas's text set "
+                         f"'{row['textset']}' (hash {shard.meta['textset_hash'][:12]} vs "
+                         f"{stored.content_hash[:12]})")
+    key = ModelKey.parse(row["key"])
+    written = store.write_vector(
+        key, textset_id=stored.textset_id, loglik=np.asarray(row["loglik"]),
+        n_tokens=np.asarray(row["n_tokens"]), n_truncated=row["n_truncated"],
+        config_id=row["config_id"], provenance=json.loads(row["provenance"]),
+        n_params=row["n_params"], parent=row["parent"], source=row["source"],
+        revision=row["revision"])
+    if row["sketch"] is not None:  # same config stored: the sketch is of these same weights
+        store.write_sketch(key, WeightSketch(sketch=np.asarray(row["sketch"]),
+                                             **json.loads(row["sketch_meta"])))
+    return written

@@ -1,0 +1,299 @@
+"""The planner: a manifest expanded to units of work, each compared with the atlas and the shards.
+
+A *unit* is one model load; its variants (text sets × quantizations × the output and any lens
+layers) are all scored from that load, so a model is loaded once however many vectors it gives.
+A variant is decided exactly as ``atlas ingest`` decides it (same key, config id and conflict
+rules, atlas.ingest.scoring_config_id), so the plan skips what ingest stored and the reverse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from atlas.bulk.manifest import Family, Manifest, Settings, SingleModel
+from atlas.bulk.shards import ShardDir, safe_name
+from atlas.bulk.sources import SourceError, available_steps, base_model, looks_local, resolve_source
+from atlas.errors import AtlasError, InvalidKeyError, StoreError
+from atlas.ingest import lens_layers, scoring_config_id
+from atlas.keys import ModelKey
+from atlas.lens import LensError
+from atlas.loading import ModelSpec
+from atlas.quantize import QuantizeError, QuantSpec, key_quant, source_label
+from atlas.store import Store, StoredTextSet
+
+BYTES_PER_TOKEN = 4.0  # a rough BPE average, for the token estimate before anything is scored
+STATES = ("new", "retry", "scored", "done", "failed", "missing", "conflict")
+TODO = ("new", "retry")
+
+
+class PlanError(AtlasError):
+    """A manifest entry that cannot be expanded (no checkpoints found, unknown parent …)."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One model load and what to score with it."""
+
+    base: ModelKey  # family, size, seed, checkpoint, and the quant label of what is loaded
+    source: str
+    revision: str | None
+    parent: str | None
+    settings: Settings
+    line: int  # of the manifest entry
+    layers: tuple[int, ...] = ()  # lens hidden states, resolved from the config
+    source_quant: str | None = None  # the label of a source quantized already (GGUF, GPTQ)
+
+    @property
+    def id(self) -> str:
+        payload = [str(self.base), self.source, self.revision]
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:12]
+
+    def spec(self, quantize: str | None = None) -> ModelSpec:
+        """How to load it; ``quantize``: a label of ``settings.quantizations`` applied on top."""
+        return ModelSpec(self.source, self.revision, self.settings.device, self.settings.dtype,
+                         self.settings.trust_remote_code,
+                         quantize=QuantSpec.parse(quantize).on(self.source_quant)
+                         if quantize else None)
+
+    def variant_keys(self) -> Iterator[tuple[ModelKey, str | None]]:
+        """(key, quantization to apply) of every variant, per text set: output, then layers;
+        a quantized variant's key carries the label ``atlas ingest --quantize`` gives it."""
+        for quantize in self.settings.quantizations:
+            quant_key = replace(self.base, quant=self.spec(quantize).quantize.label) if (
+                quantize) else self.base
+            for layer in (None, *self.layers):
+                yield replace(quant_key, layer=layer), quantize
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One vector to make: a key on a text set, under one scoring config."""
+
+    key: ModelKey
+    textset: str
+    quantize: str | None
+    config_id: str
+
+    @property
+    def shard_name(self) -> str:
+        return f"{safe_name(str(self.key))}.{safe_name(self.textset)}.{self.config_id}"
+
+
+@dataclass
+class PlannedVariant:
+    unit: Unit
+    variant: Variant
+    state: str = "new"
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    rows: list[PlannedVariant]
+    textsets: dict[str, StoredTextSet]
+    history_rate: float | None = None  # tokens/s measured in this shard dir, if any
+    failures: dict[str, int] = field(default_factory=dict)  # unit id → failed attempts so far
+
+    def counts(self) -> Counter:
+        return Counter(row.state for row in self.rows)
+
+    def work(self, retry_failed: bool = False) -> list[tuple[Unit, list[Variant]]]:
+        """Units with variants to score, in manifest order, each with only those variants."""
+        states = (*TODO, "failed") if retry_failed else TODO
+        todo: dict[str, tuple[Unit, list[Variant]]] = {}
+        for row in self.rows:
+            if row.state in states:
+                todo.setdefault(row.unit.id, (row.unit, []))[1].append(row.variant)
+        return list(todo.values())
+
+    def estimated_tokens(self, retry_failed: bool = False) -> int:
+        """Tokens to score: each (quantization, text set) pass; lens layers share a pass."""
+        total = 0
+        for _, variants in self.work(retry_failed):
+            passes = {(v.quantize, v.textset) for v in variants}
+            total += sum(self._textset_tokens(textset) for _, textset in passes)
+        return int(total)
+
+    def _textset_tokens(self, name: str) -> float:
+        stored = self.textsets[name]
+        return stored.n_texts * stored.mean_bytes / BYTES_PER_TOKEN
+
+
+def expand(manifest: Manifest) -> list[Unit]:
+    """Every unit of the manifest, in its order; sources and parents resolved."""
+    units = [unit for family in manifest.families for unit in _family_units(manifest, family)]
+    units += [_model_unit(manifest, model) for model in manifest.models]
+    by_source = {(u.source, u.revision): u.base for u in units}
+    return [_with_parent(manifest, unit, by_source) for unit in units]
+
+
+def _family_units(manifest: Manifest, family: Family) -> Iterator[Unit]:
+    for size, seed in itertools.product(family.sizes, family.seeds):
+        values = {"size": size, "seed": seed}
+        steps = family.steps
+        if steps == "available":
+            try:
+                steps = available_steps(family.source, family.revision, values, manifest.root)
+            except SourceError as exc:
+                raise PlanError(f"{manifest.path.name} line {family.line}: {exc}") from None
+        for step in steps if steps is not None else (None,):
+            point = {**values, "step": step}
+            checkpoint = family.checkpoint.format(**point) if family.checkpoint else None
+            point["checkpoint"] = checkpoint
+            key = ModelKey(family.name, size, seed, family.quant, checkpoint=checkpoint)
+            yield _unit(manifest, key, family.source.format(**point),
+                        family.revision.format(**point) if family.revision else None,
+                        family.parent.format(**point) if family.parent else None,
+                        family.settings, family.line)
+
+
+def _model_unit(manifest: Manifest, model: SingleModel) -> Unit:
+    return _unit(manifest, model.key, model.source, model.revision, model.parent,
+                 model.settings, model.line)
+
+
+def _unit(manifest: Manifest, key: ModelKey, source: str, revision: str | None,
+          parent: str | None, settings: Settings, line: int) -> Unit:
+    """The key's quant is what ``atlas ingest`` would give: the source's own label (a GGUF
+    file's type, a GPTQ checkpoint's config), which a manifest ``quant`` must agree with."""
+    unit = Unit(key, resolve_source(source, manifest.root), revision, parent, settings, line)
+    spec = unit.spec()
+    try:
+        quant = key_quant(spec, key.quant)
+    except QuantizeError as exc:
+        raise PlanError(f"{manifest.path.name} line {line}: {key}: {exc}") from None
+    quantizing = settings.quantizations != (None,)
+    return replace(unit, base=replace(key, quant=quant),
+                   source_quant=source_label(spec) if quantizing else None)
+
+
+def _with_parent(manifest: Manifest, unit: Unit, by_source: dict) -> Unit:
+    """``parent = "auto"``: the model card's base_model, which must be a model of this manifest
+    (or already a key); a templated parent must form a key."""
+    where = f"{manifest.path.name} line {unit.line}: {unit.base}"
+    if unit.parent is None:
+        return unit
+    if unit.parent != "auto":
+        try:
+            return replace(unit, parent=str(ModelKey.parse(unit.parent)))
+        except InvalidKeyError as exc:
+            raise PlanError(f"{where}: parent: {exc}") from None
+    try:
+        base = base_model(unit.source, unit.revision)
+    except SourceError as exc:
+        raise PlanError(f"{where}: {exc}") from None
+    found = by_source.get((resolve_source(base, manifest.root), None))
+    if found is None:
+        try:
+            found = ModelKey.parse(base)
+        except InvalidKeyError:
+            raise PlanError(f"{where}: its base model {base!r} is not a model of this manifest; "
+                            "add it, or set parent = KEY") from None
+    return replace(unit, parent=str(found))
+
+
+def config_id(unit: Unit, key: ModelKey, quantize: str | None, planning: bool = False) -> str:
+    """The config id ``atlas ingest`` gives the variant. ``planning``: on any machine, since
+    the device does not enter the config once the dtype is explicit."""
+    spec = unit.spec(quantize)
+    if planning and spec.dtype != "auto":
+        spec.device = "cpu"
+    return scoring_config_id(spec, key, unit.settings.max_length)
+
+
+def variants_of(unit: Unit) -> Iterator[Variant]:
+    """The unit's variants, with the config id ``atlas ingest`` would give each."""
+    for textset in unit.settings.textsets:
+        for key, quantize in unit.variant_keys():
+            yield Variant(key, textset, quantize, config_id(unit, key, quantize, planning=True))
+
+
+def _resolve_layers(unit: Unit) -> tuple[Unit, str]:
+    """The lens layers from the model's config (read without the weights); a note if it
+    cannot be read."""
+    if unit.settings.layers is None:
+        return unit, ""
+    try:
+        layers = lens_layers(unit.spec(), unit.settings.layers)
+    except LensError as exc:
+        return unit, str(exc)
+    if layers is None:
+        return unit, "its config cannot be read without loading (lens layers unknown)"
+    return replace(unit, layers=tuple(layers)), ""
+
+
+def make_plan(manifest: Manifest, store: Store, shards: ShardDir, *,
+              max_attempts: int = 3) -> Plan:
+    """Expand the manifest and state every variant (see ``STATES``)."""
+    units = expand(manifest)
+    textsets = _textsets(manifest, store, units)
+    failures = _failures(shards)
+    ready = shards.ready_names()
+    rows = []
+    for unit in units:
+        missing = "" if Path(unit.source).exists() or not looks_local(unit.source) else (
+            f"no such path: {unit.source}")
+        unit, note = _resolve_layers(unit) if not missing else (unit, missing)
+        for variant in variants_of(unit):
+            if note:
+                rows.append(PlannedVariant(unit, variant, "missing", note))
+                continue
+            rows.append(_state(unit, variant, store, textsets, ready,
+                               failures.get(unit.id, []), max_attempts))
+    store.release()
+    return Plan(rows, textsets, _history_rate(shards),
+                {unit: len(errors) for unit, errors in failures.items()})
+
+
+def _textsets(manifest: Manifest, store: Store, units: list[Unit]) -> dict[str, StoredTextSet]:
+    found = {}
+    for unit in units:
+        for name in unit.settings.textsets:
+            if name not in found:
+                try:
+                    found[name] = store.textset(name)
+                except StoreError as exc:
+                    raise PlanError(f"{manifest.path.name} line {unit.line}: {exc}") from None
+    return found
+
+
+def _state(unit: Unit, variant: Variant, store: Store, textsets: dict, ready: set[str],
+           failures: list[str], max_attempts: int) -> PlannedVariant:
+    try:
+        needed = store.needs_vector(str(variant.key), textsets[variant.textset].textset_id,
+                                    unit.source, variant.config_id)
+    except StoreError as exc:
+        return PlannedVariant(unit, variant, "conflict", str(exc))
+    if not needed:
+        return PlannedVariant(unit, variant, "done")
+    if variant.shard_name in ready:
+        return PlannedVariant(unit, variant, "scored", "waiting to be merged")
+    if failures:
+        state = "failed" if len(failures) >= max_attempts else "retry"
+        return PlannedVariant(unit, variant, state,
+                              f"{len(failures)} failed attempt(s); last: {failures[-1]}")
+    return PlannedVariant(unit, variant)
+
+
+def _failures(shards: ShardDir) -> dict[str, list[str]]:
+    """Errors of the failed attempts per unit since its last success."""
+    failures: dict[str, list[str]] = {}
+    for event in shards.events():
+        if event["event"] == "failed":
+            failures.setdefault(event["unit"], []).append(event.get("error", ""))
+        elif event["event"] == "done":
+            failures.pop(event["unit"], None)
+    return failures
+
+
+def _history_rate(shards: ShardDir) -> float | None:
+    """Tokens per second of one worker, loading included, over the finished attempts logged."""
+    done = [e for e in shards.events() if e["event"] == "done" and e.get("seconds")]
+    seconds = sum(e["seconds"] for e in done)
+    return sum(e.get("tokens", 0) for e in done) / seconds if seconds else None
