@@ -115,7 +115,8 @@ def test_gptq_quantizes_on_the_cpu_and_its_checkpoint_loads_back(db, trained_lla
     row = db.sql("SELECT method, bits, group_size, library FROM quantizations").to_dicts()
     assert row == [{"method": "gptq", "bits": 4, "group_size": 32, "library": "gptqmodel"}]
     assert 0 < _kl_to(db, "tl-s")["tl-s+gptq-4bit-g32"] < 0.05
-    (checkpoint,) = [p for p in (tmp_path / "cache" / "quantized").iterdir() if p.is_dir()]
+    (checkpoint,) = [p for p in (tmp_path / "cache" / "quantized").iterdir()
+                     if (p / "config.json").is_file()]
     assert json.loads((checkpoint / "config.json").read_text())["quantization_config"][
         "quant_method"] == "gptq"
     loaded = db.ingest(str(checkpoint), family="gq", size="s", textset="eval", progress=False)
