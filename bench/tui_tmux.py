@@ -4,7 +4,7 @@ Starts the app in a detached tmux session of the given size, sends keys, capture
 each step into OUT/NN-step.txt, and checks that each screen shows what it should. Needs tmux and
 an atlas (e.g. the one `atlas demo` writes). Run:
 
-    python bench/tui_tmux.py atlas.duckdb [--out tui-capture] [--size 100x30]
+    python bench/tui_tmux.py atlas.duckdb [--out tui-capture] [--size 100x30] [--filter step400]
 
 Exit status 0 when every screen showed its expected text; the captures are there to read.
 """
@@ -18,21 +18,28 @@ import sys
 import time
 from pathlib import Path
 
+from tui.history import HISTORY_ENV
+
 SESSION = "atlas-tui-check"
-KEY_NAMES = {"Enter", "Escape", "Tab", "Up", "Down", "Left", "Right"}
+KEY_NAMES = {"Enter", "Escape", "Tab", "Up", "Down", "Left", "Right", "F8", "C-Up"}
 # (name, keys to send, text the pane must then contain)
-STEPS = [
-    ("models", [], "variants"),
-    ("filter", ["/", "step400"], "of"),
-    ("detail", ["Enter", "Enter"], "Nearest models"),
-    ("back", ["Escape"], "variants"),
-    ("sql", ["2"], "SQL"),
-    ("scale", ["Escape", "3"], "median"),  # Escape leaves the SQL editor (digits type there)
-    ("trajectory", ["4"], "step"),
-    ("diffusion", ["5"], "c_q"),
-    ("map", ["6"], "Map"),
-    ("help", ["?"], "Help"),
-]
+def steps(filter_text: str) -> list[tuple[str, list[str], str]]:
+    return [
+        ("models", [], "variants"),
+        ("group", ["g"], "families"),
+        ("ungroup", ["g"], "variants"),
+        ("filter", ["/", filter_text], "key filter"),
+        ("detail", ["Enter", "Enter"], "Nearest models"),
+        ("back", ["Escape"], "variants"),
+        ("sql", ["2"], "SQL"),
+        ("sql-run", ["F8"], "rows ×"),
+        ("sql-history", ["C-Up"], "✓"),
+        ("scale", ["Escape", "3"], "median"),  # Escape leaves the editor (digits type there)
+        ("trajectory", ["4"], "step"),
+        ("diffusion", ["5"], "c_q"),
+        ("map", ["6"], "Map"),
+        ("help", ["?"], "Help"),
+    ]
 
 
 def tmux(*args: str) -> str:
@@ -43,12 +50,23 @@ def capture() -> str:
     return tmux("capture-pane", "-p", "-t", SESSION)
 
 
+def wait_for(expected: str, seconds: float) -> str:
+    """The pane once it shows ``expected``, or as it is after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while expected not in (screen := capture()) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return screen
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("db", type=Path)
     parser.add_argument("--out", type=Path, default=Path("tui-capture"))
     parser.add_argument("--size", default="100x30")
-    parser.add_argument("--wait", type=float, default=3.0, help="Seconds after each step.")
+    parser.add_argument("--wait", type=float, default=15.0,
+                        help="Seconds a step may take to show its text.")
+    parser.add_argument("--filter", default="step400",
+                        help="Text typed into the Models filter (default: a demo checkpoint).")
     args = parser.parse_args()
     if shutil.which("tmux") is None:
         sys.exit("tmux is not installed")
@@ -58,16 +76,17 @@ def main() -> int:
     atlas = Path(sys.executable).parent / "atlas"
     args.out.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tmux", "kill-session", "-t", SESSION], capture_output=True)
+    history = args.out.resolve() / "sql-history.jsonl"  # not the user's own history
+    history.unlink(missing_ok=True)
     tmux("new-session", "-d", "-s", SESSION, "-x", width, "-y", height,
-         f"{atlas} tui {args.db.resolve()}")
+         f"env {HISTORY_ENV}={history} {atlas} tui {args.db.resolve()}")
     failed = []
     try:
-        for number, (name, keys, expected) in enumerate(STEPS):
+        for number, (name, keys, expected) in enumerate(steps(args.filter)):
             for key in keys:  # tmux key names as such, anything else as literal text
                 tmux("send-keys", "-t", SESSION, *([key] if key in KEY_NAMES else ["-l", key]))
                 time.sleep(0.6)  # an Escape followed at once by a key reads as Alt+key
-            time.sleep(args.wait)
-            screen = capture()
+            screen = wait_for(expected, args.wait)
             (args.out / f"{number:02d}-{name}.txt").write_text(screen)
             status = "ok" if expected in screen else f"MISSING {expected!r}"
             if expected not in screen:

@@ -15,6 +15,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
+import json
+import shutil
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -29,6 +33,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, OptionList, Select, TextArea
 
 import atlas
+from atlas import store as store_module
 from atlas.analysis import maps, scale, trajectory
 from atlas.api import Atlas
 from atlas.errors import LockedError
@@ -36,8 +41,10 @@ from atlas.textsets import TextSet
 from atlas.weights import WeightSketch
 from tui import backend as db
 from tui.app import AtlasApp
+from tui.history import HISTORY_ENV
 from tui.render import LogScale, ScaleRow, number, scale_chart
 from tui.screens import base
+from tui.screens import models as models_screen
 from tui.screens.detail import DetailScreen
 from tui.screens.help import HelpScreen
 from tui.screens.map import MapPlot, step_towards
@@ -108,6 +115,14 @@ def world(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def history_file(tmp_path, monkeypatch) -> Path:
+    """Each test's SQL history in a file of its own, never the user's."""
+    path = tmp_path / "history" / "sql-history.jsonl"
+    monkeypatch.setenv(HISTORY_ENV, str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def reader(world):
     handle = Atlas(world, read_only=True)
@@ -119,11 +134,22 @@ def reader(world):
 async def settle(pilot: Pilot) -> None:
     """Until no worker runs and the messages they posted are handled (answers start jobs)."""
     app = pilot.app
+
+    def idle() -> bool:  # the Models screen's filter also waits for a pause in typing
+        return (not any(w.is_running for w in app.workers)
+                and getattr(app.screen, "settled", True) and tables_laid_out())
+
+    def tables_laid_out() -> bool:
+        """DataTables size their columns to new rows on their next idle: until then a
+        snapshot would show stale widths (a private flag; there is no public one)."""
+        return not any(table._require_update_dimensions
+                       for table in app.screen.query(DataTable))
+
     for _ in range(400):
         await pilot.pause()
-        if not any(w.is_running for w in app.workers):
+        if idle():
             await pilot.pause()
-            if not any(w.is_running for w in app.workers):
+            if idle():
                 return
         await asyncio.sleep(0.02)
     raise AssertionError("workers still running")
@@ -169,7 +195,7 @@ def test_where_query_is_one_select():
 
 
 def test_related_keys_and_natural_sort(reader):
-    models = db.load_models(reader)
+    models = reader.models().with_row_index("order")
     row = models.filter(pl.col("key") == "toy-m/s1@step4").row(0, named=True)
     assert db.related_keys(models, row) == [
         ("previous checkpoint", "toy-m/s1@step2"), ("next checkpoint", "toy-m/s1@step8"),
@@ -207,7 +233,6 @@ def test_models_are_listed(world):
         assert rows(table)[1][1:4] == ["toy", "m", "1"]
         assert rows(table)[1][-1] == "eval"
         assert rows(table)[keys.index(PARENT)][-1] == "eval, tiny"
-        assert app.model_keys and len(app.model_keys) == N_MODELS
 
     drive(world, scenario)
 
@@ -262,18 +287,83 @@ def test_bad_where_shows_an_error_inline(world):
 def test_sort_by_key_binding_and_header_click(world):
     async def scenario(app, pilot):
         screen = app.screen
-        await pilot.press("s")  # key → family
-        assert screen.sort_column == "family"
-        assert column(screen.query_one("#models", DataTable), 1)[0] == "other"
-        await pilot.press("S")
-        assert screen.descending
-        assert column(screen.query_one("#models", DataTable), 1)[0] == "toyft"
         table = screen.query_one("#models", DataTable)
+        await pilot.press("s")  # key → family
+        await settle(pilot)
+        assert screen.query_spec.sort == "family"
+        assert column(table, 1)[0] == "other"
+        await pilot.press("S")
+        await settle(pilot)
+        assert screen.query_spec.descending
+        assert column(table, 1)[0] == "toyft"
+        assert [str(c.label) for c in table.columns.values()][1] == "family ▼"
         x = sum(c.get_render_width(table) for c in list(table.columns.values())[:2]) + 2
         await pilot.click("#models", offset=(x, 0))  # the size header
-        await pilot.pause()
-        assert screen.sort_column == "size" and not screen.descending
+        await settle(pilot)
+        assert screen.query_spec.sort == "size" and not screen.query_spec.descending
         assert column(table, 2)[0] == "1b"  # 1b names a number; m and s do not
+
+    drive(world, scenario)
+
+
+def test_models_page_on_scroll(world, reader, monkeypatch):
+    """Pages of 10 rows (500 in use): the first page and the count, then more as the cursor
+    or the view nears the end, in the same order as one query for all."""
+    monkeypatch.setattr(models_screen, "PAGE_ROWS", 10)
+    monkeypatch.setattr(models_screen, "PREFETCH_ROWS", 3)
+
+    async def scenario(app, pilot):
+        screen, table = app.screen, app.screen.query_one("#models", DataTable)
+        status = app.screen.query_one("#status")
+        assert table.row_count == 10
+        assert str(status.render()).startswith(f"showing 1–10 of {N_MODELS} variants")
+        table.move_cursor(row=8)  # within PREFETCH_ROWS of the end
+        await settle(pilot)
+        assert table.row_count == 20
+        for _ in range(5):
+            table.scroll_end(animate=False)
+            await settle(pilot)
+        assert table.row_count == screen.loaded == N_MODELS
+        assert str(status.render()).startswith(f"{N_MODELS} variants · sorted by key")
+        everything = db.model_page(reader, db.ModelQuery(), 0, 100).rows
+        assert column(table) == everything["key"].to_list()
+        await pilot.press("slash", "s", "1")  # a filter starts again from its first page
+        await settle(pilot)
+        assert table.row_count == 10 and screen.page.matching == 17  # toyft-m/s1 too
+
+    drive(world, scenario, size=(100, 12))  # 5 rows in view
+
+
+def test_group_by_family(world):
+    async def scenario(app, pilot):
+        screen, table = app.screen, app.screen.query_one("#models", DataTable)
+        commands = {c.title: c for c in app.get_system_commands(screen)}
+        assert {"Filter", "Sort", "Reverse", "Group by family", "Reload"} <= set(commands)
+        await commands["Group by family"].callback()  # the palette runs the screen's actions
+        await settle(pilot)
+        assert [str(c.label) for c in table.columns.values()][:2] == ["family ▲", "variants"]
+        assert rows(table) == [["other", "1", "1", "0", "0", "0", "0"],
+                               ["toy", "32", "2", "2", "8", "0", "0"],
+                               ["toyft", "1", "1", "1", "1", "0", "0"]]
+        assert "3 families · 34 variants" in str(screen.query_one("#status").render())
+        await pilot.press("s", "S")  # by number of variants, most first
+        await settle(pilot)
+        assert column(table) == ["toy", "other", "toyft"]
+        await pilot.press("enter")  # the family's variants
+        await settle(pilot)
+        assert screen.query_one("#filter", Input).value == "where family = 'toy'"
+        assert table.row_count == 32 and not screen.query_spec.grouped
+        assert set(column(table, 1)) == {"toy"}
+        # grouping keeps the filter; Enter on a family adds it to the filter
+        screen.query_one("#filter", Input).value = "S2@"
+        await settle(pilot)
+        await pilot.press("g")
+        await settle(pilot)
+        assert rows(table) == [["toy", "16", "2", "1", "8", "0", "0"]]
+        await pilot.press("enter")
+        await settle(pilot)
+        assert table.row_count == 16 and set(column(table, 1)) == {"toy"}
+        assert screen.query_spec.where == "family = 'toy' and contains(lower(key), 's2@')"
 
     drive(world, scenario)
 
@@ -355,15 +445,16 @@ def test_sql_console_runs_shows_errors_and_keeps_history(world):
         assert [str(c.label) for c in results.columns.values()] == ["n", "kl"]
         assert rows(results)[0][0] == str(N_MODELS)
         assert notice(app).kind is None
-        for bad in ("SELEC 1", "DELETE FROM models", "CREATE TABLE t AS SELECT 1"):
+        for bad in ("SELEC 1", "DELETE FROM models", "INSERT INTO models (key) VALUES ('x')",
+                    "CREATE TABLE t AS SELECT 1"):
             editor.text = bad
             await pilot.press("ctrl+j")
             await settle(pilot)
             assert notice(app).kind == "error", bad
         assert "read-only" in notice(app).message
         history = app.screen.query_one("#history", OptionList)
-        assert history.option_count == 4
-        assert str(history.get_option_at_index(3).prompt).startswith("✓ 1 rows")
+        assert history.option_count == 5
+        assert str(history.get_option_at_index(4).prompt).startswith("✓ 1 rows")
         editor.focus()
         await pilot.press("f4")  # F-keys switch screens even from the editor, where "3" is text
         await settle(pilot)
@@ -372,9 +463,86 @@ def test_sql_console_runs_shows_errors_and_keeps_history(world):
         await settle(pilot)
         assert app.current_mode == "sql"
         history.focus()
-        history.highlighted = 3
+        history.highlighted = 4
         await pilot.press("enter")
         assert editor.text.startswith("SELECT count(*)")
+
+    drive(world, scenario)
+
+
+def test_sql_history_is_kept_across_sessions(world, history_file):
+    async def first(app, pilot):
+        await pilot.press("2")
+        editor = app.screen.query_one("#editor", TextArea)
+        for query in ("SELECT 1 AS one", "SELECT 2 AS two", "SELECT 1 AS one"):
+            editor.text = query
+            await pilot.press("ctrl+enter")
+            await settle(pilot)
+
+    drive(world, first)
+    saved = [json.loads(line) for line in history_file.read_text().splitlines()]
+    assert [entry["query"] for entry in saved] == ["SELECT 1 AS one", "SELECT 2 AS two"]
+
+    async def second(app, pilot):
+        await pilot.press("2")
+        await settle(pilot)
+        screen = app.screen
+        assert screen.query_one("#history", OptionList).option_count == 2
+        editor = screen.query_one("#editor", TextArea)
+        editor.text = "SELECT 'draft'"
+        await pilot.press("ctrl+up")
+        assert editor.text == "SELECT 1 AS one"
+        await pilot.press("ctrl+up", "ctrl+up")  # stops at the oldest
+        assert editor.text == "SELECT 2 AS two"
+        await pilot.press("ctrl+down", "ctrl+down")
+        assert editor.text == "SELECT 'draft'"
+        await pilot.press("ctrl+enter")
+        await settle(pilot)
+        assert screen.query_one("#history", OptionList).option_count == 3
+
+    drive(world, second)
+    assert len(history_file.read_text().splitlines()) == 3
+
+
+def test_sql_streams_exports_and_cancels(world, reader, tmp_path):
+    calls: list[tuple[int, int]] = []
+    result = db.run_query(reader, "SELECT * FROM range(100000) t(i)",
+                          progress=lambda shown, rows: calls.append((shown.height, rows)))
+    assert result.rows == 100_000 and result.shown.height == db.SQL_DISPLAY_ROWS
+    assert calls[0] == (db.SQL_DISPLAY_ROWS, db.SQL_BATCH_ROWS)  # shown after the first batch
+    assert result.shown["i"].to_list() == list(range(db.SQL_DISPLAY_ROWS))
+
+    async def scenario(app, pilot):
+        await pilot.press("2")
+        screen = app.screen
+        screen.query_one("#editor", TextArea).text = "SELECT * FROM range(5000) t(i)"
+        await pilot.press("ctrl+enter")
+        await settle(pilot)
+        assert screen.query_one("#results", DataTable).row_count == db.SQL_DISPLAY_ROWS
+        assert str(screen.query_one("#sql-status").render()).startswith(
+            "5,000 rows × 1 columns in")
+        titles = [c.title for c in app.get_system_commands(screen)]
+        assert {"Run", "Older", "Newer", "Editor", "Export"} <= set(titles)
+        assert "Cancel" not in titles
+        await pilot.press("ctrl+s")  # all 5,000 rows, not only the 500 shown
+        app.screen.query_one("#export-path", Input).value = str(tmp_path / "result.csv")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert (tmp_path / "result.csv").read_text().splitlines()[:2] == ["i", "0"]
+        assert len((tmp_path / "result.csv").read_text().splitlines()) == 5001
+        assert str(screen.query_one("#sql-status").render()).startswith("wrote 5,000 rows")
+        screen.query_one("#editor", TextArea).text = (
+            "SELECT count(*) FROM range(10000000000) t(i) WHERE i % 7 = 3")
+        await pilot.press("ctrl+enter")
+        for _ in range(100):  # until the query runs, DuckDB takes the interrupt
+            await asyncio.sleep(0.05)
+            await pilot.press("ctrl+g")
+            if not screen.busy("query"):
+                break
+        await settle(pilot)
+        assert notice(app).kind == "hint" and notice(app).message == "Query cancelled."
+        assert str(screen.query_one("#sql-status").render()) == "cancelled"
+        assert screen.query_one("#history", OptionList).option_count == 1  # not remembered
 
     drive(world, scenario)
 
@@ -596,6 +764,42 @@ def test_locked_atlas_is_retried_with_a_notice(world, monkeypatch):
     assert "attempt 2" in locked[1]
 
 
+def test_atlas_locked_by_another_process(world, tmp_path, monkeypatch):
+    """A real writer in another process (as an ingest is): a notice, retries, no traceback;
+    the rows come once it lets go."""
+    monkeypatch.setattr(store_module, "LOCK_RETRY_SECONDS", 0.2)
+    monkeypatch.setattr(base, "LOCK_RETRY_SECONDS", 0.1)
+    copy = tmp_path / "locked.duckdb"
+    shutil.copy(world, copy)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); "
+         "print('locked', flush=True); time.sleep(60)", str(copy)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+
+    async def scenario(app, pilot):
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if notice(app).kind == "locked":
+                    break
+            assert notice(app).kind == "locked"
+            assert "locked by another process" in notice(app).message
+            assert app.screen.query_one("#models", DataTable).row_count == 0
+        finally:
+            holder.kill()
+            holder.wait()
+        for _ in range(100):
+            await settle(pilot)
+            if app.screen.query_one("#models", DataTable).row_count:
+                break
+            await asyncio.sleep(0.05)
+        assert app.screen.query_one("#models", DataTable).row_count == N_MODELS
+        assert notice(app).kind is None
+
+    drive(copy, scenario)
+
+
 def test_missing_atlas_is_a_notice(tmp_path):
     async def scenario(app, pilot):
         assert notice(app).kind == "error"
@@ -625,6 +829,9 @@ HAVE_SNAPSHOTS = importlib.util.find_spec("pytest_textual_snapshot") is not None
 @pytest.mark.skipif(not HAVE_SNAPSHOTS, reason="pytest-textual-snapshot is not installed")
 @pytest.mark.parametrize("keys", [
     pytest.param("", id="models"),
+    pytest.param("g", id="grouped"),
+    pytest.param("ctrl+t", id="models-light"),
+    pytest.param("2 escape", id="sql"),
     pytest.param("down down enter", id="detail"),
     pytest.param("3", id="scale"),
     pytest.param("4", id="trajectory"),

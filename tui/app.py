@@ -11,6 +11,7 @@ the stack of the mode it was opened from. All database work runs in thread worke
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -21,6 +22,8 @@ from textual.binding import Binding, BindingType
 from textual.command import Hit, Hits, Provider
 from textual.screen import Screen
 
+from atlas.errors import AtlasError
+from tui import backend as db
 from tui.backend import Backend
 from tui.screens.detail import DetailScreen
 from tui.screens.help import HelpScreen
@@ -43,12 +46,21 @@ DESCRIPTIONS = {
 
 
 class ModelCommands(Provider):
-    """Command palette: open any model by (part of) its key."""
+    """Command palette: open any model by (part of) its key.
+
+    DuckDB finds the candidates (keys holding the typed characters in order) so that the palette
+    stays quick on a 100,000-variant atlas; the palette's matcher scores them.
+    """
 
     async def search(self, query: str) -> Hits:
         app = self.app
+        try:
+            keys = await asyncio.to_thread(app.backend.call,  # type: ignore[attr-defined]
+                                           partial(db.matching_keys, text=query))
+        except AtlasError:
+            return  # no atlas, or locked: the screens say so
         matcher = self.matcher(query)
-        for key in getattr(app, "model_keys", []):
+        for key in keys:
             score = matcher.match(key)
             if score > 0:
                 yield Hit(score, matcher.highlight(key), partial(app.open_model, key),  # type: ignore[attr-defined]
@@ -83,7 +95,6 @@ class AtlasApp(App[None]):
         self.db_path = Path(db_path)
         self.db_name = self.db_path.name
         self.backend = Backend(self.db_path)
-        self.model_keys: list[str] = []
         self.selected_run: str | None = None  # Run.ident shared by trajectory and diffusion
         self.theme = DARK
 
@@ -107,11 +118,29 @@ class AtlasApp(App[None]):
         for mode, key, label in MODE_KEYS:
             yield SystemCommand(f"Screen: {label}", f"{DESCRIPTIONS[mode]} (key {key})",
                                 partial(self.switch_mode, mode))
+        yield from self.screen_commands(screen)
         yield SystemCommand("Toggle light/dark theme", "Switch between the light and dark "
                             "theme (ctrl+t)", self.action_toggle_theme)
         yield SystemCommand("Help", "Keys of every screen (?)", self.action_help)
         yield from super().get_system_commands(screen)
 
+    def screen_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The actions of the screen under the palette (what its keys do, those it allows
+        now), so that every action can also be found by name, even one whose key the focused
+        widget takes (ctrl+e in the SQL editor)."""
+        seen: set[str] = set()
+        for cls in type(screen).__mro__:
+            if not cls.__module__.startswith("tui."):
+                continue
+            for binding in cls.__dict__.get("BINDINGS", []):
+                if not isinstance(binding, Binding):
+                    continue
+                action = binding.action
+                if action in seen or screen.check_action(action.split("(")[0], ()) is False:
+                    continue
+                seen.add(action)
+                yield SystemCommand(binding.description, f"key {binding.key.replace(',', ', ')}",
+                                    partial(self.run_action, action, screen))
 
 def run(db_path: str | Path) -> None:
     """Open the TUI on the atlas at ``db_path`` (read-only)."""

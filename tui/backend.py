@@ -34,7 +34,6 @@ T = TypeVar("T")
 
 NEAREST_K = 10
 RELATED_PER_GROUP = 6  # other seeds / other sizes shown on the detail screen
-SQL_DISPLAY_ROWS = 500
 WHERE_PREFIX = re.compile(r"^\s*where\s+", re.IGNORECASE)
 RUN_KEY = ("family", "size", "seed")
 
@@ -51,6 +50,12 @@ class Backend:
         self._lock = threading.Lock()
         self._atlas: Atlas | None = None
 
+    def interrupt(self) -> None:
+        """Stop the running job's query (from the UI thread: takes no lock)."""
+        atlas = self._atlas
+        if atlas is not None:
+            atlas.interrupt()
+
     def call(self, job: Callable[[Atlas], T]) -> T:
         """Run ``job(atlas)`` on the read-only atlas; the file is released afterwards."""
         with self._lock:
@@ -63,22 +68,132 @@ class Backend:
 
 
 # models -----------------------------------------------------------------------------------------
-MODEL_COLUMNS = ("key", "family", "size", "seed", "quant", "layer", "checkpoint", "n_params",
-                 "textsets")
+PALETTE_KEYS = 200  # candidate keys the command palette scores per keystroke
+# the atlas's own order (Atlas.models): checkpoints by step rather than by the text of their key
+ATLAS_ORDER = ("family", "size", "seed", "quant", "layer", "step", "key")
+# atlas.analysis.scale.size_value in SQL: the parameter count a label like 70m or 1.4b names
+SIZE_VALUE = (r"CASE WHEN regexp_full_match(lower(trim(size)), '[0-9]+(\.[0-9]+)?[kmbt]') "
+              r"THEN CAST(regexp_extract(lower(trim(size)), '^[0-9.]+') AS DOUBLE) "
+              r"* pow(1000, strpos('kmbt', right(lower(trim(size)), 1))) END")
+SORT_KEYS = {"key": ATLAS_ORDER, "size": (SIZE_VALUE, "size"), "checkpoint": ("step", "checkpoint")}
+VARIANT_COLUMNS = ("key", "family", "size", "seed", "quant", "layer", "checkpoint", "n_params",
+                   "textsets")
+# one row per family: how many variants, and how many distinct values of each key column
+GROUP_COLUMNS = ("family", "variants", "sizes", "seeds", "checkpoints", "quants", "layers")
+GROUP_SELECT = ("family, count(*) AS variants, count(DISTINCT size) AS sizes, "
+                "count(DISTINCT seed) AS seeds, count(DISTINCT checkpoint) AS checkpoints, "
+                "count(DISTINCT quant) AS quants, count(DISTINCT layer) AS layers")
+# the text sets each variant has vectors on, of the keys that pass a condition
+TEXTSETS = ("SELECT key, string_agg(textset, ', ' ORDER BY textset) AS textsets "
+            "FROM loglik_vectors WHERE {keys} GROUP BY key")
+# model_variants with a textsets column: what a filter or an order on text sets needs
+VARIANTS = ("(SELECT m.*, s.textsets FROM model_variants m "
+            f"LEFT JOIN ({TEXTSETS.format(keys='true')}) s USING (key))")
 
 
-def load_models(atlas: Atlas) -> pl.DataFrame:
-    """Every variant with its key columns and the text sets it has vectors on.
+@dataclass(frozen=True)
+class ModelQuery:
+    """What the Models screen shows, as SQL over model_variants: a filter (part of a key, or a
+    condition), an order, and either the variants or one row per family.
 
-    ``order`` is the atlas's own order (family, size, seed, quant, layer, step, key), which
-    sorts checkpoints by step rather than by the text of their key.
+    The screen never holds more than the rows it shows: a 100,000-variant atlas is filtered,
+    sorted, counted and grouped by DuckDB, and read a page at a time.
     """
-    models = atlas.models().with_row_index("order")
-    sets = atlas.sql("SELECT key, string_agg(textset, ', ' ORDER BY textset) AS textsets "
-                     "FROM loglik_vectors GROUP BY key")
-    if sets.is_empty():
-        sets = pl.DataFrame(schema={"key": pl.String, "textsets": pl.String})
-    return models.join(sets, on="key", how="left")
+
+    text: str = ""  # part of a key, case-insensitive
+    where: str | None = None  # or a SQL condition over model_variants (it wins)
+    sort: str = "key"
+    descending: bool = False
+    grouped: bool = False
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return GROUP_COLUMNS if self.grouped else VARIANT_COLUMNS
+
+    def condition(self) -> tuple[str, list]:
+        """The filter as a SQL condition and its parameters."""
+        if self.where is not None:
+            where_query(self.where)  # one condition, or FilterError
+            return f"({self.where})", []
+        if self.text.strip():
+            return "contains(lower(key), ?)", [self.text.strip().lower()]
+        return "true", []
+
+    @property
+    def source(self) -> str:
+        """model_variants, joined to every variant's text sets only when the filter or the
+        order needs them (that costs a scan of all vectors; a page needs its own only)."""
+        on_textsets = self.sort == "textsets" or "textsets" in (self.where or "").lower()
+        return VARIANTS if on_textsets else "model_variants"
+
+    def order_by(self) -> str:
+        """``sort`` (nulls last) in the chosen direction, ties in the atlas's order."""
+        if self.sort not in self.columns:
+            raise ValueError(f"no column {self.sort!r} to sort by")
+        direction = " DESC NULLS LAST" if self.descending else " NULLS LAST"
+        by = (self.sort,) if self.grouped else SORT_KEYS.get(self.sort, (self.sort,))
+        ties = ("family",) if self.grouped else ATLAS_ORDER
+        return ", ".join([f"{term}{direction}" for term in by] + list(ties))
+
+
+@dataclass
+class ModelPage:
+    """Rows ``offset`` … of a query, with the counts the status line shows."""
+
+    query: ModelQuery
+    offset: int
+    rows: pl.DataFrame
+    matching: int  # rows of the whole query: variants, or families when grouped
+    variants: int  # variants that pass the filter
+    total: int  # variants in the atlas
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.rows.height
+
+
+def model_page(atlas: Atlas, query: ModelQuery, offset: int, limit: int) -> ModelPage:
+    """Rows ``offset`` … ``offset + limit`` of the query and its counts, in two queries."""
+    condition, params = query.condition()
+    try:
+        counts = atlas.sql(f"SELECT count(*) FILTER (WHERE {condition}), count(DISTINCT family) "
+                           f"FILTER (WHERE {condition}), count(*) FROM {query.source}",
+                           params * 2).row(0)
+        rows = atlas.sql(_page_sql(query, condition, offset, limit), params)
+    except AtlasError as exc:
+        if query.where is None:
+            raise
+        raise FilterError(_first_line(exc)) from None
+    variants, families, total = counts
+    return ModelPage(query, offset, rows, families if query.grouped else variants, variants,
+                     total)
+
+
+def _page_sql(query: ModelQuery, condition: str, offset: int, limit: int) -> str:
+    """The page's rows: families, or variants with the text sets of the page's keys alone."""
+    order = query.order_by()
+    window = f"ORDER BY {order} LIMIT {int(limit)} OFFSET {int(offset)}"
+    if query.grouped:
+        return (f"SELECT {GROUP_SELECT} FROM {query.source} WHERE {condition} GROUP BY family "
+                f"{window}")
+    if query.source == VARIANTS:
+        return f"SELECT * FROM {VARIANTS} WHERE {condition} {window}"
+    textsets = TEXTSETS.format(keys="key IN (SELECT key FROM page)")
+    return (f"WITH page AS (SELECT * FROM model_variants WHERE {condition} {window}) "
+            f"SELECT page.*, s.textsets FROM page LEFT JOIN ({textsets}) s USING (key) "
+            f"ORDER BY {order}")
+
+
+def matching_keys(atlas: Atlas, text: str, limit: int = PALETTE_KEYS) -> list[str]:
+    """Keys holding the characters of ``text`` in order (the palette's fuzzy rule), keys that
+    contain it as a whole first: candidates for the palette to score, found by DuckDB."""
+    chars = [c for c in text.lower() if not c.isspace()]
+    if not chars:
+        return []
+    pattern = "%" + "%".join("\\" + c if c in "%_\\" else c for c in chars) + "%"
+    return atlas.sql("SELECT key FROM model_variants WHERE lower(key) LIKE ? ESCAPE '\\' "
+                     "ORDER BY NOT contains(lower(key), ?), length(key), key LIMIT ?",
+                     [pattern, "".join(chars), limit])["key"].to_list()
 
 
 def where_clause(text: str) -> str | None:
@@ -102,22 +217,9 @@ def where_query(clause: str) -> str:
     return query
 
 
-def filter_keys(atlas: Atlas, clause: str) -> list[str]:
-    """Keys of the variants satisfying a SQL condition over model_variants."""
-    query = where_query(clause)
-    try:
-        return atlas.sql(query)["key"].to_list()
-    except AtlasError as exc:
-        raise FilterError(_first_line(exc)) from None
-
-
-def substring_filter(models: pl.DataFrame, text: str) -> pl.DataFrame:
-    """Rows whose key contains ``text`` (case-insensitive)."""
-    text = text.strip()
-    if not text:
-        return models
-    return models.filter(pl.col("key").str.to_lowercase().str.contains(text.lower(),
-                                                                         literal=True))
+def sql_literal(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def sort_models(models: pl.DataFrame, column: str, descending: bool = False) -> pl.DataFrame:
@@ -239,21 +341,67 @@ def _related_kl(atlas: Atlas, key: str, relation: str, other: str, textset: str)
 
 
 # SQL console -------------------------------------------------------------------------------------
+SQL_DISPLAY_ROWS = 500  # rows of a result the console keeps and shows; the rest are counted
+SQL_BATCH_ROWS = 2_048  # rows DuckDB hands over at a time
+PROGRESS_SECONDS = 0.25  # at most this often, a running query reports its rows so far
+
+
 @dataclass
 class QueryResult:
+    """The first ``SQL_DISPLAY_ROWS`` rows of a result (``shown``) and how many it had."""
+
     query: str
-    frame: pl.DataFrame
+    shown: pl.DataFrame
+    rows: int
     seconds: float
 
-    @property
-    def shown(self) -> pl.DataFrame:
-        return self.frame.head(SQL_DISPLAY_ROWS)
+
+def run_query(atlas: Atlas, query: str,
+              progress: Callable[[pl.DataFrame, int], None] | None = None) -> QueryResult:
+    """Stream a query's result: keep its first rows, count the rest, and call
+    ``progress(shown, rows so far)`` once the first rows are in and then every
+    ``PROGRESS_SECONDS``, so the console shows rows while a long result is still coming.
+
+    Memory stays bounded by the shown rows and one batch however large the result is;
+    ``Atlas.interrupt`` from another thread stops it (AtlasError)."""
+    started = last = time.perf_counter()
+    batches = atlas.sql_batches(query, SQL_BATCH_ROWS)
+    shown = next(batches)
+    rows = 0
+    for batch in batches:
+        rows += batch.height
+        filling = shown.height < SQL_DISPLAY_ROWS
+        if filling:
+            shown = pl.concat([shown, batch.head(SQL_DISPLAY_ROWS - shown.height)],
+                              how="vertical_relaxed")
+        now = time.perf_counter()
+        if progress is not None and (filling or now - last >= PROGRESS_SECONDS):
+            progress(shown, rows)
+            last = now
+    return QueryResult(query, shown, rows, time.perf_counter() - started)
 
 
-def run_query(atlas: Atlas, query: str) -> QueryResult:
-    started = time.perf_counter()
-    frame = atlas.sql(query)
-    return QueryResult(query, frame, time.perf_counter() - started)
+EXPORT_OPTIONS = {".csv": "(FORMAT csv, HEADER)", ".parquet": "(FORMAT parquet)"}
+
+
+def export_result(atlas: Atlas, query: str, path: Path) -> int:
+    """Write the whole result of ``query`` (one SELECT) to a .csv or .parquet file with
+    DuckDB's COPY, which streams the rows to the file; returns how many it wrote.
+
+    The read-only connection can write other files but not the atlas (DuckDB refuses to COPY
+    onto an attached database)."""
+    options = EXPORT_OPTIONS.get(path.suffix.lower())
+    if options is None:
+        raise AtlasError(f"{path.name}: export to a .csv or .parquet file")
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise AtlasError(_first_line(exc)) from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise AtlasError("only the result of one SELECT can be exported")
+    select = statements[0].query.strip().rstrip(";")
+    written = atlas.sql(f"COPY ({select}\n) TO {sql_literal(str(path))} {options}")
+    return int(written.item()) if written.shape == (1, 1) else 0
 
 
 # runs, trajectories, diffusion ------------------------------------------------------------------
@@ -313,10 +461,6 @@ def run_textsets(atlas: Atlas, run: Run) -> tuple[list[str], list[str]]:
 
 def _pick(sets: list[str], textset: str | None) -> str:
     return textset if textset in sets else sets[0]
-
-
-def _no_sketches(exc: AtlasError) -> bool:
-    return "no weight sketch" in str(exc)
 
 
 def trajectory(atlas: Atlas, run: Run, textset: str | None = None) -> RunResult:

@@ -18,7 +18,7 @@ field has the focus; the command palette, **ctrl+p**, works everywhere):
 
 | key | screen |
 |---|---|
-| 1 | **Models**: all variants; type to filter by key, or `where <SQL>` + Enter |
+| 1 | **Models**: all variants, a page at a time; type to filter by key, or `where <SQL>` + Enter |
 | 2 | **SQL**: console over the atlas's macros and views |
 | 3 | **Scale**: median and quartiles of the KL per setting, on one log axis |
 | 4 | **Trajectory**: consecutive-checkpoint KL of a run |
@@ -29,11 +29,16 @@ field has the focus; the command palette, **ctrl+p**, works everywhere):
 |---|---|---|
 | / | Models | filter (Escape back to the table) |
 | s / S | Models | sort by the next column / reverse (or click a header) |
+| g | Models | group by family: one row per family with counts (again: ungroup) |
+| Enter | Models, grouped | list the family's variants (`where family = …`) |
 | Enter | Models, Map, tables of a model | open the model |
 | Escape | model | back |
 | x | model | next text set of the model |
 | t / d | model | its run's trajectory / diffusion |
 | ctrl+enter, ctrl+j, f8 | SQL | run the query |
+| ctrl+g | SQL | cancel the running query |
+| ctrl+s | SQL | export the whole result to a .csv or .parquet file |
+| ctrl+up / ctrl+down | SQL | older / newer query of the history (kept across sessions) |
 | ctrl+e / Escape | SQL | editor / results |
 | arrows, n / p | Map | move the cursor |
 | r | any | reload (also retries after a lock) |

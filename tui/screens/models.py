@@ -1,15 +1,24 @@
-"""Models: every variant in a table, filtered by key substring or a SQL WHERE clause, sortable."""
+"""Models: the variants a page at a time, filtered, sorted and grouped by DuckDB.
+
+The table never holds the whole atlas: each change of filter, order or grouping asks
+``backend.model_page`` for the first ``PAGE_ROWS`` rows and the counts, and scrolling near the
+end of what is loaded fetches the next page, so a 100,000-variant atlas opens as fast as a small
+one. Typing in the filter box waits ``FILTER_DELAY`` seconds for a pause before querying.
+``g`` groups the variants by family: one row per family with counts; Enter on one lists its
+variants.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import ClassVar
 
-import polars as pl
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Static
 
 from tui import backend as db
@@ -17,16 +26,14 @@ from tui.render import optional, params
 from tui.screens.base import AtlasScreen
 from tui.widgets import ModeBar, Notice
 
-# (frame column, header); the order of the table's columns and of the sort cycle
-COLUMNS = (
-    ("key", "key"), ("family", "family"), ("size", "size"), ("seed", "seed"),
-    ("quant", "quant"), ("layer", "layer"), ("checkpoint", "checkpoint"),
-    ("n_params", "params"), ("textsets", "text sets"),
-)
+PAGE_ROWS = 200  # rows per query (a DataTable lays out ~1 ms a row); more as the end nears
+FILTER_DELAY = 0.15  # seconds of no typing before a substring filter is queried
+PREFETCH_ROWS = 50  # fetch the next page when the cursor or the view is this close to the end
+HEADERS = {"n_params": "params", "textsets": "text sets"}
 
 
 class ModelsScreen(AtlasScreen):
-    """The model variants; Enter opens one."""
+    """The model variants (Enter opens one), or one row per family (Enter lists its variants)."""
 
     AUTO_FOCUS = "#models"
 
@@ -41,17 +48,17 @@ class ModelsScreen(AtlasScreen):
         Binding("slash", "focus_filter", "Filter"),
         Binding("s", "sort_next", "Sort"),
         Binding("S", "sort_reverse", "Reverse"),
+        Binding("g", "toggle_group", "Group by family"),
         Binding("escape", "focus_table", "Table", show=False),
         Binding("r", "reload", "Reload"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
-        self.models = pl.DataFrame()
-        self.where_keys: set[str] | None = None
-        self.sort_column = "key"
-        self.descending = False
-        self.shown: pl.DataFrame = pl.DataFrame()
+        self.query_spec = db.ModelQuery()  # what was asked for last
+        self.page: db.ModelPage | None = None  # what the table shows (its first page)
+        self.loaded = 0  # rows in the table
+        self._filter_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield ModeBar()
@@ -66,36 +73,123 @@ class ModelsScreen(AtlasScreen):
 
     def on_mount(self) -> None:
         table = self.query_one("#models", DataTable)
-        for column, header in COLUMNS:
-            table.add_column(header, key=column)
-        self.start("models", db.load_models)
+        self.watch(table, "scroll_y", self._scrolled, init=False)
+        self.ask(self.query_spec)
 
-    # loading ------------------------------------------------------------------------------------
-    def loaded_models(self, frame: pl.DataFrame) -> None:
-        self.models = frame
-        self.app.model_keys = frame["key"].to_list()  # type: ignore[attr-defined]
+    @property
+    def settled(self) -> bool:
+        """Whether no filter waits for a pause in typing and no query runs."""
+        return self._filter_timer is None and not self.busy("page") and not self.busy("more")
+
+    # querying -----------------------------------------------------------------------------------
+    def ask(self, spec: db.ModelQuery) -> None:
+        """Query the first page of ``spec``; the table keeps its rows until the answer."""
+        self.query_spec = spec
+        self.start("page", partial(db.model_page, query=spec, offset=0, limit=PAGE_ROWS))
+
+    def loaded_page(self, page: db.ModelPage) -> None:
         table = self.query_one("#models", DataTable)
         table.loading = False
-        self.refresh_table()
-        if frame.is_empty():
+        first = self.page is None
+        if page.offset == 0:
+            self.page = page
+            self._set_columns(table, page.query)
+            self.loaded = 0
+        elif self.page is None or page.query != self.page.query or page.offset != self.loaded:
+            return  # a next page of a superseded query
+        for key, cells in self._rows(page):
+            table.add_row(*cells, key=key)
+        self.loaded = page.end
+        self._status()
+        self._scrolled(table.scroll_y)  # a view taller than what is loaded wants more
+        if page.offset == 0 and page.total == 0:
             self.notice().show("The atlas holds no models yet: ingest or import some.", "hint")
-        if not self.query_one("#filter", Input).value:
+        elif page.offset == 0 and page.query.where is not None:
+            self.notice().clear()
+        if first and not self.query_one("#filter", Input).value:
             table.focus()
 
-    def failed_models(self, error: str) -> None:
+    def failed_page(self, error: str) -> None:
         self.query_one("#models", DataTable).loading = False
-        self.notice().show(error)
+        prefix = "WHERE clause: " if self.query_spec.where is not None else ""
+        self.notice().show(prefix + error, "error")
+        if self.page is not None:  # the table still shows the last good query
+            self.query_spec = self.page.query
 
-    # filtering ------------------------------------------------------------------------------------
+    def _more(self) -> None:
+        """Fetch the next page when the end of the loaded rows comes near."""
+        page = self.page
+        if page is None or self.loaded >= page.matching or self.busy("more"):
+            return
+        self.start("more", partial(db.model_page, query=page.query, offset=self.loaded,
+                                   limit=PAGE_ROWS))
+
+    loaded_more = loaded_page
+
+    def _scrolled(self, scroll_y: float) -> None:
+        table = self.query_one("#models", DataTable)
+        if scroll_y + table.scrollable_content_region.height >= self.loaded - PREFETCH_ROWS:
+            self._more()
+
+    @on(DataTable.RowHighlighted, "#models")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.cursor_row >= self.loaded - PREFETCH_ROWS:
+            self._more()
+
+    # the table ----------------------------------------------------------------------------------
+    def _set_columns(self, table: DataTable, spec: db.ModelQuery) -> None:
+        table.clear(columns=True)
+        for name in spec.columns:
+            arrow = (" ▼" if spec.descending else " ▲") if name == spec.sort else ""
+            table.add_column(Text(HEADERS.get(name, name) + arrow), key=name)
+
+    @staticmethod
+    def _rows(page: db.ModelPage) -> list[tuple[str, tuple[str, ...]]]:
+        """(row key, cells): the variant's key, or the family when grouped."""
+        names = page.query.columns
+        return [(row[names[0]], tuple(params(row[name]) if name == "n_params"
+                                      else optional(row[name]) for name in names))
+                for row in page.rows.iter_rows(named=True)]
+
+    def _status(self) -> None:
+        page = self.page
+        if page is None:
+            return
+        spec = page.query
+        shown = (f"showing 1–{self.loaded:,} of " if self.loaded < page.matching else "")
+        if spec.grouped:
+            what = f"{shown}{page.matching:,} families · {page.variants:,} variants"
+        else:
+            what = f"{shown}{page.matching:,} variants"
+        if page.variants != page.total:
+            kind = "WHERE" if spec.where is not None else "key filter"
+            what += f" ({kind}; {page.total:,} in the atlas)"
+        order = "descending" if spec.descending else "ascending"
+        enter = "Enter: its variants" if spec.grouped else "Enter: details"
+        self.query_one("#status", Static).update(
+            f"{what} · sorted by {spec.sort} {order} · {enter}")
+
+    # filtering ----------------------------------------------------------------------------------
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        if db.where_clause(event.value) is None:
-            self.where_keys = None
-            self.notice().clear()
-            self.refresh_table()
-        elif not self.busy("filter"):
-            self.notice().show("A SQL condition over model_variants: press Enter to apply it",
-                               "hint")
+        self._stop_typing_timer()
+        clause = db.where_clause(event.value)
+        if clause is not None:
+            if clause != self.query_spec.where:
+                self.notice().show("A SQL condition over model_variants: press Enter to apply "
+                                   "it", "hint")
+            return
+        self.notice().clear()
+        self._filter_timer = self.set_timer(FILTER_DELAY, partial(self._apply_text, event.value))
+
+    def _stop_typing_timer(self) -> None:
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+            self._filter_timer = None
+
+    def _apply_text(self, text: str) -> None:
+        self._filter_timer = None
+        self.ask(replace(self.query_spec, text=text, where=None))
 
     @on(Input.Submitted, "#filter")
     def _filter_submitted(self, event: Input.Submitted) -> None:
@@ -103,68 +197,47 @@ class ModelsScreen(AtlasScreen):
         if clause is None:
             self.action_focus_table()
             return
-        self.start("filter", partial(db.filter_keys, clause=clause))
+        self.ask(replace(self.query_spec, text="", where=clause))
 
-    def loaded_filter(self, keys: list[str]) -> None:
-        self.where_keys = set(keys)
-        self.notice().clear()
-        self.refresh_table()
-
-    def failed_filter(self, error: str) -> None:
-        self.notice().show(f"WHERE clause: {error}", "error")
-
-    def filtered(self) -> pl.DataFrame:
-        if self.models.is_empty():
-            return self.models
-        text = self.query_one("#filter", Input).value
-        if self.where_keys is not None:
-            frame = self.models.filter(pl.col("key").is_in(list(self.where_keys)))
-        elif db.where_clause(text) is not None:
-            frame = self.models  # a WHERE clause not applied (yet): everything
-        else:
-            frame = db.substring_filter(self.models, text)
-        return db.sort_models(frame, self.sort_column, self.descending)
-
-    def refresh_table(self) -> None:
-        table = self.query_one("#models", DataTable)
-        self.shown = self.filtered()
-        table.clear(columns=True)
-        for name, header in COLUMNS:
-            arrow = (" ▼" if self.descending else " ▲") if name == self.sort_column else ""
-            table.add_column(Text(header + arrow), key=name)
-        for row in self.shown.iter_rows(named=True):
-            table.add_row(*(params(row[name]) if name == "n_params" else optional(row.get(name))
-                            for name, _ in COLUMNS), key=row["key"])
-        table.refresh()
-        self._status()
-
-    def _status(self) -> None:
-        mode = "WHERE" if self.where_keys is not None else "key filter"
-        total = self.models.height
-        filtered = f" ({mode})" if self.shown.height != total else ""
-        order = "descending" if self.descending else "ascending"
-        self.query_one("#status", Static).update(
-            f"{self.shown.height} of {total} variants{filtered} · sorted by {self.sort_column} "
-            f"{order} · Enter: details")
-
-    # sorting ------------------------------------------------------------------------------------
+    # sorting and grouping -----------------------------------------------------------------------
     def sort_by(self, column: str, descending: bool | None = None) -> None:
+        spec = self.query_spec
         if descending is None:
-            descending = not self.descending if column == self.sort_column else False
-        self.sort_column, self.descending = column, descending
-        self.refresh_table()
+            descending = not spec.descending if column == spec.sort else False
+        self.ask(replace(spec, sort=column, descending=descending))
 
     @on(DataTable.HeaderSelected, "#models")
     def _header(self, event: DataTable.HeaderSelected) -> None:
         self.sort_by(str(event.column_key.value))
 
     def action_sort_next(self) -> None:
-        names = [name for name, _ in COLUMNS]
-        following = names[(names.index(self.sort_column) + 1) % len(names)]
+        names = self.query_spec.columns
+        following = names[(names.index(self.query_spec.sort) + 1) % len(names)]
         self.sort_by(following, False)
 
     def action_sort_reverse(self) -> None:
-        self.sort_by(self.sort_column, not self.descending)
+        self.sort_by(self.query_spec.sort, not self.query_spec.descending)
+
+    def action_toggle_group(self) -> None:
+        """Variants ⇄ one row per family (counts of its variants, sizes, seeds, …)."""
+        grouped = not self.query_spec.grouped
+        sort = "family" if grouped else "key"
+        self.ask(replace(self.query_spec, grouped=grouped, sort=sort, descending=False))
+
+    def show_family(self, family: str) -> None:
+        """List the variants of one family: the filter becomes ``where family = …``, kept
+        together with a condition or key filter already there."""
+        spec = self.query_spec
+        clause = f"family = {db.sql_literal(family)}"
+        if spec.where is not None:
+            clause += f" and ({spec.where})"
+        elif spec.text.strip():
+            clause += f" and contains(lower(key), {db.sql_literal(spec.text.strip().lower())})"
+        self.query_one("#filter", Input).value = f"where {clause}"
+        self._stop_typing_timer()
+        self.notice().clear()
+        self.ask(db.ModelQuery(where=clause))
+        self.action_focus_table()
 
     # navigation ---------------------------------------------------------------------------------
     def action_focus_filter(self) -> None:
@@ -175,5 +248,9 @@ class ModelsScreen(AtlasScreen):
 
     @on(DataTable.RowSelected, "#models")
     def _open(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value is not None:
+        if event.row_key.value is None or self.page is None:
+            return
+        if self.page.query.grouped:
+            self.show_family(event.row_key.value)
+        else:
             self.app.open_model(event.row_key.value)  # type: ignore[attr-defined]

@@ -137,9 +137,12 @@ class TrajectoryScreen(RunScreen):
         yield Footer()
 
     def setup_tables(self) -> None:
+        # fixed widths: auto widths follow the rows a refresh later, so what a screen (or an
+        # SVG snapshot) shows first would depend on timing
         table = self.query_one("#steps", DataTable)
-        for name, key in (("step", "step"), ("→ next", "next"), ("KL", "kl"), ("± SE", "se")):
-            table.add_column(name, key=key)
+        for name, key, width in (("step", "step", 5), ("→ next", "next", 6), ("KL", "kl", 7),
+                                 ("± SE", "se", 6)):
+            table.add_column(name, key=key, width=width)
 
     def load_run(self, run: db.Run) -> None:
         # no `loading` overlay on the table: a loading widget cannot take the focus, which
