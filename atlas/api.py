@@ -19,20 +19,21 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import polars as pl
 
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
-from atlas.ingest import IngestResult, ingest
 from atlas.keys import ModelKey
 from atlas.kl import KLMatrix, kl_matrix
-from atlas.lens import LensOverride
-from atlas.loading import ModelSpec, resolve_device
-from atlas.quantize import QuantizeError, QuantSpec, key_quant, require, source_label
 from atlas.store import Store, StoredTextSet, duckdb_message
 from atlas.textsets import TextSet, load_textset
 from atlas.weights import DEFAULT_DIM as DEFAULT_SKETCH_DIM
+
+if TYPE_CHECKING:  # torch and transformers load only when a model is ingested: readers
+    from atlas.ingest import IngestResult  # (the TUI, SQL) start in a fraction of the time
+    from atlas.quantize import QuantSpec
 
 DEFAULT_DB = "atlas.duckdb"
 
@@ -114,6 +115,11 @@ class Atlas:
         was loaded (a GGUF source's type, a pre-quantized checkpoint's config, then ``quantize``
         on top); ``quant`` may repeat it, or name a float variant freely.
         """
+        from atlas.ingest import ingest
+        from atlas.lens import LensOverride
+        from atlas.loading import ModelSpec, resolve_device
+        from atlas.quantize import QuantizeError, QuantSpec, key_quant, require, source_label
+
         if self.store.read_only:
             raise StoreError(f"{self.path} is open read-only; open it writable to ingest")
         spec = ModelSpec(source=str(source), revision=revision, device=device, dtype=dtype,

@@ -22,6 +22,7 @@ import json
 import math
 import pickle
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def import_vectors(store: Store, path: str | Path, textset: str,
     reader = read_parquet if path.suffix == ".parquet" else read_pickle
     vectors = reader(path, stored.n_texts)
     keys = [str(v.key) for v in vectors]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    duplicates = sorted(key for key, count in Counter(keys).items() if count > 1)
     if duplicates:
         raise ImportFormatError(f"{path}: the same key appears twice: {', '.join(duplicates)}")
     results = []
