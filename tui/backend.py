@@ -208,13 +208,19 @@ def where_query(clause: str) -> str:
     if not clause:
         raise FilterError("write a condition after 'where', e.g. where family = 'pythia'")
     query = f"SELECT key FROM model_variants WHERE ({clause})"
+    one_select(query, FilterError, "a filter is one condition over model_variants (no ';')")
+    return query
+
+
+def one_select(query: str, error: type[Exception], message: str):
+    """The parsed statement of ``query`` if it is exactly one SELECT, else ``error``."""
     try:
         statements = duckdb.extract_statements(query)
     except duckdb.Error as exc:
-        raise FilterError(_first_line(exc)) from None
+        raise error(_first_line(exc)) from None
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        raise FilterError("a filter is one condition over model_variants (no ';')")
-    return query
+        raise error(message)
+    return statements[0]
 
 
 def sql_literal(text: str) -> str:
@@ -393,13 +399,8 @@ def export_result(atlas: Atlas, query: str, path: Path) -> int:
     options = EXPORT_OPTIONS.get(path.suffix.lower())
     if options is None:
         raise AtlasError(f"{path.name}: export to a .csv or .parquet file")
-    try:
-        statements = duckdb.extract_statements(query)
-    except duckdb.Error as exc:
-        raise AtlasError(_first_line(exc)) from None
-    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        raise AtlasError("only the result of one SELECT can be exported")
-    select = statements[0].query.strip().rstrip(";")
+    statement = one_select(query, AtlasError, "only the result of one SELECT can be exported")
+    select = statement.query.strip().rstrip(";")
     written = atlas.sql(f"COPY ({select}\n) TO {sql_literal(str(path))} {options}")
     return int(written.item()) if written.shape == (1, 1) else 0
 
