@@ -20,12 +20,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from atlas import tiny
 from atlas.caching import atomic_dir
 from atlas.textsets import TextSet
+
+if TYPE_CHECKING:  # torch loads when a model is trained, not when the demo module is imported
+    import torch
 
 STREAM_TOKENS_PER_STEP = 4  # training windows drawn from a stream 4× the tokens trained on
 
@@ -82,6 +84,7 @@ class SuiteSpec:
         return f"{self.family}-{finetune.domain.replace('_', '')}"
 
     def fingerprint(self, train: TextSet) -> str:
+        import torch
         import transformers
 
         payload = {"spec": asdict(self), "train": train.content_hash,
@@ -125,6 +128,8 @@ def train(model, stream: torch.Tensor, spec: SuiteSpec, steps: int, *, seed: int
           save_at: dict[int, Path], tokenizer, on_step: Callable[[], None] | None = None,
           ) -> list[float]:
     """Train for ``steps`` on random windows of ``stream``, saving at the steps in ``save_at``."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
     losses = []
@@ -226,6 +231,8 @@ class Suite:
                     ids.extend((*row, eos))
                 if len(ids) >= wanted:
                     break
+            import torch
+
             self._streams[domain] = torch.tensor(ids)
         return self._streams[domain]
 

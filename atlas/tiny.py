@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import torch
-
 ARCHITECTURES = ("gpt_neox", "gpt2", "llama")
 
 
@@ -61,6 +59,7 @@ def tiny_config(architecture: str, tokenizer, hidden: int = 32, layers: int = 2,
 
 def build_model(config, seed: int = 0):
     """A randomly initialised causal LM of ``config``, deterministic in ``seed``."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -70,6 +69,8 @@ def build_model(config, seed: int = 0):
 def train_steps(model, tokenizer, texts: Sequence[str], steps: int, *, lr: float = 3e-3,
                 batch_size: int = 8, seq_len: int = 128, seed: int = 0) -> list[float]:
     """Plain next-token training on ``texts`` (AdamW), returning the loss of each step."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     stream = torch.tensor([t for text in texts for t in tokenizer(text)["input_ids"]])
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr)

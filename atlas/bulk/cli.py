@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import polars as pl
 
-from atlas.bulk.plan import STATES, TODO, Plan
+if TYPE_CHECKING:  # the planner imports the ingest stack (torch): loaded when a command runs,
+    from atlas.bulk.plan import Plan  # so that `atlas --help`, `atlas sql` … start quickly
 
 SHARD_DIR = click.option("--shard-dir", type=click.Path(file_okay=False, path_type=Path),
                          default=None, help="Where workers write finished vectors (default: "
@@ -62,6 +64,8 @@ def plan_command(ctx: click.Context, manifest: Path, shard_dir: Path | None, max
 
 def plan_table(plan: Plan, show_all: bool = False) -> pl.DataFrame:
     """One row per unit (model load): its variants by state, and the first note."""
+    from atlas.bulk.plan import STATES
+
     rows: dict[str, dict] = {}
     for row in plan.rows:
         entry = rows.setdefault(row.unit.id, {
@@ -77,6 +81,8 @@ def plan_table(plan: Plan, show_all: bool = False) -> pl.DataFrame:
 
 
 def plan_summary(plan: Plan) -> list[str]:
+    from atlas.bulk.plan import STATES, TODO
+
     counts = plan.counts()
     tokens = plan.estimated_tokens()
     lines = ["vectors: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
