@@ -155,6 +155,15 @@ async def settle(pilot: Pilot) -> None:
     raise AssertionError("workers still running")
 
 
+async def until_rows(app: AtlasApp, pilot: Pilot, seconds: float = 5.0) -> None:
+    """Settle until the Models table shows rows (a locked atlas answers on a later retry)."""
+    for _ in range(int(seconds / 0.05)):
+        await settle(pilot)
+        if app.screen.query_one("#models", DataTable).row_count:
+            return
+        await asyncio.sleep(0.05)
+
+
 def drive(path: Path, scenario: Callable[[AtlasApp, Pilot], Awaitable[None]],
           size: tuple[int, int] = SIZE) -> AtlasApp:
     async def main() -> AtlasApp:
@@ -749,11 +758,7 @@ def test_locked_atlas_is_retried_with_a_notice(world, monkeypatch):
     monkeypatch.setattr(Notice, "show", record)
 
     async def scenario(app, pilot):
-        for _ in range(200):
-            await settle(pilot)
-            if app.screen.query_one("#models", DataTable).row_count:
-                break
-            await asyncio.sleep(0.02)
+        await until_rows(app, pilot)
         assert app.screen.query_one("#models", DataTable).row_count == N_MODELS
         assert notice(app).kind is None  # cleared once the atlas answered
 
@@ -789,11 +794,7 @@ def test_atlas_locked_by_another_process(world, tmp_path, monkeypatch):
         finally:
             holder.kill()
             holder.wait()
-        for _ in range(100):
-            await settle(pilot)
-            if app.screen.query_one("#models", DataTable).row_count:
-                break
-            await asyncio.sleep(0.05)
+        await until_rows(app, pilot)
         assert app.screen.query_one("#models", DataTable).row_count == N_MODELS
         assert notice(app).kind is None
 
