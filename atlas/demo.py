@@ -34,6 +34,7 @@ import polars as pl
 from atlas import caching
 from atlas.analysis.maps import fit_map
 from atlas.api import Atlas
+from atlas.progress import progress_bar
 from atlas.realmodels import PACKAGED, locate
 from atlas.suite import Checkpoint, FineTune, Run, Suite, SuiteSpec
 from atlas.textsources import DEFAULT_N_EVAL, DEFAULT_NAME, build_default
@@ -138,18 +139,7 @@ class _Pool:
 
 
 def _progress(console):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                    transient=False)
+    return progress_bar("{task.description:<28}", console=console, transient=False)
 
 
 def run_demo(db: str | Path, *, quick: bool = False, n_texts: int | None = None,

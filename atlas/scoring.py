@@ -34,6 +34,7 @@ import torch
 from atlas.errors import ScoringError
 from atlas.lens import Lens, LensError, LensOverride, logit_transform
 from atlas.loading import LoadedModel
+from atlas.progress import progress_bar
 
 # Texts per batch when none is given. On a 2-core CPU one ~300-token text already keeps the
 # matrix products busy and larger batches only add padding and cache misses (measured with
@@ -416,18 +417,7 @@ def _progress(enabled: bool, n_texts: int, n_tokens: int) -> Iterator[Callable[[
     if not enabled:
         yield lambda texts, tokens: None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as bar:
+    with progress_bar("scoring", "{task.fields[rate]}", transient=True) as bar:
         task = bar.add_task("scoring", total=n_texts, rate="")
         done_tokens = 0
 

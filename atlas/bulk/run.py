@@ -25,6 +25,7 @@ from atlas.bulk.merge import MergeReport, merge_ready
 from atlas.bulk.plan import Plan, make_plan
 from atlas.bulk.shards import ShardDir, default_shard_dir
 from atlas.bulk.worker import Outcome, Task, run_task
+from atlas.progress import progress_bar
 from atlas.store import Store
 
 MERGE_INTERVAL = 1.0  # seconds between merge rounds during a run
@@ -246,19 +247,7 @@ def _display(enabled: bool, total: int):
     if not enabled:
         yield lambda *args: None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("bulk"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn())
-    with Progress(*columns) as bar:
+    with progress_bar("bulk", "{task.fields[info]}", remaining_label="ETA") as bar:
         task = bar.add_task("bulk", total=total, info="")
 
         def show(report: RunReport, elapsed: float, running: int) -> None:
