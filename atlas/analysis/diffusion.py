@@ -358,14 +358,20 @@ def _weight_side(weight_sq, starts, offsets, x, steps, window):
         empty = np.full(starts.size, np.nan)
         return None, empty, empty, None, []
     d_w = weight_sq[starts[:, None], starts[:, None] + offsets]
-    y, ok = _log_positive(d_w)
-    slope, _, r2, n_used = _ols(x, y, ok)
-    if not np.isfinite(slope).any():
-        raise DiffusionError(
-            "no start has 3 or more positive weight distances in its window: check weight_sq "
-            "(row = start, column = later checkpoint), or leave it out to fit c_q alone")
-    notes = _dropped_notes("D_w", steps, starts, n_used, window)
+    slope, r2, n_used, notes = _fit_starts(
+        "D_w", d_w, x, steps, starts, window,
+        "no start has 3 or more positive weight distances in its window: check weight_sq "
+        "(row = start, column = later checkpoint), or leave it out to fit c_q alone")
     return d_w, slope, r2, n_used, notes
+
+
+def _fit_starts(name: str, distances, x, steps, starts, window: int, no_fit: str):
+    """Per-start slopes of ln D on ln Δt (with r², points used, notes on what was dropped);
+    ``no_fit`` is the error when no start has enough positive distances."""
+    slope, _, r2, n_used = _ols(x, *_log_positive(distances))
+    if not np.isfinite(slope).any():
+        raise DiffusionError(no_fit)
+    return slope, r2, n_used, _dropped_notes(name, steps, starts, n_used, window)
 
 
 def diffusion(steps, loglik, mean_bytes: float, weight_sq=None, window: int = 10, t0=None,
@@ -404,13 +410,10 @@ def diffusion(steps, loglik, mean_bytes: float, weight_sq=None, window: int = 10
     rng = np.random.default_rng(seed)
     counts = _text_counts(rng, loglik.shape[1], n_boot) if n_boot else None
     d_q, d_q_boot = _loglik_distances(loglik, starts, window, bpb_scale(mean_bytes), counts)
-    y, ok = _log_positive(d_q)
-    slope_q, _, r2_q, n_q = _ols(x, y, ok)
-    if not np.isfinite(slope_q).any():
-        raise DiffusionError(
-            "no start has 3 or more positive log-likelihood distances in its window: the "
-            "checkpoints' vectors are (nearly) identical; check that they are different models")
-    notes = _dropped_notes("D_q", steps, starts, n_q, window)
+    slope_q, r2_q, n_q, notes = _fit_starts(
+        "D_q", d_q, x, steps, starts, window,
+        "no start has 3 or more positive log-likelihood distances in its window: the "
+        "checkpoints' vectors are (nearly) identical; check that they are different models")
     d_w, slope_w, r2_w, n_w, w_notes = _weight_side(weight_sq, starts, offsets, x, steps, window)
     notes += w_notes
 
@@ -436,8 +439,7 @@ def _overall(slope_q, slope_w, x, d_q_boot, rng, ci, has_weights, notes):
     value_a = _ratio(value_q, value_w)
     if d_q_boot is None:
         return Estimate(value_q), Estimate(value_w), Estimate(value_a)
-    y, ok = _log_positive(d_q_boot)
-    boot_q, _, _, _ = _ols(x, y, ok)  # (B, S): every draw, every start
+    boot_q, _, _, _ = _ols(x, *_log_positive(d_q_boot))  # (B, S): every draw, every start
     picks = rng.integers(0, slope_q.size, size=boot_q.shape)
     draws_q = _nanmean_rows(np.take_along_axis(boot_q, picks, axis=1))
     draws_w = _nanmean_rows(slope_w[picks])
