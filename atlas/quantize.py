@@ -36,6 +36,7 @@ default is half the cores, and its model loader asks for two: a 2-core machine f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import io
@@ -197,6 +198,14 @@ def require(spec: QuantSpec, device: torch.device) -> None:
 
 def gguf_quant(path: Path) -> QuantSpec:
     """The quant type of a GGUF file (``general.file_type``), e.g. Q4_K_M."""
+    stat = path.stat()
+    return _gguf_quant(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _gguf_quant(path: str, size: int, mtime_ns: int) -> QuantSpec:
+    """Cached by file identity: GGUFReader parses every tensor header (~4 s for SmolLM2's), and
+    one ingest asks for the label before loading and again to record it."""
     from gguf import GGUFReader, LlamaFileType
 
     field = GGUFReader(path).fields.get("general.file_type")
