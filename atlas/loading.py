@@ -6,7 +6,6 @@ user of the model gets. The returned provenance is stored with every vector.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,6 @@ if TYPE_CHECKING:
     from atlas.quantize import QuantSpec
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
-
-# transformers imports torchao whenever it is installed (the quantization extra): on a CPU-only
-# torch its CUDA kernels fail to load with a warning, and it registers enums in a way torch now
-# warns about. Neither concerns scoring, and both would print on every model load.
-for _noisy in ("torchao", "torch.utils._pytree"):
-    logging.getLogger(_noisy).setLevel(logging.ERROR)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
