@@ -169,6 +169,24 @@ def size_gptqmodel_pool() -> None:
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, (os.cpu_count() or 2) // 2)))
 
 
+def portable_bnb_cpu(model: torch.nn.Module) -> int:
+    """Keep bitsandbytes 4-bit layers on its portable CPU path; returns how many were switched.
+
+    On CPUs with AVX512-BF16 (and only there), bitsandbytes 0.50 repacks a 4-bit weight on its
+    first no-grad forward for a fused kernel that casts activations to bf16 and assumes
+    in_features is a multiple of the block size (64): narrower layers crash ("shape '[96, 0]'
+    is invalid"), wider ones score in bf16 whatever the compute dtype. The portable path
+    (dequantize, then a matmul in the compute dtype) is correct for every shape and gives the
+    same numbers on every x86 CPU, so a vector does not depend on the machine that scored it.
+    """
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
+
+
 def load_model(spec: ModelSpec, **pretrained: object) -> LoadedModel:
     """Load model and tokenizer on the resolved device and dtype, in eval mode.
 
@@ -193,6 +211,7 @@ def load_model(spec: ModelSpec, **pretrained: object) -> LoadedModel:
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()
+    portable_bnb_cpu(model)
     _check_vocabulary(model, tokenizer, spec.source)
     _check_causal(model, spec.source)
     n_params = sum(p.numel() for p in model.parameters())

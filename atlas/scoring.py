@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,11 +381,17 @@ class PartialScores:
         """``rows``: one vector per lens layer ([rows, n_texts]); None: one vector."""
         self.path = path
         self.loglik = np.full(n_texts if rows is None else (rows, n_texts), np.nan)
-        if path is not None and path.exists():
-            stored = np.load(path)
-            if stored.shape == self.loglik.shape:
+        if path is not None:
+            self._temporary.unlink(missing_ok=True)  # a run killed while saving left it
+            stored = _load_partial(path)
+            if stored is not None and stored.shape == self.loglik.shape:
                 self.loglik = stored
         self._flushed = time.monotonic()
+        self._warned = False
+
+    @property
+    def _temporary(self) -> Path:
+        return self.path.with_suffix(".tmp.npy")
 
     @property
     def rows(self) -> np.ndarray:
@@ -398,17 +405,37 @@ class PartialScores:
             self.flush()
 
     def flush(self) -> None:
+        """Save the sums so far. The side file only saves work, so a failed save (disk full)
+        is reported once and scoring goes on; the vector itself is written to the atlas."""
         if self.path is None or np.isnan(self.loglik).all():
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp.npy")
-        np.save(temporary, self.loglik)
-        os.replace(temporary, self.path)
         self._flushed = time.monotonic()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._temporary, "wb") as file:
+                np.save(file, self.loglik)
+            os.replace(self._temporary, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._temporary.unlink()
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"{self.path}: cannot save the scores so far ({exc}); scoring "
+                              "goes on, but a killed run would start again", stacklevel=2)
 
     def discard(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+            self._temporary.unlink(missing_ok=True)
+
+
+def _load_partial(path: Path) -> np.ndarray | None:
+    """The saved sums, or None when there are none or the file is unreadable (then the texts
+    are scored again rather than trusted)."""
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError):
+        return None
 
 
 @contextlib.contextmanager

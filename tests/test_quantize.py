@@ -169,3 +169,20 @@ def test_cli_quantize_options(tmp_path, textset, model_dirs):
                                "--family", "g2", "--size", "s", "--textset", "eval",
                                "--quantize", "awq"])
     assert bad.exit_code != 0 and "unknown quantization 'awq'" in bad.output
+
+
+def test_bnb_4bit_scores_the_same_on_every_x86_cpu(db, model_dirs, monkeypatch):
+    """bitsandbytes repacks 4-bit weights for a bf16 kernel on AVX512-BF16 CPUs only, which
+    crashed on GPT-2's 32-wide layers there (and scores in bf16 elsewhere). Pretend this CPU
+    has AVX512-BF16: the ingest must still take the portable path and store the same vector."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    db.ingest(str(model_dirs["gpt2"]), family="g2", size="s", textset="eval",
+              quantize="bnb-fp4", progress=False)
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    result = db.ingest(str(model_dirs["gpt2"]), family="g2b", size="s", textset="eval",
+                       quantize="bnb-fp4", progress=False)
+    assert result.status == "stored"
+    portable, forced = db.sql("SELECT loglik FROM loglik_vectors WHERE key IN "
+                              "('g2-s+bnb-fp4', 'g2b-s+bnb-fp4') ORDER BY key")["loglik"]
+    np.testing.assert_array_equal(portable.to_numpy(), forced.to_numpy())

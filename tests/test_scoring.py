@@ -114,3 +114,26 @@ def test_partial_scores_resume_and_round_trip(model_dirs, texts, tmp_path):
     assert np.isnan(scoring.PartialScores(path, len(texts) + 1).loglik).all()  # other set size
     resumed.discard()
     assert not path.exists()
+
+
+def test_partial_side_file_survives_a_kill_while_saving_and_a_full_disk(tmp_path):
+    """A run killed between writing the temporary file and renaming it leaves the temporary
+    behind, possibly empty; the next run removes it and ignores an unreadable side file. A save
+    that fails (disk full) warns once and scoring goes on."""
+    path = tmp_path / "pending" / "m.partial.npy"
+    path.parent.mkdir()
+    path.with_suffix(".tmp.npy").write_bytes(b"")  # killed mid-save
+    path.write_bytes(b"\x93NUMPY truncated")
+    partial = scoring.PartialScores(path, 4)
+    assert np.isnan(partial.loglik).all() and not path.with_suffix(".tmp.npy").exists()
+    partial.record([0, 1], np.array([-1.0, -2.0]))
+    partial.flush()
+    assert np.load(path)[:2].tolist() == [-1.0, -2.0]
+    partial.discard()
+    assert not list(path.parent.iterdir())
+    blocked = scoring.PartialScores(tmp_path / "a-file" / "m.partial.npy", 4)
+    (tmp_path / "a-file").write_text("not a folder")  # every save now fails with an OSError
+    blocked.record([0], np.array([-1.0]))
+    with pytest.warns(UserWarning, match="cannot save the scores so far"):
+        blocked.flush()
+    blocked.flush()  # warned once
