@@ -70,27 +70,59 @@ class KLMatrix:
 
 def kl_matrix(loglik: np.ndarray, mean_bytes: float, keys: list[str] | None = None,
               with_se: bool = True) -> KLMatrix:
-    """All pairs with BLAS: ‖c_i − c_j‖²/N from the Gram matrix of row-centred vectors.
+    """All pairs with BLAS: ‖q_i − q_j‖²/N from the Gram matrix of the double-centred vectors.
 
-    The SE needs m4 of each pairwise difference; expanding (c_i − c_j)⁴ gives it from three more
-    matrix products of element-wise powers, so it is O(K²N) in BLAS too.
+    Double centring leaves every pair's difference as it is (q_i − q_j is ℓ_i − ℓ_j centred)
+    but removes what all models share, such as one text at −20,000 nats for every model, which
+    would otherwise swamp the expansion in rounding. The SE needs m4 of each difference;
+    expanding (q_i − q_j)⁴ gives it from three more matrix products of element-wise powers.
+    Where a pair's own moments are too small for that expansion to keep 1e-8 relative
+    precision (close pairs beside a text on which the population differs widely), the pair is
+    computed directly from its difference, so every value equals ``kl_bpb``/``kl_se_bpb``.
     """
-    matrix = np.asarray(loglik, dtype=np.float64)
-    n_models, n_texts = matrix.shape
-    centred = matrix - matrix.mean(axis=1, keepdims=True)
-    gram = centred @ centred.T
-    sq = np.diag(gram)
+    q = double_centre(loglik)
+    n_models, n_texts = q.shape
+    gram = q @ q.T
+    sq = np.diag(gram).copy()
     m2 = np.maximum((sq[:, None] + sq[None, :] - 2.0 * gram) / n_texts, 0.0)
-    np.fill_diagonal(m2, 0.0)
     scale = bpb_scale(mean_bytes)
-    se = np.zeros_like(m2)
+    var4 = np.zeros_like(m2)
     if with_se:
-        c2, c3 = centred**2, centred**3
-        s4 = np.sum(c2 * c2, axis=1)
-        cross31 = c3 @ centred.T  # Σ c_i³ c_j
-        m4 = (s4[:, None] + s4[None, :] - 4.0 * (cross31 + cross31.T) + 6.0 * (c2 @ c2.T))
-        m4 /= n_texts
-        se = np.sqrt(np.maximum(m4 - m2 * m2, 0.0) / n_texts) * scale
-        np.fill_diagonal(se, 0.0)
+        q2 = q * q
+        s4 = np.sum(q2 * q2, axis=1)
+        cross31 = (q2 * q) @ q.T  # Σ q_i³ q_j
+        m4 = (s4[:, None] + s4[None, :] - 4.0 * (cross31 + cross31.T) + 6.0 * (q2 @ q2.T))
+        var4 = m4 / n_texts - m2 * m2
+        _recompute_imprecise(q, m2, var4, sq, s4)
+    np.fill_diagonal(m2, 0.0)
+    se = np.sqrt(np.maximum(var4, 0.0) / n_texts) * scale
+    np.fill_diagonal(se, 0.0)
     names = keys if keys is not None else [str(i) for i in range(n_models)]
     return KLMatrix(keys=list(names), kl=m2 * scale, se=se)
+
+
+ROUNDING = 64 * np.finfo(np.float64).eps  # generous: BLAS sums in blocks, in any order
+TARGET = 1e-8  # relative precision every pair keeps
+PAIR_BLOCK = 1 << 24  # doubles of differences held at once (128 MB)
+
+
+def _recompute_imprecise(q: np.ndarray, m2: np.ndarray, var4: np.ndarray, sq: np.ndarray,
+                         s4: np.ndarray) -> None:
+    """Recompute, in place, the pairs whose expanded moments may have lost precision.
+
+    Bounds: |m2 error| ≤ ROUNDING·(sq_i + sq_j)/N·4 and, as every term of the m4 expansion is at
+    most 8·(s4_i + s4_j) in size (Cauchy–Schwarz), |m4 error| ≤ ROUNDING·8·(s4_i + s4_j)/N.
+    """
+    n_texts = q.shape[1]
+    m2_error = ROUNDING * 4.0 * (sq[:, None] + sq[None, :]) / n_texts
+    var4_error = ROUNDING * 8.0 * (s4[:, None] + s4[None, :]) / n_texts + 2.0 * m2 * m2_error
+    suspect = (m2_error > TARGET * m2) | (var4_error > TARGET * np.abs(var4))
+    rows, cols = np.nonzero(np.triu(suspect, k=1))
+    step = max(1, PAIR_BLOCK // max(n_texts, 1))
+    for start in range(0, rows.size, step):
+        i, j = rows[start:start + step], cols[start:start + step]
+        diff = q[i] - q[j]  # centred already: the rows of q sum to zero
+        pair_m2 = np.mean(diff * diff, axis=1)
+        pair_var4 = np.mean(diff**4, axis=1) - pair_m2 * pair_m2
+        m2[i, j] = m2[j, i] = pair_m2
+        var4[i, j] = var4[j, i] = pair_var4

@@ -76,3 +76,26 @@ def test_jeffreys_is_twice_kl(loglik):
     jeffreys_nats = np.sum((q[0] - q[1]) ** 2) / loglik.shape[1]
     kl_nats = kl_bpb(loglik[0], loglik[1], 1.0) * math.log(2)  # bits/byte with B̄ = 1 → nats
     assert jeffreys_nats == pytest.approx(2 * kl_nats, rel=1e-9)
+
+
+@pytest.mark.parametrize("third", [None, -1_000.0, -20_503.0 + 3_000.0])
+def test_matrix_se_is_stable_beside_a_heavy_tailed_text(third):
+    """Two close models (per-text SD of Δℓ 0.3 nats) on texts of which one sits at −20,503
+    nats: the expanded fourth moment used to cancel to an SE of 0.0. With a third model far
+    from both on that text, double centring alone cannot help: those pairs are recomputed."""
+    rng = np.random.default_rng(7)
+    base = -rng.uniform(100, 1500, 10_000)
+    base[123] = -20_503.71
+    models = [base, base + rng.normal(0, 0.3, base.size)]
+    if third is not None:
+        far = base + rng.normal(0, 5.0, base.size)
+        far[123] = third
+        models.append(far)
+    loglik = np.array(models)
+    result = kl_matrix(loglik, 972.3188)
+    for i, j in [(0, 1), (1, 0)] + ([(0, 2), (1, 2)] if third is not None else []):
+        expected = kl_se_bpb(loglik[i], loglik[j], 972.3188)
+        assert expected > 0
+        assert result.se[i, j] == pytest.approx(expected, rel=1e-6)
+        assert result.kl[i, j] == pytest.approx(kl_bpb(loglik[i], loglik[j], 972.3188),
+                                                rel=1e-9)
