@@ -14,6 +14,7 @@ from atlas.api import Atlas, default_db_path
 from atlas.bulk.cli import bulk
 from atlas.demo import DEMO_TEXTS, QUICK_TEXTS
 from atlas.errors import AtlasError
+from atlas.extras import EXTRA_OF, missing_extra
 from atlas.textsets import write_jsonl
 from atlas.textsources import DEFAULT_N_EVAL, DEFAULT_NAME
 from atlas.weights import DEFAULT_DIM as DEFAULT_SKETCH_DIM
@@ -69,6 +70,13 @@ class AtlasGroup(click.Group):
             return super().invoke(ctx)
         except AtlasError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except ModuleNotFoundError as exc:  # a job whose extra is not installed
+            module = (exc.name or "").partition(".")[0]
+            if module not in EXTRA_OF:
+                raise
+            job = f"atlas {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "atlas"
+            click.echo(f"error: {missing_extra(job, module)}", err=True)
             sys.exit(1)
 
 
@@ -213,7 +221,7 @@ def _report_layers(result) -> None:
     from dataclasses import replace
 
     from atlas.keys import ModelKey
-    from atlas.lens import format_layers
+    from atlas.layers import format_layers
 
     base = ModelKey.parse(result.key)
     stored = [layer for layer, status in result.layers.items() if status == "stored"]

@@ -22,9 +22,9 @@ from atlas.bulk.sources import SourceError, available_steps, base_model, looks_l
 from atlas.errors import AtlasError, InvalidKeyError, StoreError
 from atlas.ingest import lens_layers, scoring_config_id
 from atlas.keys import ModelKey
-from atlas.lens import LensError
-from atlas.loading import ModelSpec
-from atlas.quantize import QuantizeError, QuantSpec, key_quant, source_label
+from atlas.layers import LensError
+from atlas.quantize import key_quant, source_label
+from atlas.specs import ModelSpec, QuantizeError, QuantSpec
 from atlas.store import Store, StoredTextSet
 
 BYTES_PER_TOKEN = 4.0  # a rough BPE average, for the token estimate before anything is scored
