@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -15,51 +14,16 @@ from atlas.bulk.cli import bulk
 from atlas.demo import DEMO_TEXTS, QUICK_TEXTS
 from atlas.errors import AtlasError
 from atlas.extras import EXTRA_OF, missing_extra
+from atlas.presentation import FORMATS, emit
 from atlas.textsets import write_jsonl
 from atlas.textsources import DEFAULT_N_EVAL, DEFAULT_NAME
 from atlas.weights import DEFAULT_DIM as DEFAULT_SKETCH_DIM
-
-FORMATS = click.Choice(["table", "csv", "json"])
 
 
 def _atlas(ctx: click.Context, read_only: bool = False) -> Atlas:
     atlas = Atlas(ctx.obj["db"], read_only=read_only)
     ctx.call_on_close(atlas.close)
     return atlas
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, datetime.datetime):
-        return value.isoformat(sep=" ", timespec="seconds")
-    if isinstance(value, (list, pl.Series)):
-        items = list(value)
-        head = ", ".join(_cell(v) for v in items[:3])
-        return f"[{head}{', …' if len(items) > 3 else ''}] ({len(items)})"
-    return "" if value is None else str(value)
-
-
-def emit(frame: pl.DataFrame, fmt: str = "table", title: str | None = None) -> None:
-    """Print a DataFrame as a rich table, CSV or JSON (one object per row)."""
-    if fmt == "csv":
-        flat = frame.with_columns(
-            pl.col(c).cast(pl.List(pl.String)).list.join(";")
-            for c, dtype in frame.schema.items() if isinstance(dtype, pl.List))
-        click.echo(flat.write_csv(), nl=False)
-        return
-    if fmt == "json":
-        click.echo(json.dumps(frame.to_dicts(), default=str, indent=1))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, show_lines=False)
-    for column in frame.columns:
-        table.add_column(column, overflow="fold")
-    for row in frame.iter_rows():
-        table.add_row(*(_cell(v) for v in row))
-    Console().print(table)
 
 
 class AtlasGroup(click.Group):
