@@ -36,6 +36,6 @@ def refused(db: Path, args: list[str], *, what: str, where: str, fix: str,
     assert "Traceback" not in output, output
     assert "error:" in output, output
     for name, fragment in (("what", what), ("where", where), ("fix", fix)):
-        assert fragment.lower() in output.lower(), f"the message lacks {name} {fragment!r}:\n{output}"
+        assert fragment.lower() in output.lower(), f"no {name} {fragment!r} in:\n{output}"
     assert atlas_state(db) == before, f"the atlas changed: atlas {' '.join(args)}"
     return output
