@@ -25,6 +25,7 @@ import duckdb
 import polars as pl
 
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
+from atlas.extras import require_scoring
 from atlas.keys import ModelKey
 from atlas.kl import KLMatrix, kl_matrix
 from atlas.store import Store, StoredTextSet, duckdb_message
@@ -33,7 +34,7 @@ from atlas.weights import DEFAULT_DIM as DEFAULT_SKETCH_DIM
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is ingested: readers
     from atlas.ingest import IngestResult  # (the TUI, SQL) start in a fraction of the time
-    from atlas.quantize import QuantSpec
+    from atlas.specs import QuantSpec
 
 DEFAULT_DB = "atlas.duckdb"
 
@@ -115,10 +116,12 @@ class Atlas:
         was loaded (a GGUF source's type, a pre-quantized checkpoint's config, then ``quantize``
         on top); ``quant`` may repeat it, or name a float variant freely.
         """
+        require_scoring("ingest")
         from atlas.ingest import ingest
-        from atlas.lens import LensOverride
-        from atlas.loading import ModelSpec, resolve_device
-        from atlas.quantize import QuantizeError, QuantSpec, key_quant, require, source_label
+        from atlas.layers import LensOverride
+        from atlas.loading import resolve_device
+        from atlas.quantize import key_quant, require, source_label
+        from atlas.specs import ModelSpec, QuantizeError, QuantSpec
 
         if self.store.read_only:
             raise StoreError(f"{self.path} is open read-only; open it writable to ingest")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -14,51 +13,17 @@ from atlas.api import Atlas, default_db_path
 from atlas.bulk.cli import bulk
 from atlas.demo import DEMO_TEXTS, QUICK_TEXTS
 from atlas.errors import AtlasError
+from atlas.extras import EXTRA_OF, missing_extra
+from atlas.presentation import FORMATS, emit
 from atlas.textsets import write_jsonl
 from atlas.textsources import DEFAULT_N_EVAL, DEFAULT_NAME
 from atlas.weights import DEFAULT_DIM as DEFAULT_SKETCH_DIM
-
-FORMATS = click.Choice(["table", "csv", "json"])
 
 
 def _atlas(ctx: click.Context, read_only: bool = False) -> Atlas:
     atlas = Atlas(ctx.obj["db"], read_only=read_only)
     ctx.call_on_close(atlas.close)
     return atlas
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, datetime.datetime):
-        return value.isoformat(sep=" ", timespec="seconds")
-    if isinstance(value, (list, pl.Series)):
-        items = list(value)
-        head = ", ".join(_cell(v) for v in items[:3])
-        return f"[{head}{', …' if len(items) > 3 else ''}] ({len(items)})"
-    return "" if value is None else str(value)
-
-
-def emit(frame: pl.DataFrame, fmt: str = "table", title: str | None = None) -> None:
-    """Print a DataFrame as a rich table, CSV or JSON (one object per row)."""
-    if fmt == "csv":
-        flat = frame.with_columns(
-            pl.col(c).cast(pl.List(pl.String)).list.join(";")
-            for c, dtype in frame.schema.items() if isinstance(dtype, pl.List))
-        click.echo(flat.write_csv(), nl=False)
-        return
-    if fmt == "json":
-        click.echo(json.dumps(frame.to_dicts(), default=str, indent=1))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, show_lines=False)
-    for column in frame.columns:
-        table.add_column(column, overflow="fold")
-    for row in frame.iter_rows():
-        table.add_row(*(_cell(v) for v in row))
-    Console().print(table)
 
 
 class AtlasGroup(click.Group):
@@ -69,6 +34,13 @@ class AtlasGroup(click.Group):
             return super().invoke(ctx)
         except AtlasError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except ModuleNotFoundError as exc:  # a job whose extra is not installed
+            module = (exc.name or "").partition(".")[0]
+            if module not in EXTRA_OF:
+                raise
+            job = f"atlas {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "atlas"
+            click.echo(f"error: {missing_extra(job, module)}", err=True)
             sys.exit(1)
 
 
@@ -213,7 +185,7 @@ def _report_layers(result) -> None:
     from dataclasses import replace
 
     from atlas.keys import ModelKey
-    from atlas.lens import format_layers
+    from atlas.layers import format_layers
 
     base = ModelKey.parse(result.key)
     stored = [layer for layer, status in result.layers.items() if status == "stored"]

@@ -34,6 +34,7 @@ import polars as pl
 from atlas import caching
 from atlas.analysis.maps import fit_map
 from atlas.api import Atlas
+from atlas.extras import require_scoring
 from atlas.progress import progress_bar
 from atlas.realmodels import PACKAGED, locate
 from atlas.suite import Checkpoint, FineTune, Run, Suite, SuiteSpec
@@ -151,6 +152,7 @@ def run_demo(db: str | Path, *, quick: bool = False, n_texts: int | None = None,
     the suite's final checkpoints on the first ``REAL_TEXTS`` texts (text set ``default-100``):
     those models run at a few hundred tokens/s on a CPU.
     """
+    require_scoring("atlas demo")
     if real:  # fail before training when a package is missing
         for model in PACKAGED:
             locate(model, (cache_dir or cache_root()))

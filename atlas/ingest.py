@@ -25,7 +25,7 @@ from pathlib import Path
 
 from atlas.errors import LockedError
 from atlas.keys import ModelKey
-from atlas.lens import (
+from atlas.layers import (
     LensError,
     LensOverride,
     format_layers,
@@ -36,8 +36,9 @@ from atlas.lens import (
     peek_config,
     resolve_layers,
 )
-from atlas.loading import LoadedModel, ModelSpec, load_model, resolve_device, resolve_dtype
+from atlas.loading import LoadedModel, load_model, resolve_device, resolve_dtype
 from atlas.scoring import PartialScores, Scorer, Scores
+from atlas.specs import ModelSpec
 from atlas.store import Store
 from atlas.weights import DEFAULT_DIM, WeightError, WeightSketch, sketch_parameters
 

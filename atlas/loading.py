@@ -9,35 +9,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from atlas.errors import LoadError
-
-if TYPE_CHECKING:
-    from atlas.quantize import QuantSpec
+from atlas.specs import DTYPE_NAMES, ModelSpec
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class ModelSpec:
-    """Where a model comes from and how to run it."""
-
-    source: str
-    revision: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    quantize: QuantSpec | None = None  # a quantization applied on loading (atlas.quantize)
-    calibration: str | None = None  # GPTQ calibration texts (a text-set file); None: default
-
-    @property
-    def gguf_file(self) -> Path | None:
-        path = Path(self.source)
-        return path if path.suffix == ".gguf" and path.is_file() else None
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass

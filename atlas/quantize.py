@@ -38,152 +38,33 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import io
 import json
-import re
 from collections.abc import Sequence
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from atlas.caching import atomic_dir, cache_root
-from atlas.errors import AtlasError
 from atlas.loading import (
     LoadedModel,
-    ModelSpec,
     load_model,
     resolve_device,
     resolve_dtype,
     size_gptqmodel_pool,
 )
+from atlas.specs import ModelSpec, QuantizeError, QuantSpec, version_of
 
-METHODS = ("torchao", "bnb", "gptq")
-LIBRARIES = {"torchao": "torchao", "bnb": "bitsandbytes", "gptq": "gptqmodel",
-             "awq": "gptqmodel", "gguf": "gguf"}
-GPTQ_BITS = (2, 3, 4, 8)
-GPTQ_GROUPS = (32, 64, 128, 256)
 CALIBRATION_TEXTS = 128  # GPTQ's usual calibration size
-LABEL_HELP = ("int8 or int4-g32 (torchao), bnb-int8, bnb-nf4 or bnb-fp4 (bitsandbytes), "
-              "gptq-4bit-g128 (GPTQModel)")
 QUANTIZATION_REQUIREMENTS = "pip install -e '.[quantization]' && pip install --no-deps -r " \
                             "data/quantization.txt"
 
 
-class QuantizeError(AtlasError):
-    """A quantization that cannot be done: unknown label, missing library, unsupported device."""
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """One weight quantization: what the ``quantizations`` table records about a variant."""
-
-    method: str  # torchao | bnb | gptq (applied here) ; awq | gguf | bitsandbytes … (a source's)
-    bits: int | None
-    group_size: int | None = None  # None: per output channel (or the format's own blocks)
-    qtype: str | None = None  # nf4 / fp4 for bitsandbytes 4-bit, Q4_K_M … for GGUF
-    source_quant: str | None = None  # the label of an already-quantized source (GGUF)
-
-    @property
-    def label(self) -> str:
-        """The key's quant part."""
-        if self.method == "torchao":
-            own = f"int{self.bits}" + (f"-g{self.group_size}" if self.group_size else "")
-        elif self.method == "bnb":
-            own = f"bnb-{self.qtype or 'int8'}"
-        elif self.method == "gguf":
-            own = f"gguf-{(self.qtype or '').lower()}"
-        else:  # gptq, awq and other pre-quantized checkpoints
-            own = f"{self.method}-{self.bits}bit" + (
-                f"-g{self.group_size}" if self.group_size else "")
-        return f"{self.source_quant}.{own}" if self.source_quant else own
-
-    @classmethod
-    def parse(cls, label: str) -> QuantSpec:
-        """The quantization a label names (the inverse of ``label`` for methods applied here)."""
-        if match := re.fullmatch(r"int([1-8])(?:-g([0-9]+))?", label):
-            return cls("torchao", int(match[1]), _group(match[2]))
-        if match := re.fullmatch(r"bnb-(int8|nf4|fp4)", label):
-            return cls("bnb", 8 if match[1] == "int8" else 4, None,
-                       None if match[1] == "int8" else match[1])
-        if match := re.fullmatch(r"gptq-([0-9])bit(?:-g([0-9]+))?", label):
-            return cls("gptq", int(match[1]), _group(match[2])).checked()
-        raise QuantizeError(f"unknown quantization {label!r}: use {LABEL_HELP}")
-
-    @classmethod
-    def from_options(cls, method: str, bits: int | None = None, group_size: int | None = None,
-                     qtype: str | None = None) -> QuantSpec:
-        """``--quantize METHOD --bits B --group-size G --quant-type T``, or a label alone."""
-        if method not in METHODS:
-            if bits is not None or group_size is not None or qtype is not None:
-                raise QuantizeError(f"--quantize {method}: a label says it all; --bits, "
-                                    "--group-size and --quant-type go with a method "
-                                    f"({', '.join(METHODS)})")
-            return cls.parse(method)
-        if method == "bnb":
-            return cls._bnb(bits, group_size, qtype)
-        if qtype is not None:
-            raise QuantizeError(f"--quant-type is for bitsandbytes 4-bit (nf4, fp4), not {method}")
-        if method == "torchao":
-            return cls("torchao", bits or 8, group_size or None).checked()
-        return cls("gptq", bits or 4, 128 if group_size is None else group_size or None).checked()
-
-    @classmethod
-    def _bnb(cls, bits: int | None, group_size: int | None, qtype: str | None) -> QuantSpec:
-        if group_size is not None:
-            raise QuantizeError("bitsandbytes has fixed blocks: drop --group-size")
-        bits = bits or (4 if qtype else 8)
-        if bits == 8 and qtype is None:
-            return cls("bnb", 8)
-        if bits == 4 and (qtype or "nf4") in ("nf4", "fp4"):
-            return cls("bnb", 4, None, qtype or "nf4")
-        raise QuantizeError(f"bitsandbytes quantizes to 8 bits, or 4 bits as nf4 or fp4 (got "
-                            f"{bits} bits{', ' + qtype if qtype else ''})")
-
-    def checked(self) -> QuantSpec:
-        if self.method == "torchao" and not 1 <= (self.bits or 0) <= 8:
-            raise QuantizeError(f"torchao integer weights have 1 to 8 bits, not {self.bits}")
-        if self.method == "gptq" and self.bits not in GPTQ_BITS:
-            raise QuantizeError(f"GPTQ quantizes to {GPTQ_BITS} bits, not {self.bits}")
-        if self.method == "gptq" and self.group_size not in (None, *GPTQ_GROUPS):
-            raise QuantizeError(f"GPTQ group sizes are {GPTQ_GROUPS} (its CPU kernel's) or "
-                                f"none, not {self.group_size}")
-        return self
-
-    def on(self, source_quant: str | None) -> QuantSpec:
-        """This quantization applied to a source that is quantized already."""
-        return replace(self, source_quant=source_quant)
-
-    @property
-    def library(self) -> str:
-        return LIBRARIES.get(self.method, self.method)
-
-    def record(self, compute_dtype: torch.dtype | str | None) -> dict:
-        """The ``quantizations`` row (without the key)."""
-        fields = asdict(self)
-        fields["compute_dtype"] = str(compute_dtype).removeprefix("torch.") if (
-            compute_dtype is not None) else None
-        fields["library"] = self.library
-        fields["library_version"] = _version(self.library)
-        return fields
-
-
-def _group(text: str | None) -> int | None:
-    return int(text) if text else None
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def require(spec: QuantSpec, device: torch.device) -> None:
     """Fail before any loading when the library is missing or cannot run on ``device``."""
-    if _version(spec.library) is None:
+    if version_of(spec.library) is None:
         raise QuantizeError(f"{spec.label} needs {spec.library}, which is not installed; run: "
                             f"{QUANTIZATION_REQUIREMENTS}")
     supported = {"torchao": ("cpu", "cuda"), "bnb": ("cpu", "cuda", "xpu"),
@@ -299,7 +180,7 @@ def gptq_checkpoint(source: str, revision: str | None, spec: QuantSpec, calibrat
     The folder is named by a hash of source, revision, label, calibration texts and the
     GPTQModel version, so a changed calibration set or library never reuses a stale model.
     """
-    payload = json.dumps([source, revision, spec.label, calibration, _version("gptqmodel")])
+    payload = json.dumps([source, revision, spec.label, calibration, version_of("gptqmodel")])
     digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
     target = cache_root() / "quantized" / f"{spec.label}-{digest}"
     if (target / "quantize_config.json").is_file():
@@ -419,7 +300,7 @@ def quantized_copy(loaded: LoadedModel, quant: QuantSpec) -> LoadedModel:
 
 def _check_gptq_architecture(spec: ModelSpec) -> None:
     """GPTQModel guesses the layout of architectures it does not know; refuse them instead."""
-    from atlas.lens import model_type_of, peek_config
+    from atlas.layers import model_type_of, peek_config
 
     size_gptqmodel_pool()
     with redirect_stdout(io.StringIO()):  # its import prints a banner
@@ -428,7 +309,7 @@ def _check_gptq_architecture(spec: ModelSpec) -> None:
     config = peek_config(spec.source, spec.revision, spec.trust_remote_code)
     model_type = model_type_of(config) if config is not None else "unknown"
     if model_type not in SUPPORTED_MODELS:
-        raise QuantizeError(f"{spec.source}: GPTQModel {_version('gptqmodel')} does not support "
+        raise QuantizeError(f"{spec.source}: GPTQModel {version_of('gptqmodel')} does not support "
                             f"the {model_type} architecture; use int8/int4 (torchao) or "
                             "bitsandbytes for this model")
 
@@ -446,7 +327,7 @@ def source_label(spec: ModelSpec) -> str | None:
     """The label of a source that is quantized already (GGUF type, GPTQ/AWQ config), if any."""
     if spec.gguf_file:
         return gguf_quant(spec.gguf_file).label
-    from atlas.lens import peek_config
+    from atlas.layers import peek_config
 
     config = peek_config(spec.source, spec.revision, spec.trust_remote_code)
     own = None if config is None else checkpoint_quant(config)

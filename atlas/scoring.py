@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from atlas.errors import ScoringError
-from atlas.lens import Lens, LensError, LensOverride, logit_transform
+from atlas.layers import LensError, LensOverride
+from atlas.lens import Lens, logit_transform
 from atlas.loading import LoadedModel
 from atlas.progress import progress_bar
 

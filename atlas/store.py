@@ -281,7 +281,7 @@ class Store:
 
     @staticmethod
     def _record_quantization(con, key: ModelKey, record: dict | None) -> None:
-        """The ``quantizations`` row of a quantized variant (atlas.quantize.QuantSpec.record)."""
+        """The ``quantizations`` row of a quantized variant (atlas.specs.QuantSpec.record)."""
         if not record:
             return
         columns = ["method", "bits", "group_size", "qtype", "source_quant", "compute_dtype",

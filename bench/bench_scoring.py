@@ -235,8 +235,9 @@ def torch_dtype(name: str):
 
 
 def ours(args: argparse.Namespace) -> Method:
-    from atlas.loading import ModelSpec, load_model
+    from atlas.loading import load_model
     from atlas.scoring import Scorer
+    from atlas.specs import ModelSpec
 
     loaded = load_model(ModelSpec(source=args.model, device=args.device, dtype=args.dtype))
     scorer = Scorer(loaded, batch_size=resolved_batch(args))

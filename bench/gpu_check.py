@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from atlas import tiny
-from atlas.loading import ModelSpec, load_model
+from atlas.loading import load_model
 from atlas.scoring import Scorer, tokenize
+from atlas.specs import ModelSpec
 from atlas.textsets import chunk_document
 
 

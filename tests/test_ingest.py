@@ -15,8 +15,9 @@ import atlas
 from atlas import ingest as ingest_module
 from atlas import store as store_module
 from atlas.errors import AtlasError, LoadError, StoreError
-from atlas.loading import ModelSpec, load_model
+from atlas.loading import load_model
 from atlas.scoring import Scorer
+from atlas.specs import ModelSpec
 from atlas.textsets import TextSet
 
 

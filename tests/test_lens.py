@@ -15,14 +15,8 @@ from click.testing import CliRunner
 from atlas import ingest as ingest_module
 from atlas import scoring, tiny
 from atlas.cli import main
-from atlas.lens import (
-    LENSES,
-    Lens,
-    LensError,
-    LensOverride,
-    format_layers,
-    parse_layers,
-)
+from atlas.layers import LENSES, LensError, LensOverride, format_layers, parse_layers
+from atlas.lens import Lens
 from atlas.loading import LoadedModel
 from atlas.scoring import Scorer
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from atlas import tiny
 from atlas.cli import main
 from atlas.errors import AtlasError
-from atlas.quantize import QuantizeError, QuantSpec
+from atlas.specs import QuantizeError, QuantSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -6,8 +6,9 @@ import torch
 
 from atlas import scoring, tiny
 from atlas.errors import ScoringError
-from atlas.loading import ModelSpec, load_model
+from atlas.loading import load_model
 from atlas.scoring import Scorer, special_token_policy
+from atlas.specs import ModelSpec
 
 
 def reference_loglik(model, tokenizer, text: str, max_length: int | None = None) -> float:

@@ -46,6 +46,7 @@ import pyarrow as pa
 
 from atlas.analysis.scale import _textset, selected_models
 from atlas.errors import AtlasError
+from atlas.extras import require
 from atlas.kl import scaled_coordinates
 
 METHODS = ("pca", "tsne", "umap")
@@ -165,6 +166,7 @@ def _run(estimator, q: np.ndarray, method: str, notes: list[str]) -> np.ndarray:
 def tsne_coordinates(q: np.ndarray, seed: int = 42, **params) -> tuple[np.ndarray, dict, list,
                                                                          dict]:
     """t-SNE with the reference's parameters: (coords, params as run, notes, stats)."""
+    require("a t-SNE map (or use method 'pca', which needs no extra)", "sklearn")
     import sklearn
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
@@ -190,11 +192,9 @@ def tsne_coordinates(q: np.ndarray, seed: int = 42, **params) -> tuple[np.ndarra
 def umap_coordinates(q: np.ndarray, seed: int = 42, **params) -> tuple[np.ndarray, dict, list,
                                                                          dict]:
     """UMAP (umap-learn defaults, random_state=seed): (coords, params as run, notes, stats)."""
-    try:
-        import umap
-    except ImportError:
-        raise MapError("umap maps need umap-learn: pip install umap-learn (or use method="
-                       "'tsne' or 'pca')") from None
+    require("a UMAP map (or use method 'pca', which needs no extra)", "umap")
+    import umap
+
     n_models = q.shape[0]
     notes: list[str] = []
     chosen = {"n_components": 2, "n_neighbors": UMAP_NEIGHBORS, "random_state": seed, **params}

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 import polars as pl
 
-if TYPE_CHECKING:  # the planner imports the ingest stack (torch): loaded when a command runs,
-    from atlas.bulk.plan import Plan  # so that `atlas --help`, `atlas sql` … start quickly
+from atlas.presentation import duration, emit
 
 SHARD_DIR = click.option("--shard-dir", type=click.Path(file_okay=False, path_type=Path),
                          default=None, help="Where workers write finished vectors (default: "
@@ -24,20 +21,6 @@ ALL = click.option("--all", "show_all", is_flag=True,
 
 def _db(ctx: click.Context) -> Path:
     return ctx.find_root().obj["db"]
-
-
-def _emit(frame: pl.DataFrame, title: str) -> None:
-    from atlas.cli import emit  # the CLI's table printer (imported late: it imports us)
-
-    emit(frame, title=title)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 @click.group("bulk")
@@ -57,48 +40,9 @@ def plan_command(ctx: click.Context, manifest: Path, shard_dir: Path | None, max
     from atlas.bulk.run import prepare
 
     plan, _ = prepare(manifest, _db(ctx), shard_dir, max_attempts, merge=False)
-    _emit(plan_table(plan, show_all), f"plan of {manifest.name}: one row per model load")
-    for line in plan_summary(plan):
+    emit(plan.table(show_all), title=f"plan of {manifest.name}: one row per model load")
+    for line in plan.summary():
         click.echo(line)
-
-
-def plan_table(plan: Plan, show_all: bool = False) -> pl.DataFrame:
-    """One row per unit (model load): its variants by state, and the first note."""
-    from atlas.bulk.plan import STATES
-
-    rows: dict[str, dict] = {}
-    for row in plan.rows:
-        entry = rows.setdefault(row.unit.id, {
-            "model": str(row.unit.base), "source": row.unit.source,
-            "revision": row.unit.revision, "states": Counter(), "note": ""})
-        entry["states"][row.state] += 1
-        entry["note"] = entry["note"] or row.note
-    shown = [r for r in rows.values() if show_all or set(r["states"]) - {"done"}]
-    return pl.DataFrame([{**r, "states": ", ".join(f"{n} {s}" for s, n in sorted(
-        r["states"].items(), key=lambda item: STATES.index(item[0])))} for r in shown],
-        schema={"model": pl.String, "source": pl.String, "revision": pl.String,
-                "states": pl.String, "note": pl.String})
-
-
-def plan_summary(plan: Plan) -> list[str]:
-    from atlas.bulk.plan import STATES, TODO
-
-    counts = plan.counts()
-    tokens = plan.estimated_tokens()
-    lines = ["vectors: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
-             + f" ({sum(counts.values())} in the manifest)"]
-    todo = sum(counts[s] for s in TODO)
-    loads = len(plan.work())
-    if not todo:
-        lines.append("nothing to score")
-        return lines
-    rate = plan.history_rate
-    time_note = (f"~{_duration(tokens / rate)} for one worker at the {rate:,.0f} tok/s measured "
-                 "in this shard dir" if rate else
-                 "time: measured once the first models finish (`atlas bulk status`)")
-    lines.append(f"to score: {todo} vectors from {loads} model loads, ~{tokens:,} tokens "
-                 f"(estimated at 4 bytes/token); {time_note}")
-    return lines
 
 
 @bulk.command("run")
@@ -127,7 +71,7 @@ def run_command(ctx: click.Context, manifest: Path, workers: int, ray_address: s
                       progress=progress)
     merge = report.merge
     click.echo(f"scored {report.written}/{report.variants} vectors from {report.units} model "
-               f"loads in {_duration(report.seconds)} ({report.tokens_per_second:,.0f} tok/s); "
+               f"loads in {duration(report.seconds)} ({report.tokens_per_second:,.0f} tok/s); "
                f"merged {merge.stored} new ({merge.present} already stored)")
     for outcome in report.failed:
         click.echo(f"failed: {outcome.label}: {outcome.error}", err=True)
@@ -154,15 +98,15 @@ def status_command(ctx: click.Context, shard_dir: Path | None, show_all: bool) -
         return
     units = [u for u in status.units if show_all or u.state != "done"]
     if units:
-        _emit(pl.DataFrame([{"model": u.label, "state": u.state, "attempts": u.attempts,
+        emit(pl.DataFrame([{"model": u.label, "state": u.state, "attempts": u.attempts,
                              "vectors": f"{u.written}/{u.variants}", "tokens": u.tokens,
-                             "error": u.error} for u in units]), "models of the last run")
+                             "error": u.error} for u in units]), title="models of the last run")
     counts = status.counts()
     runner = {True: "running", False: "stopped", None: "on another host"}[status.runner_alive]
     click.echo(f"runner {runner}; models: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     click.echo(f"vectors: {status.written}/{status.variants} scored, {status.ready} waiting to "
                f"merge, {status.merged} merged, {status.rejected} rejected; "
-               f"{status.tokens_per_second():,.0f} tok/s; ETA {_duration(status.eta_seconds())}")
+               f"{status.tokens_per_second():,.0f} tok/s; ETA {duration(status.eta_seconds())}")
 
 
 @bulk.command("merge")

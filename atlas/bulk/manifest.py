@@ -18,9 +18,8 @@ from pathlib import Path
 
 from atlas.errors import AtlasError, InvalidKeyError
 from atlas.keys import ModelKey
-from atlas.lens import LensError, parse_layers
-from atlas.loading import DTYPES
-from atlas.quantize import QuantizeError, QuantSpec
+from atlas.layers import LensError, parse_layers
+from atlas.specs import DTYPE_NAMES, QuantizeError, QuantSpec
 from atlas.weights import DEFAULT_DIM
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -235,7 +234,7 @@ def _settings(check: _Checker, data: dict, base: Settings) -> Settings:
         values["textsets"] = (one,)
     if (many := check.string_list(data, "textsets")) is not None:
         values["textsets"] = many
-    for key, choices in (("dtype", ("auto", *DTYPES)), ("device", DEVICES)):
+    for key, choices in (("dtype", ("auto", *DTYPE_NAMES)), ("device", DEVICES)):
         value = check.typed(data, key, str, "a string")
         if value is not None and value not in choices:
             check.error(key, f"{key} {value!r}: choose one of {', '.join(choices)}")

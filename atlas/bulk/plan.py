@@ -16,15 +16,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import polars as pl
+
 from atlas.bulk.manifest import Family, Manifest, Settings, SingleModel
 from atlas.bulk.shards import ShardDir, safe_name
 from atlas.bulk.sources import SourceError, available_steps, base_model, looks_local, resolve_source
 from atlas.errors import AtlasError, InvalidKeyError, StoreError
 from atlas.ingest import lens_layers, scoring_config_id
 from atlas.keys import ModelKey
-from atlas.lens import LensError
-from atlas.loading import ModelSpec
-from atlas.quantize import QuantizeError, QuantSpec, key_quant, source_label
+from atlas.layers import LensError
+from atlas.presentation import duration
+from atlas.quantize import key_quant, source_label
+from atlas.specs import ModelSpec, QuantizeError, QuantSpec
 from atlas.store import Store, StoredTextSet
 
 BYTES_PER_TOKEN = 4.0  # a rough BPE average, for the token estimate before anything is scored
@@ -123,6 +126,38 @@ class Plan:
     def _textset_tokens(self, name: str) -> float:
         stored = self.textsets[name]
         return stored.n_texts * stored.mean_bytes / BYTES_PER_TOKEN
+
+    def table(self, show_all: bool = False) -> pl.DataFrame:
+        """One row per unit (model load): its variants by state, and the first note."""
+        rows: dict[str, dict] = {}
+        for row in self.rows:
+            entry = rows.setdefault(row.unit.id, {
+                "model": str(row.unit.base), "source": row.unit.source,
+                "revision": row.unit.revision, "states": Counter(), "note": ""})
+            entry["states"][row.state] += 1
+            entry["note"] = entry["note"] or row.note
+        shown = [r for r in rows.values() if show_all or set(r["states"]) - {"done"}]
+        return pl.DataFrame([{**r, "states": ", ".join(f"{n} {s}" for s, n in sorted(
+            r["states"].items(), key=lambda item: STATES.index(item[0])))} for r in shown],
+            schema={"model": pl.String, "source": pl.String, "revision": pl.String,
+                    "states": pl.String, "note": pl.String})
+
+    def summary(self) -> list[str]:
+        """What the plan holds and what scoring it would take, as lines to print."""
+        counts = self.counts()
+        lines = ["vectors: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
+                 + f" ({sum(counts.values())} in the manifest)"]
+        todo = sum(counts[s] for s in TODO)
+        if not todo:
+            lines.append("nothing to score")
+            return lines
+        tokens, rate = self.estimated_tokens(), self.history_rate
+        time_note = (f"~{duration(tokens / rate)} for one worker at the {rate:,.0f} tok/s "
+                     "measured in this shard dir" if rate else
+                     "time: measured once the first models finish (`atlas bulk status`)")
+        lines.append(f"to score: {todo} vectors from {len(self.work())} model loads, "
+                     f"~{tokens:,} tokens (estimated at 4 bytes/token); {time_note}")
+        return lines
 
 
 def expand(manifest: Manifest) -> list[Unit]:

@@ -21,10 +21,11 @@ from atlas.bulk.plan import Unit, Variant, config_id
 from atlas.bulk.shards import ShardDir
 from atlas.errors import AtlasError
 from atlas.ingest import load_for_scoring, sketch_weights, vector_provenance
-from atlas.lens import layer_count
-from atlas.loading import LoadedModel, ModelSpec, load_model
+from atlas.layers import layer_count
+from atlas.loading import LoadedModel, load_model
 from atlas.quantize import quantized_copy
 from atlas.scoring import Scorer, Scores
+from atlas.specs import ModelSpec
 from atlas.weights import WeightSketch
 
 LENS_ONLY_PROVENANCE = ("forward", "lens")  # what a lens pass adds to a plain scoring's record
