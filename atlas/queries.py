@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,7 +146,7 @@ class ModelQuery:
             clause += f" and ({self.where})"
         elif self.text.strip():
             clause += f" and contains(lower(key), {sql_literal(self.text.strip().lower())})"
-        return replace(ModelQuery(), where=clause)
+        return ModelQuery(where=clause)
 
 
 @dataclass
