@@ -16,7 +16,7 @@ many readers across processes) until ``close()``; ingest releases it while scori
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,10 +24,21 @@ from typing import TYPE_CHECKING
 import duckdb
 import polars as pl
 
+from atlas import queries
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.extras import require_scoring
 from atlas.keys import ModelKey
 from atlas.kl import KLMatrix, kl_matrix
+from atlas.queries import (
+    Detail,
+    FilterError,
+    ModelPage,
+    ModelQuery,
+    QueryResult,
+    Related,
+    Run,
+    RunResult,
+)
 from atlas.store import Store, StoredTextSet, duckdb_message
 from atlas.textsets import TextSet, load_textset
 from atlas.weights import DEFAULT_DIM as DEFAULT_SKETCH_DIM
@@ -37,6 +48,9 @@ if TYPE_CHECKING:  # torch and transformers load only when a model is ingested: 
     from atlas.specs import QuantSpec
 
 DEFAULT_DB = "atlas.duckdb"
+# what a reader's methods return (atlas.queries), importable from here with Atlas
+__all__ = ["KL", "Atlas", "Detail", "FilterError", "ModelPage", "ModelQuery", "QueryResult",
+           "Related", "Run", "RunResult", "default_db_path", "open"]
 
 
 def default_db_path() -> Path:
@@ -227,13 +241,69 @@ class Atlas:
         found, matrix, mean_bytes = self.store.matrix(keys, textset)
         return kl_matrix(matrix, mean_bytes, found, with_se=with_se)
 
+    def vector_textsets(self) -> list[str]:
+        """The names of the text sets holding any vector, sorted."""
+        return self.sql("SELECT DISTINCT textset FROM loglik_vectors ORDER BY 1"
+                        )["textset"].to_list()
+
     def only_textset(self) -> str:
-        names = self.sql("SELECT DISTINCT textset FROM loglik_vectors ORDER BY 1")["textset"]
+        names = self.vector_textsets()
         if len(names) != 1:
-            raise AtlasError(
-                "name a text set: the atlas holds vectors on "
-                + (", ".join(names.to_list()) if len(names) else "no text set"))
+            raise AtlasError("name a text set: the atlas holds vectors on "
+                             + (", ".join(names) if names else "no text set"))
         return names[0]
+
+    # reading (atlas.queries) ---------------------------------------------------------------------
+    def model_page(self, query: ModelQuery, offset: int = 0, limit: int = 500) -> ModelPage:
+        """Rows ``offset`` … of the models a query filters, sorts or groups, with its counts."""
+        return queries.model_page(self, query, offset, limit)
+
+    def matching_keys(self, text: str, limit: int = queries.PALETTE_KEYS) -> list[str]:
+        """Keys holding the characters of ``text`` in order, keys containing it first."""
+        return queries.matching_keys(self, text, limit)
+
+    def model_detail(self, key: str, textset: str | None = None,
+                     k: int = queries.NEAREST_K) -> Detail:
+        """A model's provenance, nearest models and KLs to its related variants."""
+        return queries.model_detail(self, key, textset, k)
+
+    def related_variants(self, key: str) -> pl.DataFrame:
+        """(relation, key): parent, fine-tunes, previous/next checkpoint, seeds, sizes."""
+        return queries.related_variants(self, key)
+
+    def sql_head(self, query: str, progress: Callable[[pl.DataFrame, int], None] | None = None
+                 ) -> QueryResult:
+        """A query's first rows and its row count, streamed (``progress`` sees rows so far)."""
+        return queries.sql_head(self, query, progress)
+
+    def export(self, query: str, path: str | Path) -> int:
+        """Write the result of one SELECT to a .csv or .parquet file; returns its rows."""
+        return queries.export(self, query, Path(path))
+
+    def runs(self) -> list[Run]:
+        """Training runs with two or more numbered checkpoints."""
+        return queries.runs(self)
+
+    def run_trajectory(self, run: Run, textset: str | None = None) -> RunResult:
+        """KL between consecutive checkpoints of a run."""
+        return queries.run_trajectory(self, run, textset)
+
+    def run_diffusion(self, run: Run, window: int, textset: str | None = None,
+                      n_boot: int = 200) -> RunResult:
+        """The diffusion fit (c_q, c_w, α) of a run."""
+        return queries.run_diffusion(self, run, window, textset, n_boot)
+
+    def kl_scale(self, textset: str | None = None, where: str | None = None) -> pl.DataFrame:
+        """Median and quartiles of KL per setting."""
+        return queries.kl_scale(self, textset, where)
+
+    def maps(self) -> pl.DataFrame:
+        """The stored maps."""
+        return queries.maps(self)
+
+    def map_points(self, name: str) -> pl.DataFrame:
+        """The points of one stored map."""
+        return queries.map_points(self, name)
 
 
 def open(path: str | Path | None = None, read_only: bool = False) -> Atlas:

@@ -157,7 +157,8 @@ async def all_rows_session(path: Path) -> float:
     from textual.app import App, ComposeResult
     from textual.widgets import DataTable
 
-    from tui import backend as db
+    from atlas.api import ModelPage, ModelQuery
+    from tui.backend import Backend
 
     class AllRows(App[None]):
         def compose(self) -> ComposeResult:
@@ -167,11 +168,11 @@ async def all_rows_session(path: Path) -> float:
             self.run_worker(self.load, thread=True)
 
         def load(self) -> None:
-            spec = db.ModelQuery()
-            page = db.Backend(path).call(lambda a: db.model_page(a, spec, 0, 10**9))
+            spec = ModelQuery()
+            page = Backend(path).call(lambda a: a.model_page(spec, 0, 10**9))
             self.call_from_thread(self.fill, page)
 
-        def fill(self, page: db.ModelPage) -> None:
+        def fill(self, page: ModelPage) -> None:
             table = self.query_one(DataTable)
             table.add_columns(*page.query.columns)
             table.add_rows(page.rows.select(page.query.columns).rows())

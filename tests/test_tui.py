@@ -1,10 +1,7 @@
 """The Textual TUI (tui/) on a small hand-built atlas, driven by Textual's Pilot.
 
-The atlas: text set 'eval' (48 texts); family ``toy`` in sizes s and m × seeds 1 and 2, each a
-run of 8 checkpoints (steps 0 … 64) with a random-walk trajectory; ``toy-m/s1`` also has
-weight sketches (so the diffusion fit has c_w and α); a fine-tune ``toyft-m/s1@step10`` whose
-parent is ``toy-m/s1@step64``; a lone ``other-1b``; a second text set 'tiny' on which only
-three models are scored; and a stored PCA map ``pca-eval``. Every
+The atlas is tests/tui_world.py's (runs of checkpoints, seeds, sizes, a fine-tune, two text
+sets, a map); the data layer under the screens is tested on it in tests/test_queries.py. Every
 test runs the app read-only over the same file, whose bytes must never change.
 
 Tests are plain functions that drive the app with ``asyncio.run`` (no pytest-asyncio needed).
@@ -22,8 +19,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import numpy as np
-import polars as pl
 import pytest
 
 pytest.importorskip("textual")
@@ -31,16 +26,15 @@ pytest.importorskip("textual_plotext")
 
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, OptionList, Select, TextArea
+from tui_world import FINE_TUNE, N_MODELS, PARENT, TINY, build_world
 
-import atlas
+from atlas import queries
 from atlas import store as store_module
 from atlas.analysis import maps, scale, trajectory
-from atlas.api import Atlas
+from atlas.api import Atlas, ModelQuery, Run
 from atlas.errors import LockedError
-from atlas.textsets import TextSet
-from atlas.weights import WeightSketch
-from tui import backend as db
 from tui.app import AtlasApp
+from tui.backend import Backend
 from tui.history import HISTORY_ENV
 from tui.render import LogScale, ScaleRow, number, scale_chart
 from tui.screens import base
@@ -50,55 +44,7 @@ from tui.screens.help import HelpScreen
 from tui.screens.map import MapPlot, step_towards
 from tui.widgets import Notice
 
-N_TEXTS = 48
-STEPS = [0, 1, 2, 4, 8, 16, 32, 64]
-RUNS = [(size, seed) for size in ("s", "m") for seed in (1, 2)]
-PARENT = "toy-m/s1@step64"
-FINE_TUNE = "toyft-m/s1@step10"
-N_MODELS = len(RUNS) * len(STEPS) + 2
-TINY = [PARENT, FINE_TUNE, "other-1b"]  # the models with vectors on text set 'tiny' too
 SIZE = (100, 30)
-
-
-def _build(root: Path) -> Path:
-    path = root / "atlas.duckdb"
-    db_ = atlas.open(path)
-    db_.import_textset(TextSet([f"text {i} " * (1 + i % 7) for i in range(N_TEXTS)],
-                               source="tui-tests"), "eval")
-    rng = np.random.default_rng(7)
-    base_ = rng.normal(-200, 30, size=N_TEXTS)
-    growth = np.sqrt(np.diff(STEPS, prepend=-1))[:, None]
-    vectors: dict[str, np.ndarray] = {}
-    for size, factor in (("s", 1.0), ("m", 1.4)):
-        offset = rng.normal(0, 3, size=N_TEXTS)
-        for seed in (1, 2):
-            shift = rng.normal(0, 1, size=N_TEXTS)
-            walk = np.cumsum(rng.normal(0, 1, size=(len(STEPS), N_TEXTS)) * growth, axis=0)
-            for i, step in enumerate(STEPS):
-                vectors[f"toy-{size}/s{seed}@step{step}"] = (base_ + factor * (walk[i] + shift)
-                                                             + offset)
-    vectors[FINE_TUNE] = vectors[PARENT] + rng.normal(0, 2, size=N_TEXTS)
-    vectors["other-1b"] = base_ + rng.normal(0, 8, size=N_TEXTS)
-    pl.DataFrame({"key": list(vectors),
-                  "parent": [PARENT if k == FINE_TUNE else None for k in vectors],
-                  "loglik": [v.tolist() for v in vectors.values()]},
-                 schema={"key": pl.String, "parent": pl.String, "loglik": pl.List(pl.Float32)}
-                 ).write_parquet(root / "vectors.parquet")
-    db_.import_vectors(root / "vectors.parquet", "eval")
-    weights = np.cumsum(rng.normal(0, 1, size=(len(STEPS), 32)) * growth, axis=0)
-    for step, values in zip(STEPS, weights, strict=True):
-        db_.store.write_sketch(f"toy-m/s1@step{step}", WeightSketch(
-            sketch=values, sq_norm=float(values @ values), n_params=1000, dim=32, seed=0,
-            layout_hash="toy"))
-    # a second, smaller text set scored by three of the models only
-    db_.import_textset(TextSet([f"tiny {i} " * (1 + i % 3) for i in range(12)]), "tiny")
-    pl.DataFrame({"key": TINY, "loglik": [rng.normal(-50, 5, size=12).tolist() for _ in TINY]},
-                 schema={"key": pl.String, "loglik": pl.List(pl.Float32)}
-                 ).write_parquet(root / "tiny.parquet")
-    db_.import_vectors(root / "tiny.parquet", "tiny")
-    maps.fit_map(db_, "pca", textset="eval", name="pca-eval")
-    db_.close()
-    return path
 
 
 def _digest(path: Path) -> str:
@@ -110,7 +56,7 @@ BUILT: dict[Path, str] = {}  # atlas file → its SHA-256 right after the build
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    path = _build(tmp_path_factory.mktemp("tui"))
+    path = build_world(tmp_path_factory.mktemp("tui"))
     BUILT[path] = _digest(path)
     return path
 
@@ -193,29 +139,6 @@ def notice(app: AtlasApp) -> Notice:
 
 
 # pure parts --------------------------------------------------------------------------------------
-def test_where_query_is_one_select():
-    assert db.where_clause("where step > 3") == "step > 3"
-    assert db.where_clause("WHERE  family = 'x'") == "family = 'x'"
-    assert db.where_clause("wherever") is None
-    assert db.where_query("step > 3") == "SELECT key FROM model_variants WHERE (step > 3)"
-    for bad in ("step > 3; DROP TABLE models", "", "step >"):
-        with pytest.raises(db.FilterError):
-            db.where_query(bad)
-
-
-def test_related_keys_and_natural_sort(reader):
-    models = reader.models().with_row_index("order")
-    row = models.filter(pl.col("key") == "toy-m/s1@step4").row(0, named=True)
-    assert db.related_keys(models, row) == [
-        ("previous checkpoint", "toy-m/s1@step2"), ("next checkpoint", "toy-m/s1@step8"),
-        ("other seed", "toy-m/s2@step4"), ("other size", "toy-s/s1@step4")]
-    parent = models.filter(pl.col("key") == PARENT).row(0, named=True)
-    assert ("fine-tune", FINE_TUNE) in db.related_keys(models, parent)
-    ordered = db.sort_models(models, "key")["key"].to_list()
-    assert ordered.index("toy-m/s1@step4") < ordered.index("toy-m/s1@step16")  # by step
-    assert db.sort_models(models, "checkpoint", descending=True)["step"][0] == 64
-
-
 def test_rulers_and_map_cursor():
     ruler = LogScale.around([0.05, 3.0], 20)
     assert (ruler.lo, ruler.hi) == (-2, 1)
@@ -334,7 +257,7 @@ def test_models_page_on_scroll(world, reader, monkeypatch):
             await settle(pilot)
         assert table.row_count == screen.loaded == N_MODELS
         assert str(status.render()).startswith(f"{N_MODELS} variants · sorted by key")
-        everything = db.model_page(reader, db.ModelQuery(), 0, 100).rows
+        everything = reader.model_page(ModelQuery(), 0, 100).rows
         assert column(table) == everything["key"].to_list()
         await pilot.press("slash", "s", "1")  # a filter starts again from its first page
         await settle(pilot)
@@ -515,11 +438,11 @@ def test_sql_history_is_kept_across_sessions(world, history_file):
 
 def test_sql_streams_exports_and_cancels(world, reader, tmp_path):
     calls: list[tuple[int, int]] = []
-    result = db.run_query(reader, "SELECT * FROM range(100000) t(i)",
-                          progress=lambda shown, rows: calls.append((shown.height, rows)))
-    assert result.rows == 100_000 and result.shown.height == db.SQL_DISPLAY_ROWS
-    assert calls[0] == (db.SQL_DISPLAY_ROWS, db.SQL_BATCH_ROWS)  # shown after the first batch
-    assert result.shown["i"].to_list() == list(range(db.SQL_DISPLAY_ROWS))
+    result = reader.sql_head("SELECT * FROM range(100000) t(i)",
+                             progress=lambda shown, rows: calls.append((shown.height, rows)))
+    assert result.rows == 100_000 and result.shown.height == queries.SQL_DISPLAY_ROWS
+    assert calls[0] == (queries.SQL_DISPLAY_ROWS, queries.SQL_BATCH_ROWS)  # after 1st batch
+    assert result.shown["i"].to_list() == list(range(queries.SQL_DISPLAY_ROWS))
 
     async def scenario(app, pilot):
         await pilot.press("2")
@@ -527,7 +450,7 @@ def test_sql_streams_exports_and_cancels(world, reader, tmp_path):
         screen.query_one("#editor", TextArea).text = "SELECT * FROM range(5000) t(i)"
         await pilot.press("ctrl+enter")
         await settle(pilot)
-        assert screen.query_one("#results", DataTable).row_count == db.SQL_DISPLAY_ROWS
+        assert screen.query_one("#results", DataTable).row_count == queries.SQL_DISPLAY_ROWS
         assert str(screen.query_one("#sql-status").render()).startswith(
             "5,000 rows × 1 columns in")
         titles = [c.title for c in app.get_system_commands(screen)]
@@ -602,7 +525,7 @@ def test_trajectory_screen(world, reader):
         assert table[-1][2] == number(expected["kl"][-1])
         plot = screen.query_one("#plot")
         assert "toy-m/s1" in plot.plt.build()
-        screen.choose(db.Run("toy", "s", 2, 8).ident)
+        screen.choose(Run.ident_of("toy", "s", 2))
         await settle(pilot)
         # a run without weight sketches (atlas.analysis.trajectory needs them; the TUI not)
         assert rows(screen.query_one("#steps", DataTable))[0][2] == number(
@@ -636,7 +559,7 @@ def test_diffusion_screen(world, reader):
         await settle(pilot)  # clipped to the run's 7 lags
         assert screen.result.window == 7
         # a run without weight sketches: c_q only, said so
-        screen.choose(db.Run("toy", "s", 1, 8).ident)
+        screen.choose(Run.ident_of("toy", "s", 1))
         await settle(pilot)
         assert rows(screen.query_one("#fits", DataTable))[0][2] == "—"
         assert "no weight sketches" in str(screen.query_one("#notes").render())
@@ -738,7 +661,7 @@ def test_model_commands_open_a_model(world):
 
 def test_locked_atlas_is_retried_with_a_notice(world, monkeypatch):
     monkeypatch.setattr(base, "LOCK_RETRY_SECONDS", 0.05)
-    original = db.Backend.call
+    original = Backend.call
     failures = {"left": 2}
 
     def flaky(self, job):
@@ -747,7 +670,7 @@ def test_locked_atlas_is_retried_with_a_notice(world, monkeypatch):
             raise LockedError(f"{self.path} is locked by another process (PID 1)")
         return original(self, job)
 
-    monkeypatch.setattr(db.Backend, "call", flaky)
+    monkeypatch.setattr(Backend, "call", flaky)
     seen: list[tuple[str, str]] = []
     show = Notice.show
 

@@ -22,8 +22,8 @@ from textual.binding import Binding, BindingType
 from textual.command import Hit, Hits, Provider
 from textual.screen import Screen
 
+from atlas.api import Atlas, Run
 from atlas.errors import AtlasError
-from tui import backend as db
 from tui.backend import Backend
 from tui.screens.detail import DetailScreen
 from tui.screens.help import HelpScreen
@@ -56,7 +56,7 @@ class ModelCommands(Provider):
         app = self.app
         try:
             keys = await asyncio.to_thread(app.backend.call,  # type: ignore[attr-defined]
-                                           partial(db.matching_keys, text=query))
+                                           partial(Atlas.matching_keys, text=query))
         except AtlasError:
             return  # no atlas, or locked: the screens say so
         matcher = self.matcher(query)
@@ -103,7 +103,7 @@ class AtlasApp(App[None]):
         self.push_screen(DetailScreen(key))
 
     def show_run(self, family: str, size: str, seed: int | None, mode: str) -> None:
-        self.selected_run = f"{family}\t{size}\t{'' if seed is None else seed}"
+        self.selected_run = Run.ident_of(family, size, seed)
         self.switch_mode(mode)
 
     def action_help(self) -> None:

@@ -191,3 +191,18 @@ def log_axis(plt, axis: str, values: Sequence[float]) -> list[float]:
         plt.yticks(ticks, labels)
         plt.ylim(lo, hi)
     return logs
+
+
+def fitted_line(lags, distances, slope: float | None) -> tuple[list[float], list[float]] | None:
+    """A line of the fitted slope through the centroid of the (ln Δt, ln D) points."""
+    if slope is None or lags is None or distances is None:
+        return None
+    pairs = [(math.log(t), math.log(d)) for t, d in zip(lags.ravel(), distances.ravel(),
+                                                       strict=True)
+             if t > 0 and d is not None and math.isfinite(d) and d > 0]
+    if not pairs:
+        return None
+    xs = [p[0] for p in pairs]
+    mx, my = sum(xs) / len(xs), sum(p[1] for p in pairs) / len(pairs)
+    lo, hi = min(xs), max(xs)
+    return [lo, hi], [my + slope * (lo - mx), my + slope * (hi - mx)]

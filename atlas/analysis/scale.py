@@ -54,12 +54,12 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import duckdb
 import numpy as np
 import polars as pl
 
 from atlas.errors import AtlasError
 from atlas.keys import ModelKey, step_of
+from atlas.queries import one_select
 
 RANDOM_PAIRS = 500  # cap on pairs per random setting
 RANDOM_SEED = 0
@@ -406,13 +406,13 @@ def _textset(atlas, textset: str | None) -> str:
     if textset is not None:
         atlas.store.textset(textset)  # raises with the names it has
         return textset
-    names = atlas.sql("SELECT DISTINCT textset FROM loglik_vectors ORDER BY 1")["textset"]
-    if len(names) == 0:
+    names = atlas.vector_textsets()
+    if not names:
         raise ScaleError(f"{atlas.path} holds no log-likelihood vectors yet: ingest models "
                          "(atlas ingest) or import vectors (atlas import) first")
     if len(names) > 1:
         raise ScaleError("name a text set (textset=...): the atlas holds vectors on "
-                         + ", ".join(names.to_list()))
+                         + ", ".join(names))
     return names[0]
 
 
@@ -421,12 +421,10 @@ def selected_models(atlas, where: str | None, textset: str) -> pl.DataFrame:
     where = re.sub(r"^\s*where\s+", "", where or "", flags=re.IGNORECASE).strip()
     query = "SELECT * FROM model_variants" + (f" WHERE ({where})" if where else "")
     try:
-        statements = duckdb.extract_statements(query)
-    except duckdb.Error as exc:
+        one_select(query, ScaleError, "give one condition over model_variants columns, e.g. "
+                   "\"family = 'pythia' AND layer IS NULL\"")
+    except ScaleError as exc:
         raise ScaleError(f"bad where clause {where!r}: {exc}") from None
-    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        raise ScaleError(f"bad where clause {where!r}: give one condition over model_variants "
-                         "columns, e.g. \"family = 'pythia' AND layer IS NULL\"")
     try:
         models = atlas.sql(query)
     except AtlasError as exc:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import duckdb
 from textual import on
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
@@ -63,7 +62,7 @@ class AtlasScreen(Screen):
         except LockedError as exc:
             self.post_message(JobFailed(tag, seq, error_text(exc), locked=True))
             return
-        except (AtlasError, duckdb.Error) as exc:
+        except AtlasError as exc:
             self.post_message(JobFailed(tag, seq, error_text(exc)))
             return
         except Exception as exc:  # a bug, not the user's doing: shown, never a traceback

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static
 
-from tui import backend as db
+from atlas.api import Atlas, Detail
 from tui.render import LogScale, number, params
 from tui.screens.base import AtlasScreen
 from tui.widgets import ModeBar, Notice
@@ -43,7 +43,7 @@ class DetailScreen(AtlasScreen):
         super().__init__()
         self.key = key
         self.textset = textset
-        self.detail: db.Detail | None = None
+        self.detail: Detail | None = None
 
     def compose(self) -> ComposeResult:
         yield ModeBar()
@@ -69,10 +69,10 @@ class DetailScreen(AtlasScreen):
         self.load()
 
     def load(self) -> None:
-        self.start("detail", partial(db.model_detail, key=self.key, textset=self.textset))
+        self.start("detail", partial(Atlas.model_detail, key=self.key, textset=self.textset))
 
     # results -------------------------------------------------------------------------------------
-    def loaded_detail(self, detail: db.Detail) -> None:
+    def loaded_detail(self, detail: Detail) -> None:
         self.detail = detail
         self.key, self.textset = detail.key, detail.textset
         self.query_one("#title", Static).update(escape(detail.key))
@@ -114,7 +114,7 @@ class DetailScreen(AtlasScreen):
         self.notice().show(error)
 
     @staticmethod
-    def _provenance(detail: db.Detail) -> str:
+    def _provenance(detail: Detail) -> str:
         info = detail.info
         fields = [("family", info.get("family")), ("size", info.get("size")),
                   ("seed", info.get("seed")), ("quant", info.get("quant")),

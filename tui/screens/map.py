@@ -16,7 +16,7 @@ from textual.message import Message
 from textual.widgets import Footer, Select, Static
 from textual_plotext import PlotextPlot
 
-from tui import backend as db
+from atlas.api import Atlas
 from tui.render import number
 from tui.screens.base import AtlasScreen
 from tui.widgets import ModeBar, Notice
@@ -151,7 +151,7 @@ class MapScreen(AtlasScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.start("maps", db.map_names)
+        self.start("maps", Atlas.maps)
 
     def loaded_maps(self, frame: pl.DataFrame) -> None:
         self.maps = frame
@@ -175,7 +175,7 @@ class MapScreen(AtlasScreen):
         where = f", where {row['model_where']}" if row.get("model_where") else ""
         self.query_one("#map-info", Static).update(
             f"{row['method']} on {row['textset']}{where}: {row['n_models']} models")
-        self.start("points", partial(db.map_points, name=name))
+        self.start("points", partial(Atlas.map_points, name=name))
 
     @on(Select.Changed, "#map-name")
     def _map_changed(self, event: Select.Changed) -> None:

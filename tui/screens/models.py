@@ -1,7 +1,7 @@
 """Models: the variants a page at a time, filtered, sorted and grouped by DuckDB.
 
 The table never holds the whole atlas: each change of filter, order or grouping asks
-``backend.model_page`` for the first ``PAGE_ROWS`` rows and the counts, and scrolling near the
+``Atlas.model_page`` for the first ``PAGE_ROWS`` rows and the counts, and scrolling near the
 end of what is loaded fetches the next page, so a 100,000-variant atlas opens as fast as a small
 one. Typing in the filter box waits ``FILTER_DELAY`` seconds for a pause before querying.
 ``g`` groups the variants by family: one row per family with counts; Enter on one lists its
@@ -21,7 +21,7 @@ from textual.binding import Binding, BindingType
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Static
 
-from tui import backend as db
+from atlas.api import Atlas, ModelPage, ModelQuery
 from tui.render import optional, params
 from tui.screens.base import AtlasScreen
 from tui.widgets import ModeBar, Notice
@@ -55,8 +55,8 @@ class ModelsScreen(AtlasScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.query_spec = db.ModelQuery()  # what was asked for last
-        self.page: db.ModelPage | None = None  # what the table shows (its first page)
+        self.query_spec = ModelQuery()  # what was asked for last
+        self.page: ModelPage | None = None  # what the table shows (its first page)
         self.loaded = 0  # rows in the table
         self._filter_timer: Timer | None = None
 
@@ -82,12 +82,12 @@ class ModelsScreen(AtlasScreen):
         return self._filter_timer is None and not self.busy("page") and not self.busy("more")
 
     # querying -----------------------------------------------------------------------------------
-    def ask(self, spec: db.ModelQuery) -> None:
+    def ask(self, spec: ModelQuery) -> None:
         """Query the first page of ``spec``; the table keeps its rows until the answer."""
         self.query_spec = spec
-        self.start("page", partial(db.model_page, query=spec, offset=0, limit=PAGE_ROWS))
+        self.start("page", partial(Atlas.model_page, query=spec, offset=0, limit=PAGE_ROWS))
 
-    def loaded_page(self, page: db.ModelPage) -> None:
+    def loaded_page(self, page: ModelPage) -> None:
         table = self.query_one("#models", DataTable)
         table.loading = False
         first = self.page is None
@@ -121,7 +121,7 @@ class ModelsScreen(AtlasScreen):
         page = self.page
         if page is None or self.loaded >= page.matching or self.busy("more"):
             return
-        self.start("more", partial(db.model_page, query=page.query, offset=self.loaded,
+        self.start("more", partial(Atlas.model_page, query=page.query, offset=self.loaded,
                                    limit=PAGE_ROWS))
 
     loaded_more = loaded_page
@@ -137,14 +137,14 @@ class ModelsScreen(AtlasScreen):
             self._more()
 
     # the table ----------------------------------------------------------------------------------
-    def _set_columns(self, table: DataTable, spec: db.ModelQuery) -> None:
+    def _set_columns(self, table: DataTable, spec: ModelQuery) -> None:
         table.clear(columns=True)
         for name in spec.columns:
             arrow = (" ▼" if spec.descending else " ▲") if name == spec.sort else ""
             table.add_column(Text(HEADERS.get(name, name) + arrow), key=name)
 
     @staticmethod
-    def _rows(page: db.ModelPage) -> list[tuple[str, tuple[str, ...]]]:
+    def _rows(page: ModelPage) -> list[tuple[str, tuple[str, ...]]]:
         """(row key, cells): the variant's key, or the family when grouped."""
         names = page.query.columns
         return [(row[names[0]], tuple(params(row[name]) if name == "n_params"
@@ -173,7 +173,7 @@ class ModelsScreen(AtlasScreen):
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
         self._stop_typing_timer()
-        clause = db.where_clause(event.value)
+        clause = ModelQuery.where_clause(event.value)
         if clause is not None:
             if clause != self.query_spec.where:
                 self.notice().show("A SQL condition over model_variants: press Enter to apply "
@@ -193,7 +193,7 @@ class ModelsScreen(AtlasScreen):
 
     @on(Input.Submitted, "#filter")
     def _filter_submitted(self, event: Input.Submitted) -> None:
-        clause = db.where_clause(event.value)
+        clause = ModelQuery.where_clause(event.value)
         if clause is None:
             self.action_focus_table()
             return
@@ -227,16 +227,11 @@ class ModelsScreen(AtlasScreen):
     def show_family(self, family: str) -> None:
         """List the variants of one family: the filter becomes ``where family = …``, kept
         together with a condition or key filter already there."""
-        spec = self.query_spec
-        clause = f"family = {db.sql_literal(family)}"
-        if spec.where is not None:
-            clause += f" and ({spec.where})"
-        elif spec.text.strip():
-            clause += f" and contains(lower(key), {db.sql_literal(spec.text.strip().lower())})"
-        self.query_one("#filter", Input).value = f"where {clause}"
+        spec = self.query_spec.for_family(family)
+        self.query_one("#filter", Input).value = f"where {spec.where}"
         self._stop_typing_timer()
         self.notice().clear()
-        self.ask(db.ModelQuery(where=clause))
+        self.ask(spec)
         self.action_focus_table()
 
     # navigation ---------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Trajectory: KL between consecutive checkpoints against the step, on log–log axes.
 Diffusion: ln D against ln Δt for both spaces (D_q = KL in bits/byte, D_w = ‖ΔW‖² from the
 weight sketches) with lines of the fitted slopes, and c_q, c_w, α with bootstrap intervals
-per start t0 and overall (atlas.analysis.trajectory.fit).
+per start t0 and overall (``Atlas.run_diffusion``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Input, Select, Static
 from textual_plotext import PlotextPlot
 
-from tui import backend as db
-from tui.render import estimate, log_axis, number
+from atlas.api import Atlas, Run, RunResult
+from tui.render import estimate, fitted_line, log_axis, number
 from tui.screens.base import AtlasScreen
 from tui.widgets import ModeBar, Notice
 
@@ -44,8 +44,8 @@ class RunScreen(AtlasScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.runs: list[db.Run] = []
-        self.run: db.Run | None = None
+        self.runs: list[Run] = []
+        self.run: Run | None = None
         self.textset: str | None = None  # None: the first the run's checkpoints share
         self.textsets: list[str] = []
 
@@ -55,12 +55,12 @@ class RunScreen(AtlasScreen):
     def on_mount(self) -> None:
         # Textual calls on_mount of every class in the MRO: subclasses add setup_tables instead
         self.setup_tables()
-        self.start("runs", db.runs)
+        self.start("runs", Atlas.runs)
 
     def setup_tables(self) -> None:
         pass
 
-    def loaded_runs(self, runs: list[db.Run]) -> None:
+    def loaded_runs(self, runs: list[Run]) -> None:
         self.runs = runs
         select = self.query_one("#run", Select)
         with self.prevent(Select.Changed):
@@ -83,10 +83,10 @@ class RunScreen(AtlasScreen):
         self.app.selected_run = ident  # type: ignore[attr-defined]
         self.load_run(run)
 
-    def load_run(self, run: db.Run) -> None:
+    def load_run(self, run: Run) -> None:
         raise NotImplementedError
 
-    def took(self, result: db.RunResult) -> None:
+    def took(self, result: RunResult) -> None:
         """Remember the text set a result is on, and the others the run could use."""
         self.textset, self.textsets = result.textset, result.textsets
 
@@ -144,13 +144,13 @@ class TrajectoryScreen(RunScreen):
                                  ("± SE", "se", 6)):
             table.add_column(name, key=key, width=width)
 
-    def load_run(self, run: db.Run) -> None:
+    def load_run(self, run: Run) -> None:
         # no `loading` overlay on the table: a loading widget cannot take the focus, which
         # would make the screen's initial focus depend on how fast the atlas answers
         self.query_one("#info", Static).update(f"loading {run.label}…")
-        self.start("trajectory", partial(db.trajectory, run=run, textset=self.textset))
+        self.start("trajectory", partial(Atlas.run_trajectory, run=run, textset=self.textset))
 
-    def loaded_trajectory(self, result: db.RunResult) -> None:
+    def loaded_trajectory(self, result: RunResult) -> None:
         self.took(result)
         frame: pl.DataFrame = result.value
         self.notice().clear()
@@ -212,14 +212,15 @@ class DiffusionScreen(RunScreen):
         for name in ("t0", "c_q", "c_w", "α", "R² q/w"):
             table.add_column(name, key=name)
 
-    def load_run(self, run: db.Run) -> None:
+    def load_run(self, run: Run) -> None:
         window_input = self.query_one("#window", Input)
-        window = self.window or db.default_window(run.n_checkpoints)
+        window = self.window or run.default_window
         window = min(window, max(3, run.n_checkpoints - 1))
         with self.prevent(Input.Changed):
             window_input.value = str(window)
         self.query_one("#info", Static).update(f"fitting {run.label}, window {window}…")
-        self.start("fit", partial(db.diffusion, run=run, window=window, textset=self.textset))
+        self.start("fit", partial(Atlas.run_diffusion, run=run, window=window,
+                                  textset=self.textset))
 
     @on(Input.Submitted, "#window")
     def _window(self, event: Input.Submitted) -> None:
@@ -231,7 +232,7 @@ class DiffusionScreen(RunScreen):
         if self.run is not None:
             self.load_run(self.run)
 
-    def loaded_fit(self, answer: db.RunResult) -> None:
+    def loaded_fit(self, answer: RunResult) -> None:
         self.took(answer)
         result = answer.value
         self.result = result
@@ -271,7 +272,7 @@ class DiffusionScreen(RunScreen):
             xs = [math.log(v) for v in lags[ok]]
             ys = [math.log(v) for v in values[ok]]
             plt.scatter(xs, ys, marker="•", color=color, label=f"{name} c={number(fit)}")
-            line = db.fitted_line(lags[ok], values[ok], fit)
+            line = fitted_line(lags[ok], values[ok], fit)
             if line is not None:
                 plt.plot(*line, marker="braille", color=color)
         plt.xlabel("ln Δt (steps)")

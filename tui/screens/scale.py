@@ -14,7 +14,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Select, Static
 
-from tui import backend as db
+from atlas.api import Atlas
 from tui.render import ScaleRow, number, scale_chart
 from tui.screens.base import AtlasScreen
 from tui.widgets import ModeBar, Notice
@@ -74,7 +74,7 @@ class ScaleScreen(AtlasScreen):
         table = self.query_one("#stats", DataTable)
         for name in ("setting", "pairs", "median", "q1", "q3", "mean", "sd"):
             table.add_column(name, key=name)
-        self.start("textsets", db.text_set_names)
+        self.start("textsets", Atlas.vector_textsets)
 
     def loaded_textsets(self, names: list[str]) -> None:
         select = self.query_one("#textset", Select)
@@ -91,7 +91,7 @@ class ScaleScreen(AtlasScreen):
 
     def load(self) -> None:
         self.query_one("#chart", ScaleChart).set_rows([], "computing the KL scale…")
-        self.start("scale", partial(db.kl_scale, textset=self.textset, where=self.where))
+        self.start("scale", partial(Atlas.kl_scale, textset=self.textset, where=self.where))
 
     def loaded_scale(self, frame: pl.DataFrame) -> None:
         self.frame = frame

@@ -1,7 +1,7 @@
 """The SQL console: an editor, results in a table, errors inline and a query history.
 
 Queries run on a read-only connection of the console's own (so a long query does not hold up
-the other screens), in a thread worker that streams the result (``backend.run_query``): the
+the other screens), in a thread worker that streams the result (``Atlas.sql_head``): the
 first rows show while the rest are counted, and ctrl+g interrupts DuckDB. ctrl+s exports the
 whole result to CSV or Parquet. The history is kept across sessions (``tui.history``); ctrl+up /
 ctrl+down walk it in the editor.
@@ -24,7 +24,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
-from tui import backend as db
+from atlas.api import Atlas, QueryResult
 from tui import history
 from tui.backend import Backend
 from tui.render import cell
@@ -110,7 +110,7 @@ class SqlScreen(AtlasScreen):
         super().__init__()
         self.history_file = history.history_path()
         self.history: list[history.HistoryEntry] = []
-        self.result: db.QueryResult | None = None
+        self.result: QueryResult | None = None
         self.console_backend: Backend | None = None
         self._run: object | None = None  # identifies the running query; None when idle
         self._query = ""  # its text
@@ -164,7 +164,7 @@ class SqlScreen(AtlasScreen):
         self.query_one("#results", DataTable).loading = True
         self.refresh_bindings()
         progress = partial(self._progress, self._run)
-        self.start("query", partial(db.run_query, query=query, progress=progress),
+        self.start("query", partial(Atlas.sql_head, query=query, progress=progress),
                    backend=self.console_backend)
 
     def _progress(self, run: object, shown: pl.DataFrame, rows: int) -> None:
@@ -197,7 +197,7 @@ class SqlScreen(AtlasScreen):
             self.query_one("#sql-status", Static).update("cancelling…")
             self.console_backend.interrupt()
 
-    def loaded_query(self, result: db.QueryResult) -> None:
+    def loaded_query(self, result: QueryResult) -> None:
         self._finish()
         self.result = result
         self._fill(result.shown)
@@ -235,7 +235,7 @@ class SqlScreen(AtlasScreen):
             if path is not None:
                 target = self._export_path = Path(path).expanduser().resolve()
                 self.query_one("#sql-status", Static).update(f"exporting to {target}…")
-                self.start("export", partial(db.export_result, query=query, path=target),
+                self.start("export", partial(Atlas.export, query=query, path=target),
                            backend=self.console_backend)
 
         self.app.push_screen(ExportScreen(), chosen)

@@ -1,0 +1,425 @@
+"""What a reader asks of an atlas: models paged, filtered, sorted and grouped; one model with
+its related variants; training runs with their trajectories and diffusion fits; the KL scale;
+maps; SQL results streamed and exported. ``Atlas`` has a method for each (atlas.api), and the
+TUI is a thin layer over them.
+
+The rules live in SQL where they are SQL (sql/queries.sql: ``size_value``, ``related_variants``,
+``training_runs``, …). What a user types stays SQL the atlas checks: a ``where …`` filter must
+be exactly one SELECT (``one_select``, the one place that rule is written), a sort column comes
+from a whitelist, and values travel as parameters.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import polars as pl
+
+from atlas.errors import AtlasError
+
+if TYPE_CHECKING:
+    from atlas.api import Atlas
+
+
+class FilterError(AtlasError):
+    """A model filter that is not one SQL condition over model_variants."""
+
+
+# user SQL ----------------------------------------------------------------------------------------
+WHERE_PREFIX = re.compile(r"^\s*where\s+", re.IGNORECASE)
+
+
+def one_select(query: str, error: type[Exception], message: str) -> Any:
+    """The parsed statement of ``query`` if it is exactly one SELECT, else ``error(message)``
+    (or the parser's own message): what keeps a user's condition from being a second statement."""
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise error(first_line(exc)) from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise error(message)
+    return statements[0]
+
+
+def where_query(clause: str) -> str:
+    """``SELECT key FROM model_variants WHERE (clause)``, refused unless it is one SELECT."""
+    if not clause:
+        raise FilterError("write a condition after 'where', e.g. where family = 'pythia'")
+    query = f"SELECT key FROM model_variants WHERE ({clause})"
+    one_select(query, FilterError, "a filter is one condition over model_variants (no ';')")
+    return query
+
+
+def sql_literal(text: str) -> str:
+    """``text`` as a SQL string literal (for a condition a user sees and may edit)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def first_line(exc: BaseException) -> str:
+    """The message on one line, without DuckDB's echo of the query (LINE 1: … and its caret)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    kept = [line for line in lines
+            if line and not line.startswith("LINE ") and set(line) != {"^"}]
+    return " ".join(kept) or type(exc).__name__
+
+
+# models ------------------------------------------------------------------------------------------
+PALETTE_KEYS = 200  # candidate keys the command palette scores per keystroke
+# the atlas's own order (Atlas.models): checkpoints by step rather than by the text of their key
+ATLAS_ORDER = ("family", "size", "seed", "quant", "layer", "step", "key")
+# what a sort column sorts by: sizes by the number they name, checkpoints by step
+SORT_TERMS = {"key": ATLAS_ORDER, "size": ("size_value(size)", "size"),
+              "checkpoint": ("step", "checkpoint")}
+VARIANT_COLUMNS = ("key", "family", "size", "seed", "quant", "layer", "checkpoint", "n_params",
+                   "textsets")
+# one row per family: how many variants, and how many distinct values of each key column
+GROUP_COLUMNS = ("family", "variants", "sizes", "seeds", "checkpoints", "quants", "layers")
+GROUP_SELECT = ("family, count(*) AS variants, count(DISTINCT size) AS sizes, "
+                "count(DISTINCT seed) AS seeds, count(DISTINCT checkpoint) AS checkpoints, "
+                "count(DISTINCT quant) AS quants, count(DISTINCT layer) AS layers")
+# model_variants with a textsets column: what a filter or an order on text sets needs
+VARIANTS = "(SELECT * FROM model_variants LEFT JOIN variant_textsets() USING (key))"
+
+
+@dataclass(frozen=True)
+class ModelQuery:
+    """Models as SQL over model_variants: a filter (part of a key, or a condition), an order,
+    and either the variants or one row per family.
+
+    Nothing holds more than a page: a 100,000-variant atlas is filtered, sorted, counted and
+    grouped by DuckDB, and read a page at a time.
+    """
+
+    text: str = ""  # part of a key, case-insensitive
+    where: str | None = None  # or a SQL condition over model_variants (it wins)
+    sort: str = "key"
+    descending: bool = False
+    grouped: bool = False
+
+    @staticmethod
+    def where_clause(text: str) -> str | None:
+        """The condition of a ``where …`` filter, or None when ``text`` is a plain substring."""
+        if not WHERE_PREFIX.match(text):
+            return None
+        return WHERE_PREFIX.sub("", text, count=1).strip()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return GROUP_COLUMNS if self.grouped else VARIANT_COLUMNS
+
+    def condition(self) -> tuple[str, list]:
+        """The filter as a SQL condition and its parameters."""
+        if self.where is not None:
+            where_query(self.where)  # one condition, or FilterError
+            return f"({self.where})", []
+        if self.text.strip():
+            return "contains(lower(key), ?)", [self.text.strip().lower()]
+        return "true", []
+
+    @property
+    def source(self) -> str:
+        """model_variants, joined to every variant's text sets only when the filter or the
+        order needs them (that costs a scan of all vectors; a page needs its own only)."""
+        on_textsets = self.sort == "textsets" or "textsets" in (self.where or "").lower()
+        return VARIANTS if on_textsets else "model_variants"
+
+    def order_by(self) -> str:
+        """``sort`` (nulls last) in the chosen direction, ties in the atlas's order."""
+        if self.sort not in self.columns:
+            raise FilterError(f"no column {self.sort!r} to sort by; sort by one of "
+                              + ", ".join(self.columns))
+        direction = " DESC NULLS LAST" if self.descending else " NULLS LAST"
+        by = (self.sort,) if self.grouped else SORT_TERMS.get(self.sort, (self.sort,))
+        ties = ("family",) if self.grouped else ATLAS_ORDER
+        return ", ".join([f"{term}{direction}" for term in by] + list(ties))
+
+    def for_family(self, family: str) -> ModelQuery:
+        """The variants of one family, keeping this query's condition or key filter."""
+        clause = f"family = {sql_literal(family)}"
+        if self.where is not None:
+            clause += f" and ({self.where})"
+        elif self.text.strip():
+            clause += f" and contains(lower(key), {sql_literal(self.text.strip().lower())})"
+        return ModelQuery(where=clause)
+
+
+@dataclass
+class ModelPage:
+    """Rows ``offset`` … of a query, with the counts a status line shows."""
+
+    query: ModelQuery
+    offset: int
+    rows: pl.DataFrame
+    matching: int  # rows of the whole query: variants, or families when grouped
+    variants: int  # variants that pass the filter
+    total: int  # variants in the atlas
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.rows.height
+
+
+def model_page(atlas: Atlas, query: ModelQuery, offset: int, limit: int) -> ModelPage:
+    """Rows ``offset`` … ``offset + limit`` of the query and its counts, in two queries."""
+    condition, params = query.condition()
+    try:
+        counts = atlas.sql(f"SELECT count(*) FILTER (WHERE {condition}), count(DISTINCT family) "
+                           f"FILTER (WHERE {condition}), count(*) FROM {query.source}",
+                           params * 2).row(0)
+        rows = atlas.sql(_page_sql(query, condition), [*params, int(limit), int(offset)])
+    except AtlasError as exc:
+        if query.where is None:
+            raise
+        raise FilterError(first_line(exc)) from None
+    variants, families, total = counts
+    return ModelPage(query, offset, rows, families if query.grouped else variants, variants,
+                     total)
+
+
+def _page_sql(query: ModelQuery, condition: str) -> str:
+    """The page's rows (LIMIT and OFFSET are the last two parameters): families, or variants
+    with the text sets of the page's keys alone."""
+    order = query.order_by()
+    window = f"ORDER BY {order} LIMIT ? OFFSET ?"
+    if query.grouped:
+        return (f"SELECT {GROUP_SELECT} FROM {query.source} WHERE {condition} GROUP BY family "
+                f"{window}")
+    if query.source == VARIANTS:
+        return f"SELECT * FROM {VARIANTS} WHERE {condition} {window}"
+    return (f"WITH page AS (SELECT * FROM model_variants WHERE {condition} {window}) "
+            "SELECT page.*, s.textsets FROM page LEFT JOIN (SELECT key, string_agg(textset, ', ' "
+            "ORDER BY textset) AS textsets FROM loglik_vectors WHERE key IN (SELECT key FROM page) "
+            f"GROUP BY key) s USING (key) ORDER BY {order}")
+
+
+def matching_keys(atlas: Atlas, text: str, limit: int = PALETTE_KEYS) -> list[str]:
+    """Keys holding the characters of ``text`` in order (a fuzzy finder's rule), keys that
+    contain it as a whole first: candidates for a fuzzy matcher to score, found by DuckDB."""
+    chars = [c for c in text.lower() if not c.isspace()]
+    if not chars:
+        return []
+    pattern = "%" + "%".join("\\" + c if c in "%_\\" else c for c in chars) + "%"
+    return atlas.sql("SELECT key FROM model_variants WHERE lower(key) LIKE ? ESCAPE '\\' "
+                     "ORDER BY NOT contains(lower(key), ?), length(key), key LIMIT ?",
+                     [pattern, "".join(chars), limit])["key"].to_list()
+
+
+# one model ---------------------------------------------------------------------------------------
+NEAREST_K = 10
+
+
+@dataclass
+class Related:
+    """The KL from the model to one related variant (or why it could not be computed)."""
+
+    relation: str
+    key: str
+    kl: float | None = None
+    se: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class Detail:
+    key: str
+    info: dict[str, Any]  # model_variants' columns, revision and created_at
+    textsets: list[dict[str, Any]]  # name, n_texts, mean_bytes of the sets with its vectors
+    textset: str | None  # the set the KLs below are on
+    nearest: pl.DataFrame
+    related: list[Related] = field(default_factory=list)
+
+
+def model_detail(atlas: Atlas, key: str, textset: str | None = None,
+                 k: int = NEAREST_K) -> Detail:
+    """Provenance, nearest models and KLs to related variants of one model."""
+    key = atlas.resolve(key)
+    info = atlas.sql("SELECT * FROM model_info(?)", [key]).row(0, named=True)
+    names = atlas.sql("SELECT textset FROM loglik_vectors WHERE key = ? ORDER BY textset",
+                      [key])["textset"].to_list()
+    sets = atlas.textsets().filter(pl.col("name").is_in(names))
+    textsets = sets.select("name", "n_texts", "mean_bytes").to_dicts()
+    if textset is None or textset not in names:
+        textset = names[0] if names else None
+    if textset is None:
+        nearest = pl.DataFrame(schema={"key": pl.String, "kl": pl.Float64, "se": pl.Float64,
+                                       "textset": pl.String})
+        return Detail(key, info, textsets, None, nearest, [])
+    nearest = atlas.nearest(key, k=k, textset=textset)
+    related = [_related_kl(atlas, key, relation, other, textset)
+               for relation, other in related_variants(atlas, key).iter_rows()]
+    return Detail(key, info, textsets, textset, nearest, related)
+
+
+def related_variants(atlas: Atlas, key: str) -> pl.DataFrame:
+    """(relation, key): parent, fine-tunes, previous/next checkpoint, other seeds and sizes."""
+    return atlas._keyed_sql("SELECT * FROM related_variants(?)", [key])
+
+
+def _related_kl(atlas: Atlas, key: str, relation: str, other: str, textset: str) -> Related:
+    try:
+        result = atlas.kl(key, other, textset=textset)
+    except AtlasError as exc:
+        return Related(relation, other, error=first_line(exc))
+    return Related(relation, result.key_b, result.value, result.se)
+
+
+# SQL results -------------------------------------------------------------------------------------
+SQL_DISPLAY_ROWS = 500  # rows of a result kept to show; the rest are counted
+SQL_BATCH_ROWS = 2_048  # rows DuckDB hands over at a time
+PROGRESS_SECONDS = 0.25  # at most this often, a running query reports its rows so far
+EXPORT_OPTIONS = {".csv": "(FORMAT csv, HEADER)", ".parquet": "(FORMAT parquet)"}
+
+
+@dataclass
+class QueryResult:
+    """The first ``SQL_DISPLAY_ROWS`` rows of a result (``shown``) and how many it had."""
+
+    query: str
+    shown: pl.DataFrame
+    rows: int
+    seconds: float
+
+
+def sql_head(atlas: Atlas, query: str,
+             progress: Callable[[pl.DataFrame, int], None] | None = None) -> QueryResult:
+    """Stream a query's result: keep its first rows, count the rest, and call
+    ``progress(shown, rows so far)`` once the first rows are in and then every
+    ``PROGRESS_SECONDS``, so rows can be shown while a long result is still coming.
+
+    Memory stays bounded by the shown rows and one batch however large the result is;
+    ``Atlas.interrupt`` from another thread stops it (AtlasError)."""
+    started = last = time.perf_counter()
+    batches = atlas.sql_batches(query, SQL_BATCH_ROWS)
+    shown = next(batches)
+    rows = 0
+    for batch in batches:
+        rows += batch.height
+        filling = shown.height < SQL_DISPLAY_ROWS
+        if filling:
+            shown = pl.concat([shown, batch.head(SQL_DISPLAY_ROWS - shown.height)],
+                              how="vertical_relaxed")
+        now = time.perf_counter()
+        if progress is not None and (filling or now - last >= PROGRESS_SECONDS):
+            progress(shown, rows)
+            last = now
+    return QueryResult(query, shown, rows, time.perf_counter() - started)
+
+
+def export(atlas: Atlas, query: str, path: Path) -> int:
+    """Write the whole result of ``query`` (one SELECT) to a .csv or .parquet file with
+    DuckDB's COPY, which streams the rows to the file; returns how many it wrote.
+
+    A read-only atlas can write other files but not itself (DuckDB refuses to COPY onto an
+    attached database)."""
+    options = EXPORT_OPTIONS.get(path.suffix.lower())
+    if options is None:
+        raise AtlasError(f"{path.name}: export to a .csv or .parquet file")
+    statement = one_select(query, AtlasError, "only the result of one SELECT can be exported")
+    select = statement.query.strip().rstrip(";")
+    written = atlas.sql(f"COPY ({select}\n) TO {sql_literal(str(path))} {options}")
+    return int(written.item()) if written.shape == (1, 1) else 0
+
+
+# runs, trajectories, diffusion -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    """A training run: the output variants of one (family, size, seed) with numbered steps."""
+
+    family: str
+    size: str
+    seed: int | None
+    n_checkpoints: int
+    label: str  # run_label (sql/analysis.sql), e.g. pythia-70m/s1
+
+    @property
+    def ident(self) -> str:
+        return self.ident_of(self.family, self.size, self.seed)
+
+    @staticmethod
+    def ident_of(family: str, size: str, seed: int | None) -> str:
+        """A run's identity as one string (e.g. the value of a picker)."""
+        return f"{family}\t{size}\t{'' if seed is None else seed}"
+
+    @property
+    def default_window(self) -> int:
+        """The CLI's window of 10 lags, shortened for short runs to half their lags (at least
+        3), so that several starts t0 have a full window."""
+        return min(10, max(3, (self.n_checkpoints - 1) // 2))
+
+
+@dataclass
+class RunResult:
+    """A run's trajectory frame or DiffusionResult (``value``), on ``textset``, one of the
+    ``textsets`` that hold a vector of every checkpoint of the run."""
+
+    value: Any
+    textset: str
+    textsets: list[str]
+
+
+def runs(atlas: Atlas) -> list[Run]:
+    """Training runs with two or more numbered checkpoints (output variants), by label."""
+    return [Run(*row) for row in atlas.sql("SELECT * FROM training_runs()").iter_rows()]
+
+
+def run_textsets(atlas: Atlas, run: Run) -> list[str]:
+    """The text sets holding a vector of each checkpoint of the run."""
+    sets = atlas.sql("SELECT textset FROM run_textsets(?, ?, ?)",
+                     [run.family, run.size, run.seed])["textset"].to_list()
+    if not sets:
+        raise AtlasError(f"the checkpoints of {run.label} share no text set: score them all on "
+                         "one to compare them")
+    return sets
+
+
+def _chosen(atlas: Atlas, run: Run, textset: str | None) -> tuple[str, list[str]]:
+    sets = run_textsets(atlas, run)
+    return (textset if textset in sets else sets[0]), sets
+
+
+def run_trajectory(atlas: Atlas, run: Run, textset: str | None = None) -> RunResult:
+    """KL (with SE) between consecutive checkpoints (atlas.analysis.trajectory.consecutive)."""
+    from atlas.analysis import trajectory
+
+    chosen, sets = _chosen(atlas, run, textset)
+    frame = trajectory.consecutive(atlas, run.family, run.size, run.seed, chosen)
+    return RunResult(frame, chosen, sets)
+
+
+def run_diffusion(atlas: Atlas, run: Run, window: int, textset: str | None = None,
+                  n_boot: int = 200) -> RunResult:
+    """c_q, c_w, α of a run (atlas.analysis.trajectory.fit; c_q alone without sketches)."""
+    from atlas.analysis import trajectory
+
+    chosen, sets = _chosen(atlas, run, textset)
+    fit = trajectory.fit(atlas, run.family, run.size, run.seed, window=window, textset=chosen,
+                         n_boot=n_boot)
+    return RunResult(fit, chosen, sets)
+
+
+# scale and maps ----------------------------------------------------------------------------------
+def kl_scale(atlas: Atlas, textset: str | None = None, where: str | None = None) -> pl.DataFrame:
+    """Median and quartiles of KL per setting (atlas.analysis.scale.scale)."""
+    from atlas.analysis import scale
+
+    return scale.scale(atlas, where=where or None, textset=textset)
+
+
+def maps(atlas: Atlas) -> pl.DataFrame:
+    """The stored maps, one row each (atlas.analysis.maps.maps)."""
+    from atlas.analysis import maps as stored
+
+    return stored.maps(atlas)
+
+
+def map_points(atlas: Atlas, name: str) -> pl.DataFrame:
+    """One stored map's points with their key columns (atlas.analysis.maps.load_map)."""
+    from atlas.analysis import maps as stored
+
+    return stored.load_map(atlas, name)

@@ -1,0 +1,88 @@
+-- What a reader asks of the atlas (atlas.queries, the TUI, any DuckDB client): each rule here is
+-- the only copy of it, so the Models screen, the detail screen and a hand-written query agree.
+--
+--   size_value(size)                 parameter count a size label names (70m → 7e7), else NULL
+--   variant_textsets()               table (key, textsets): the sets each variant has vectors on
+--   model_info(key)                  table: one variant's columns with revision and created_at
+--   related_variants(key)            table (relation, key): parent, fine-tunes, checkpoints, …
+--   training_runs()                  table (family, size, seed, n_checkpoints, label)
+--   run_textsets(family, size, seed) table (textset): the sets holding every checkpoint of a run
+
+-- The parameter count a label like 70m, 1.4b or 7B names; NULL for a label naming none (e.g.
+-- "s"). Sizes sort by it, so 160m comes before 1b.
+CREATE OR REPLACE MACRO size_value(size) AS CASE
+    WHEN regexp_full_match(lower(trim(size)), '[0-9]+(\.[0-9]+)?[kmbt]')
+    THEN CAST(regexp_extract(lower(trim(size)), '^[0-9.]+') AS DOUBLE)
+         * pow(1000, strpos('kmbt', right(lower(trim(size)), 1)))
+END;
+
+CREATE OR REPLACE MACRO variant_textsets() AS TABLE
+SELECT key, string_agg(textset, ', ' ORDER BY textset) AS textsets
+FROM loglik_vectors GROUP BY key;
+
+-- model_variants' columns and what only the models table holds (revision, created_at).
+CREATE OR REPLACE MACRO model_info(query_key) AS TABLE
+SELECT key, family, size, n_params, seed, quant, layer, checkpoint, step, parent, source,
+       revision, created_at
+FROM models WHERE key = resolve_key(query_key);
+
+-- The variants related to one: its parent, fine-tunes of it (up to 6), the previous and next
+-- checkpoint of its run, other seeds and other sizes of the same variant (up to 6 each, seeds
+-- in order, sizes small → large). Key columns match with NULLs equal.
+CREATE OR REPLACE MACRO related_variants(query_key) AS TABLE
+WITH me AS MATERIALIZED (SELECT * FROM model_variants WHERE key = resolve_key(query_key)),
+found AS (
+    SELECT 0 AS grp, 1 AS rank, 'parent' AS relation, me.parent AS key
+    FROM me WHERE me.parent IS NOT NULL
+    UNION ALL
+    SELECT 1, row_number() OVER (ORDER BY m.family, m.size, m.seed, m.quant, m.layer, m.step,
+                                 m.key), 'fine-tune', m.key
+    FROM model_variants m, me WHERE m.parent = me.key
+    UNION ALL
+    SELECT 2, row_number() OVER (ORDER BY m.step DESC, m.key DESC), 'previous checkpoint', m.key
+    FROM model_variants m, me
+    WHERE m.family = me.family AND m.size = me.size AND m.seed IS NOT DISTINCT FROM me.seed
+      AND m.quant IS NOT DISTINCT FROM me.quant AND m.layer IS NOT DISTINCT FROM me.layer
+      AND m.step < me.step
+    UNION ALL
+    SELECT 3, row_number() OVER (ORDER BY m.step, m.key), 'next checkpoint', m.key
+    FROM model_variants m, me
+    WHERE m.family = me.family AND m.size = me.size AND m.seed IS NOT DISTINCT FROM me.seed
+      AND m.quant IS NOT DISTINCT FROM me.quant AND m.layer IS NOT DISTINCT FROM me.layer
+      AND m.step > me.step
+    UNION ALL
+    SELECT 4, row_number() OVER (ORDER BY m.seed NULLS FIRST, m.key), 'other seed', m.key
+    FROM model_variants m, me
+    WHERE m.family = me.family AND m.size = me.size AND m.seed IS DISTINCT FROM me.seed
+      AND m.quant IS NOT DISTINCT FROM me.quant AND m.layer IS NOT DISTINCT FROM me.layer
+      AND m.checkpoint IS NOT DISTINCT FROM me.checkpoint
+    UNION ALL
+    SELECT 5, row_number() OVER (ORDER BY size_value(m.size) NULLS LAST, m.size, m.key),
+           'other size', m.key
+    FROM model_variants m, me
+    WHERE m.family = me.family AND m.size <> me.size AND m.seed IS NOT DISTINCT FROM me.seed
+      AND m.quant IS NOT DISTINCT FROM me.quant AND m.layer IS NOT DISTINCT FROM me.layer
+      AND m.checkpoint IS NOT DISTINCT FROM me.checkpoint)
+SELECT relation, key FROM found
+WHERE key <> (SELECT key FROM me) AND rank <= CASE WHEN grp IN (2, 3) THEN 1 ELSE 6 END
+ORDER BY grp, rank;
+
+-- Training runs: the output variants (no quant, no layer) of one (family, size, seed) with two
+-- or more numbered checkpoints, labelled as everywhere else (run_label, analysis.sql).
+CREATE OR REPLACE MACRO training_runs() AS TABLE
+SELECT family, size, seed, count(DISTINCT step) AS n_checkpoints,
+       run_label(family, size, seed) AS label
+FROM model_variants
+WHERE quant IS NULL AND layer IS NULL AND step IS NOT NULL
+GROUP BY family, size, seed HAVING count(DISTINCT step) >= 2
+ORDER BY family, size, seed NULLS FIRST;
+
+-- The text sets on which every checkpoint of a run has a vector (a trajectory needs one).
+CREATE OR REPLACE MACRO run_textsets(run_family, run_size, run_seed) AS TABLE
+WITH run AS (
+    SELECT key FROM model_variants
+    WHERE family = run_family AND size = run_size AND seed IS NOT DISTINCT FROM run_seed
+      AND quant IS NULL AND layer IS NULL AND step IS NOT NULL)
+SELECT v.textset FROM run JOIN loglik_vectors v USING (key)
+GROUP BY v.textset HAVING count(*) = (SELECT count(*) FROM run)
+ORDER BY v.textset;
