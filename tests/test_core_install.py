@@ -58,9 +58,12 @@ def files(tmp_path):
     (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     rng = np.random.default_rng(0)
     base = -rng.uniform(50, 200, len(texts))
-    pl.DataFrame({"key": [f"m-{i}m" for i in range(1, 6)],
+    steps = [0, 1, 2, 4, 8, 16, 32, 64]
+    drift = np.cumsum(rng.normal(0, 1, (len(steps), len(texts))), axis=0)
+    pl.DataFrame({"key": [f"m-{i}m" for i in range(1, 6)] + [f"r-1m@step{s}" for s in steps],
                   "loglik": [(base + rng.normal(0, 1 + i, len(texts))).tolist()
-                             for i in range(5)]}).write_parquet(tmp_path / "vectors.parquet")
+                             for i in range(5)] + [(base + d).tolist() for d in drift],
+                  }).write_parquet(tmp_path / "vectors.parquet")
     return tmp_path
 
 
@@ -74,11 +77,15 @@ def test_core_install_creates_imports_queries_and_browses(files):
         ["--db", db, "kl", "m-1m", "m-2m"],
         ["--db", db, "sql", "SELECT count(*) AS n FROM model_variants", "--format", "csv"],
         ["--db", db, "map", "--method", "pca", "--name", "pca-t"],
+        ["--db", db, "scale"],
+        ["--db", db, "trajectory", "r", "--size", "1m"],
+        ["--db", db, "diffusion", "r", "--size", "1m", "--window", "3", "--boot", "20"],
     )
     for output in outputs:
         assert output["code"] == 0, output
-    assert outputs[5]["output"].split() == ["n", "5"]
-    assert "m-2m" in outputs[3]["output"]
+    assert outputs[5]["output"].split() == ["n", "13"]
+    assert "nearest to m-1m" in outputs[3]["output"]
+    assert "c_q" in outputs[-1]["output"]
     assert heavy == []
 
 
