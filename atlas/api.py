@@ -156,7 +156,7 @@ class Atlas:
                 return pl.DataFrame() if relation is None else pl.from_arrow(
                     relation.to_arrow_table())
             except duckdb.Error as exc:
-                raise AtlasError(duckdb_message(exc)) from None
+                raise self._sql_error(exc) from None
 
     def sql_batches(self, query: str, batch_rows: int = 10_000) -> Iterator[pl.DataFrame]:
         """Run any SQL and yield its result in DataFrames of up to ``batch_rows`` rows as DuckDB
@@ -174,7 +174,32 @@ class Atlas:
                 for batch in reader:
                     yield pl.from_arrow(batch)
             except duckdb.Error as exc:
-                raise AtlasError(duckdb_message(exc)) from None
+                raise self._sql_error(exc) from None
+
+    def _sql_error(self, exc: duckdb.Error) -> AtlasError:
+        """A query's error as DuckDB words it; one about the file (damage, no space, a
+        read-only session reaching outside the atlas) as the store explains it."""
+        return self.store.classify(exc) or AtlasError(duckdb_message(exc))
+
+    def export(self, query: str, path: str | Path) -> int:
+        """Write the whole result of ``query`` to a .csv or .parquet file; returns its rows.
+
+        The rows are written here, in Python, batch by batch (memory stays bounded): the
+        read-only SQL session cannot write files, so this is its one explicit way out. The file
+        appears complete or not at all (written beside it, then renamed)."""
+        path = Path(path)
+        if path.suffix.lower() not in (".csv", ".parquet"):
+            raise AtlasError(f"{path.name}: export to a .csv or .parquet file")
+        partial = path.with_name(path.name + ".partial")
+        try:
+            rows = _write_batches(self.sql_batches(query), partial, path.suffix.lower())
+            partial.replace(path)
+        except OSError as exc:
+            raise AtlasError(f"{path}: cannot write the export ({exc.strerror or exc}); choose "
+                             "another file or free space") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return rows
 
     def interrupt(self) -> None:
         """Stop the query this atlas is running in another thread (its caller gets an
@@ -194,6 +219,8 @@ class Atlas:
     def kl(self, key_a: str, key_b: str, textset: str | None = None) -> KL:
         """KL(a, b) in bits/byte with its SE, on the one text set both share (or ``textset``)."""
         a, b = self.resolve(key_a), self.resolve(key_b)  # in order: the first unknown is named
+        if textset is not None:
+            self.store.textset(textset)  # a missing set is named as such, with the stored ones
         shared = self._keyed_sql(
             "SELECT kl_centred(c_a, c_b, mean_bytes), kl_se_bpb(c_a, c_b, mean_bytes), textset "
             "FROM shared_vectors(?, ?, ?)", [a, b, textset])  # one scan for value, SE and set
@@ -203,6 +230,8 @@ class Atlas:
 
     def nearest(self, key: str, k: int = 10, textset: str | None = None) -> pl.DataFrame:
         """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset), nearest first."""
+        if textset is not None:
+            self.store.textset(textset)
         return self._keyed_sql("SELECT * FROM nearest(?, ?, ?)", [key, k, textset])
 
     def _keyed_sql(self, query: str, params: list) -> pl.DataFrame:
@@ -231,6 +260,33 @@ class Atlas:
                 "name a text set: the atlas holds vectors on "
                 + (", ".join(names.to_list()) if len(names) else "no text set"))
         return names[0]
+
+
+def csv_ready(frame: pl.DataFrame) -> pl.DataFrame:
+    """List columns joined with ';' so that a frame can be written as CSV."""
+    return frame.with_columns(
+        pl.col(c).cast(pl.List(pl.String)).list.join(";")
+        for c, dtype in frame.schema.items() if isinstance(dtype, pl.List))
+
+
+def _write_batches(batches: Iterator[pl.DataFrame], path: Path, suffix: str) -> int:
+    """Write ``Atlas.sql_batches`` output (an empty frame with the columns first) to ``path``."""
+    first = next(batches)
+    rows = 0
+    if suffix == ".csv":
+        with path.open("wb") as out:
+            csv_ready(first).write_csv(out)
+            for batch in batches:
+                csv_ready(batch).write_csv(out, include_header=False)
+                rows += batch.height
+        return rows
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(path, first.to_arrow().schema) as writer:
+        for batch in batches:
+            writer.write_table(batch.to_arrow())
+            rows += batch.height
+    return rows
 
 
 def open(path: str | Path | None = None, read_only: bool = False) -> Atlas:

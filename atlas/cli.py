@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import polars as pl
 
-from atlas.api import Atlas, default_db_path
+from atlas.api import Atlas, csv_ready, default_db_path
 from atlas.bulk.cli import bulk
 from atlas.demo import DEMO_TEXTS, QUICK_TEXTS
 from atlas.errors import AtlasError
@@ -42,10 +42,7 @@ def _cell(value) -> str:
 def emit(frame: pl.DataFrame, fmt: str = "table", title: str | None = None) -> None:
     """Print a DataFrame as a rich table, CSV or JSON (one object per row)."""
     if fmt == "csv":
-        flat = frame.with_columns(
-            pl.col(c).cast(pl.List(pl.String)).list.join(";")
-            for c, dtype in frame.schema.items() if isinstance(dtype, pl.List))
-        click.echo(flat.write_csv(), nl=False)
+        click.echo(csv_ready(frame).write_csv(), nl=False)
         return
     if fmt == "json":
         click.echo(json.dumps(frame.to_dicts(), default=str, indent=1))
@@ -73,7 +70,7 @@ class AtlasGroup(click.Group):
 
 
 @click.group(cls=AtlasGroup)
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--db", type=click.Path(path_type=Path), default=None,
               help="Atlas file (default: $ATLAS_DB or ./atlas.duckdb).")
 @click.version_option(package_name="lm-atlas")
 @click.pass_context
@@ -274,7 +271,24 @@ def nearest(ctx: click.Context, key: str, k: int, textset: str | None, fmt: str)
 @click.pass_context
 def sql(ctx: click.Context, query: str, fmt: str, write: bool) -> None:
     """Run any SQL on the atlas (macros: kl, kl_se, nearest, kl_bpb, resolve_key …)."""
-    emit(_atlas(ctx, read_only=not write).sql(query), fmt)
+    atlas = _atlas(ctx, read_only=not write)
+    if not write:
+        _one_statement(query)
+    emit(atlas.sql(query), fmt)
+
+
+def _one_statement(query: str) -> None:
+    """A read-only query shows one result: refuse several statements (only the last would be
+    shown) rather than run them all. Syntax errors are left to DuckDB's own message."""
+    import duckdb
+
+    try:
+        count = len(duckdb.extract_statements(query))
+    except duckdb.Error:
+        return
+    if count > 1:
+        raise AtlasError(f"the query holds {count} statements; `atlas sql` shows the result of "
+                         "one: run them one at a time (a script of writes needs --write)")
 
 
 @main.command()

@@ -387,22 +387,12 @@ def run_query(atlas: Atlas, query: str,
     return QueryResult(query, shown, rows, time.perf_counter() - started)
 
 
-EXPORT_OPTIONS = {".csv": "(FORMAT csv, HEADER)", ".parquet": "(FORMAT parquet)"}
-
-
 def export_result(atlas: Atlas, query: str, path: Path) -> int:
-    """Write the whole result of ``query`` (one SELECT) to a .csv or .parquet file with
-    DuckDB's COPY, which streams the rows to the file; returns how many it wrote.
-
-    The read-only connection can write other files but not the atlas (DuckDB refuses to COPY
-    onto an attached database)."""
-    options = EXPORT_OPTIONS.get(path.suffix.lower())
-    if options is None:
-        raise AtlasError(f"{path.name}: export to a .csv or .parquet file")
+    """Write the whole result of ``query`` (one SELECT) to a .csv or .parquet file; returns how
+    many rows it wrote. ``Atlas.export`` writes it from Python: the read-only session itself
+    cannot write files."""
     statement = one_select(query, AtlasError, "only the result of one SELECT can be exported")
-    select = statement.query.strip().rstrip(";")
-    written = atlas.sql(f"COPY ({select}\n) TO {sql_literal(str(path))} {options}")
-    return int(written.item()) if written.shape == (1, 1) else 0
+    return atlas.export(statement.query.strip().rstrip(";"), path)
 
 
 # runs, trajectories, diffusion ------------------------------------------------------------------
