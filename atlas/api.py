@@ -173,7 +173,7 @@ class Atlas:
                 return pl.DataFrame() if relation is None else pl.from_arrow(
                     relation.to_arrow_table())
             except duckdb.Error as exc:
-                raise AtlasError(duckdb_message(exc)) from None
+                raise self._sql_error(exc) from None
 
     def sql_batches(self, query: str, batch_rows: int = 10_000) -> Iterator[pl.DataFrame]:
         """Run any SQL and yield its result in DataFrames of up to ``batch_rows`` rows as DuckDB
@@ -191,7 +191,12 @@ class Atlas:
                 for batch in reader:
                     yield pl.from_arrow(batch)
             except duckdb.Error as exc:
-                raise AtlasError(duckdb_message(exc)) from None
+                raise self._sql_error(exc) from None
+
+    def _sql_error(self, exc: duckdb.Error) -> AtlasError:
+        """A query's error as DuckDB words it; one about the file (damage, no space, a
+        read-only session reaching outside the atlas) as the store explains it."""
+        return self.store.classify(exc) or AtlasError(duckdb_message(exc))
 
     def interrupt(self) -> None:
         """Stop the query this atlas is running in another thread (its caller gets an
@@ -211,6 +216,8 @@ class Atlas:
     def kl(self, key_a: str, key_b: str, textset: str | None = None) -> KL:
         """KL(a, b) in bits/byte with its SE, on the one text set both share (or ``textset``)."""
         a, b = self.resolve(key_a), self.resolve(key_b)  # in order: the first unknown is named
+        if textset is not None:
+            self.store.textset(textset)  # a missing set is named as such, with the stored ones
         shared = self._keyed_sql(
             "SELECT kl_centred(c_a, c_b, mean_bytes), kl_se_bpb(c_a, c_b, mean_bytes), textset "
             "FROM shared_vectors(?, ?, ?)", [a, b, textset])  # one scan for value, SE and set
@@ -220,6 +227,8 @@ class Atlas:
 
     def nearest(self, key: str, k: int = 10, textset: str | None = None) -> pl.DataFrame:
         """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset), nearest first."""
+        if textset is not None:
+            self.store.textset(textset)
         return self._keyed_sql("SELECT * FROM nearest(?, ?, ?)", [key, k, textset])
 
     def _keyed_sql(self, query: str, params: list) -> pl.DataFrame:

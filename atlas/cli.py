@@ -45,7 +45,7 @@ class AtlasGroup(click.Group):
 
 
 @click.group(cls=AtlasGroup)
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--db", type=click.Path(path_type=Path), default=None,
               help="Atlas file (default: $ATLAS_DB or ./atlas.duckdb).")
 @click.version_option(package_name="lm-atlas")
 @click.pass_context
@@ -246,7 +246,24 @@ def nearest(ctx: click.Context, key: str, k: int, textset: str | None, fmt: str)
 @click.pass_context
 def sql(ctx: click.Context, query: str, fmt: str, write: bool) -> None:
     """Run any SQL on the atlas (macros: kl, kl_se, nearest, kl_bpb, resolve_key …)."""
-    emit(_atlas(ctx, read_only=not write).sql(query), fmt)
+    atlas = _atlas(ctx, read_only=not write)
+    if not write:
+        _one_statement(query)
+    emit(atlas.sql(query), fmt)
+
+
+def _one_statement(query: str) -> None:
+    """A read-only query shows one result: refuse several statements (only the last would be
+    shown) rather than run them all. Syntax errors are left to DuckDB's own message."""
+    import duckdb
+
+    try:
+        count = len(duckdb.extract_statements(query))
+    except duckdb.Error:
+        return
+    if count > 1:
+        raise AtlasError(f"the query holds {count} statements; `atlas sql` shows the result of "
+                         "one: run them one at a time (a script of writes needs --write)")
 
 
 @main.command()

@@ -35,3 +35,11 @@ class LockedError(StoreError):
 
 class ImportFormatError(AtlasError, ValueError):
     """A file of precomputed vectors that cannot be imported safely."""
+
+
+class DamagedError(StoreError):
+    """The atlas file is damaged (truncated, or a block fails its checksum)."""
+
+
+class NoSpaceError(StoreError):
+    """The disk (or the process's file size limit) refused a write to the atlas."""

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from atlas.errors import LockedError
+from atlas.errors import LockedError, NoSpaceError, StoreError
 from atlas.keys import ModelKey
 from atlas.layers import (
     LensError,
@@ -139,10 +139,10 @@ def _write_or_keep(store: Store, key: ModelKey, textset_id: int, textset: str, s
             key, textset_id=textset_id, loglik=scores.loglik, n_tokens=scores.n_tokens,
             n_truncated=scores.n_truncated, config_id=config_id, provenance=provenance,
             force=force, **fields)
-    except LockedError as exc:
+    except (LockedError, NoSpaceError) as exc:
         pending = save_pending(store.path, key, scores.loglik, provenance, fields)
-        raise LockedError(
-            f"{exc} The scored vector is kept in {pending}: once the file is free, run "
+        raise type(exc)(
+            f"{exc} The scored vector is kept in {pending}: once the file can be written, run "
             f"`atlas import vectors {pending} --textset {textset}`.") from exc
 
 
@@ -213,7 +213,7 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
         elif written and force:
             store.delete_sketch(key)  # it may be of the weights this vector replaced
     except BaseException as exc:
-        with contextlib.suppress(LockedError):  # then the run is marked interrupted next time
+        with contextlib.suppress(StoreError):  # locked, full: marked interrupted next time
             store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}",
                              seconds=time.perf_counter() - started)
         raise
@@ -309,7 +309,7 @@ def ingest_layers(store: Store, spec: ModelSpec, key: ModelKey, textset: str,
             first = next(iter(scores.values()))
             tokens, resumed = first.scored_tokens, first.n_resumed
     except BaseException as exc:
-        with contextlib.suppress(LockedError):
+        with contextlib.suppress(StoreError):
             store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}",
                              seconds=time.perf_counter() - started)
         raise
@@ -335,13 +335,13 @@ def _write_layers(store: Store, key: ModelKey, textset_id: int, textset: str,
                 layer_key, textset_id=textset_id, loglik=layer_scores.loglik,
                 n_tokens=layer_scores.n_tokens, n_truncated=layer_scores.n_truncated,
                 config_id=config_id, provenance=provenance, force=force, **fields)
-        except LockedError as exc:
+        except (LockedError, NoSpaceError) as exc:
             kept = [save_pending(store.path, replace(key, layer=other), later.loglik,
                                  provenance_of(later), fields)
                     for other, later in scores.items() if written[other] != "stored"]
-            raise LockedError(
+            raise type(exc)(
                 f"{exc} The {len(kept)} layer vectors not yet stored are kept in "
-                f"{kept[0].parent}: once the file is free, run `atlas import vectors FILE "
+                f"{kept[0].parent}: once the file can be written, run `atlas import vectors FILE "
                 f"--textset {textset}` for each of {', '.join(p.name for p in kept)}.") from exc
         written[layer] = "stored" if stored else "skipped"
 

@@ -9,6 +9,8 @@ import json
 import click
 import polars as pl
 
+from atlas.queries import csv_ready
+
 FORMATS = click.Choice(["table", "csv", "json"])
 
 
@@ -28,10 +30,7 @@ def cell(value) -> str:
 def emit(frame: pl.DataFrame, fmt: str = "table", title: str | None = None) -> None:
     """Print a DataFrame as a rich table, CSV or JSON (one object per row)."""
     if fmt == "csv":
-        flat = frame.with_columns(
-            pl.col(c).cast(pl.List(pl.String)).list.join(";")
-            for c, dtype in frame.schema.items() if isinstance(dtype, pl.List))
-        click.echo(flat.write_csv(), nl=False)
+        click.echo(csv_ready(frame).write_csv(), nl=False)
         return
     if fmt == "json":
         click.echo(json.dumps(frame.to_dicts(), default=str, indent=1))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -273,7 +273,6 @@ def _related_kl(atlas: Atlas, key: str, relation: str, other: str, textset: str)
 SQL_DISPLAY_ROWS = 500  # rows of a result kept to show; the rest are counted
 SQL_BATCH_ROWS = 2_048  # rows DuckDB hands over at a time
 PROGRESS_SECONDS = 0.25  # at most this often, a running query reports its rows so far
-EXPORT_OPTIONS = {".csv": "(FORMAT csv, HEADER)", ".parquet": "(FORMAT parquet)"}
 
 
 @dataclass
@@ -312,18 +311,53 @@ def sql_head(atlas: Atlas, query: str,
 
 
 def export(atlas: Atlas, query: str, path: Path) -> int:
-    """Write the whole result of ``query`` (one SELECT) to a .csv or .parquet file with
-    DuckDB's COPY, which streams the rows to the file; returns how many it wrote.
+    """Write the whole result of ``query`` (one SELECT) to a .csv or .parquet file; returns its
+    rows.
 
-    A read-only atlas can write other files but not itself (DuckDB refuses to COPY onto an
-    attached database)."""
-    options = EXPORT_OPTIONS.get(path.suffix.lower())
-    if options is None:
+    The rows are written here, in Python, batch by batch (memory stays bounded): a read-only
+    session cannot write files, so this is its one explicit way out. The file appears complete
+    or not at all (written beside it, then renamed)."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
         raise AtlasError(f"{path.name}: export to a .csv or .parquet file")
     statement = one_select(query, AtlasError, "only the result of one SELECT can be exported")
-    select = statement.query.strip().rstrip(";")
-    written = atlas.sql(f"COPY ({select}\n) TO {sql_literal(str(path))} {options}")
-    return int(written.item()) if written.shape == (1, 1) else 0
+    partial = path.with_name(path.name + ".partial")
+    try:
+        rows = _write_batches(atlas.sql_batches(statement.query), partial, suffix)
+        partial.replace(path)
+    except OSError as exc:
+        raise AtlasError(f"{path}: cannot write the export ({exc.strerror or exc}); choose "
+                         "another file or free space") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return rows
+
+
+def csv_ready(frame: pl.DataFrame) -> pl.DataFrame:
+    """List columns joined with ';' so that a frame can be written as CSV."""
+    return frame.with_columns(
+        pl.col(c).cast(pl.List(pl.String)).list.join(";")
+        for c, dtype in frame.schema.items() if isinstance(dtype, pl.List))
+
+
+def _write_batches(batches: Iterator[pl.DataFrame], path: Path, suffix: str) -> int:
+    """Write ``Atlas.sql_batches`` output (an empty frame with the columns first) to ``path``."""
+    first = next(batches)
+    rows = 0
+    if suffix == ".csv":
+        with path.open("wb") as out:
+            csv_ready(first).write_csv(out)
+            for batch in batches:
+                csv_ready(batch).write_csv(out, include_header=False)
+                rows += batch.height
+        return rows
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(path, first.to_arrow().schema) as writer:
+        for batch in batches:
+            writer.write_table(batch.to_arrow())
+            rows += batch.height
+    return rows
 
 
 # runs, trajectories, diffusion -------------------------------------------------------------------

@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from atlas.errors import LockedError, StoreError, UnknownKeyError
+from atlas.errors import DamagedError, LockedError, NoSpaceError, StoreError, UnknownKeyError
 from atlas.keys import ModelKey
 from atlas.textsets import TextSet
 from atlas.weights import WeightSketch
@@ -60,19 +60,41 @@ class StoredTextSet:
     mean_bytes: float
 
 
+# A read-only session reads its own file and nothing else: no other file (COPY TO, read_csv,
+# ATTACH of another atlas or of a hard link to this one), no extension download or load, and
+# no SET that would undo it (DuckDB refuses to re-enable external access once running).
+READ_ONLY_CONFIG = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "lock_configuration": True,
+}
+HEADER_BYTES = 3 * 4096  # DuckDB's file header and its two database headers, before block 0
+_DAMAGED_RE = re.compile(
+    r"Corrupt database file|checksum|Could not read enough bytes|not a valid DuckDB database",
+    re.IGNORECASE)
+_NO_SPACE_RE = re.compile(r"No space left on device|File too large|Disk quota exceeded",
+                          re.IGNORECASE)
+_UNWRITABLE_RE = re.compile(r"Permission denied|Read-only file system|Operation not permitted",
+                            re.IGNORECASE)
+
+
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     """Connect, retrying briefly while another process holds the lock, then explain it."""
     deadline = time.monotonic() + LOCK_RETRY_SECONDS
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only,
+                                  config=READ_ONLY_CONFIG if read_only else {})
         except duckdb.ConnectionException as exc:
             raise StoreError(
                 f"{path} is already open in this process with another mode (read-only vs "
                 "read-write); close the other Atlas first (Atlas.close())") from exc
         except duckdb.IOException as exc:
             if not _LOCK_RE.search(str(exc)):
-                raise StoreError(f"{path}: cannot open the atlas: {exc}") from exc
+                raise _classify(path, exc, read_only) or StoreError(
+                    f"{path}: cannot open the atlas: {duckdb_message(exc)}") from exc
             if time.monotonic() > deadline:
                 holder = re.search(r"PID (\d+)", str(exc))
                 raise LockedError(
@@ -82,6 +104,47 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
                     " and retry; nothing was changed."
                 ) from exc
             time.sleep(0.25)
+
+
+def _classify(path: Path, exc: duckdb.Error, read_only: bool) -> StoreError | None:
+    """The StoreError a user can act on for a DuckDB error about the file itself (damage, no
+    space, no write permission, a read-only session reaching outside); None for others."""
+    message = duckdb_message(exc)
+    if "not a valid DuckDB database" in message:
+        return StoreError(f"{path} is not an atlas: the file exists but is not a DuckDB database; "
+                          "point --db at an atlas file, or give `atlas init` a new path")
+    if _DAMAGED_RE.search(message):
+        return damaged(path, message)
+    if _NO_SPACE_RE.search(message):
+        return NoSpaceError(
+            f"no space to write {path} ({message}); free space on that disk (or raise the file "
+            "size limit) and re-run: what the atlas held before is intact")
+    if _UNWRITABLE_RE.search(message):
+        return StoreError(
+            f"{path} cannot be written ({message}); reading commands (models, kl, nearest, "
+            "sql without --write, tui) still work: to change it, fix its permissions or copy "
+            "it somewhere writable")
+    if read_only and "read-only mode" in message:
+        return StoreError(f"{message}: {path} is open read-only; to change the atlas, use "
+                          "`atlas sql --write` (or open it with read_only=False)")
+    if "No such file or directory" in message:
+        return StoreError(f"{path}: its folder {path.parent} does not exist; create the folder "
+                          "first, or choose another path")
+    if read_only and isinstance(exc, duckdb.PermissionException):
+        return StoreError(
+            f"{message}: {path} is open read-only, and a read-only session reads only the atlas "
+            "itself (no other files, databases, COPY TO or extensions); export a result with "
+            "`atlas sql QUERY --format csv > FILE` or the TUI's export (ctrl+s), or use "
+            "`atlas sql --write` for DuckDB's full access")
+    return None
+
+
+def damaged(path: Path, detail: str) -> DamagedError:
+    """The message for a damaged atlas file: what, where, and how to get a good one back."""
+    return DamagedError(
+        f"{path} is damaged ({detail}); nothing was written to it. Restore it from a backup, or "
+        "re-create it: `atlas --db NEW.duckdb init`, then re-import the text sets and vectors "
+        "(`atlas textset import`, `atlas import vectors`) or re-ingest the models")
 
 
 class Store:
@@ -95,6 +158,10 @@ class Store:
         self.path = Path(path)
         self.read_only = read_only
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._verified = False  # every block read once (writers, before their first write)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a folder, not an atlas file; point --db at the "
+                             f".duckdb file (e.g. {self.path / 'atlas.duckdb'})")
         if read_only and not self.path.exists():
             raise StoreError(f"{self.path}: no atlas here; create one with `atlas init`")
         if not read_only:
@@ -103,10 +170,62 @@ class Store:
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The store's connection, opened on first use."""
+        """The store's connection, opened (and checked) on first use; a DuckDB error about the
+        file comes out as a StoreError that names it."""
         if self._con is None:
-            self._con = _connect(self.path, self.read_only)
-        yield self._con
+            self._con = self._open()
+        try:
+            yield self._con
+        except duckdb.Error as exc:
+            raise self.error(exc) from exc
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        """Connect; refuse a truncated file, and before the first write a file with a bad
+        block, so that nothing is ever added to a damaged atlas."""
+        con = _connect(self.path, self.read_only)
+        try:
+            self._check_length(con)
+            if not (self.read_only or self._verified):
+                self._read_every_block(con)
+                self._verified = True
+        except duckdb.Error as exc:
+            con.close()
+            raise self.error(exc) from exc
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _check_length(self, con: duckdb.DuckDBPyConnection) -> None:
+        """The file must hold every block its header counts: a truncated copy opens and lists
+        models, then fails on the first block past its end (costs one stat)."""
+        block_size, blocks = first_row(
+            con, "SELECT block_size, total_blocks FROM pragma_database_size() "
+            "WHERE database_name = current_database()")
+        expected = HEADER_BYTES + block_size * blocks
+        size = self.path.stat().st_size
+        if size < expected:
+            raise damaged(self.path, f"truncated: {size:,} bytes of {expected:,}")
+
+    def _read_every_block(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Read every column of every table once: DuckDB checks a block's checksum only when it
+        reads it, so a bad block would otherwise surface only in some later query."""
+        tables = con.execute(
+            "SELECT table_name, list(column_name ORDER BY column_index) FROM duckdb_columns() "
+            "WHERE database_name = current_database() AND NOT internal "
+            "AND table_name IN (SELECT table_name FROM duckdb_tables() "
+            "WHERE database_name = current_database()) GROUP BY table_name").fetchall()
+        for table, columns in tables:
+            hashes = ", ".join(f'sum(hash("{column}"))' for column in columns)
+            con.execute(f'SELECT count(*), {hashes} FROM "{table}"').fetchall()
+
+    def error(self, exc: duckdb.Error) -> StoreError:
+        """A DuckDB error from this store's file as a StoreError that names the file."""
+        return self.classify(exc) or StoreError(f"{self.path}: {duckdb_message(exc)}")
+
+    def classify(self, exc: duckdb.Error) -> StoreError | None:
+        """``error`` for errors about the file itself; None for errors of a query (syntax …)."""
+        return _classify(self.path, exc, self.read_only)
 
     def release(self) -> None:
         """Close the connection (and its file lock); the next call reopens it."""

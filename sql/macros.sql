@@ -91,7 +91,11 @@ SELECT t.name AS textset, t.mean_bytes, va.loglik_centred AS c_a, vb.loglik_cent
 FROM va JOIN vb USING (textset_id) JOIN textsets t USING (textset_id)
 WHERE textset_name IS NULL OR t.name = textset_name;
 
-CREATE OR REPLACE MACRO no_single_textset(key_a, key_b, n) AS CASE
+CREATE OR REPLACE MACRO no_single_textset(key_a, key_b, n, textset_name := NULL) AS CASE
+    WHEN n = 0 AND textset_name IS NOT NULL
+         AND NOT EXISTS (SELECT 1 FROM textsets WHERE name = textset_name) THEN error(format(
+        'no text set named ''{}'' for {} and {}; stored text sets: {}', textset_name, key_a, key_b,
+        coalesce((SELECT string_agg(name, ', ' ORDER BY name) FROM textsets), 'none')))
     WHEN n = 0 THEN error(format(
         'no text set holds vectors of both {} and {}: score them on the same text set', key_a, key_b))
     ELSE error(format(
@@ -101,12 +105,12 @@ END;
 
 CREATE OR REPLACE MACRO kl(key_a, key_b, textset_name := NULL) AS (
     SELECT CASE WHEN count(*) = 1 THEN first(kl_centred(c_a, c_b, mean_bytes))
-                ELSE no_single_textset(key_a, key_b, count(*)) END
+                ELSE no_single_textset(key_a, key_b, count(*), textset_name := textset_name) END
     FROM shared_vectors(key_a, key_b, textset_name));
 
 CREATE OR REPLACE MACRO kl_se(key_a, key_b, textset_name := NULL) AS (
     SELECT CASE WHEN count(*) = 1 THEN first(kl_se_bpb(c_a, c_b, mean_bytes))
-                ELSE no_single_textset(key_a, key_b, count(*)) END
+                ELSE no_single_textset(key_a, key_b, count(*), textset_name := textset_name) END
     FROM shared_vectors(key_a, key_b, textset_name));
 
 -- The k variants nearest to a key by KL on each text set of the key (one named set if given).
