@@ -18,6 +18,8 @@ from atlas.errors import TextSetError
 MAX_CHUNK_BYTES = 1024
 MIN_CHUNK_BYTES = 256  # chunks must be strictly longer than this
 DOMAIN_FIELDS = ("domain", "pile_set_name")
+# Characters str.splitlines() breaks on that JSON allows raw inside a string: written escaped.
+_RAW_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
 @dataclass
@@ -135,9 +137,16 @@ def _load_json_list(path: Path, content: str) -> TextSet:
     return TextSet(texts=texts, source=str(path))
 
 
+def _jsonl_lines(content: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of JSONL: lines end at "\\n" (or "\\r\\n") only. ``splitlines`` would
+    also cut at U+2028, U+0085, \\x1c … which JSON allows raw inside a string."""
+    for lineno, line in enumerate(content.split("\n"), start=1):
+        yield lineno, line.removesuffix("\r")
+
+
 def _load_jsonl(path: Path, content: str) -> TextSet:
     texts, domains, metas = [], [], []
-    for lineno, line in enumerate(content.splitlines(), start=1):
+    for lineno, line in _jsonl_lines(content):
         if not line.strip():
             continue
         try:
@@ -188,11 +197,16 @@ def load_textset(path: str | Path) -> TextSet:
 
 
 def write_jsonl(textset: TextSet, path: str | Path) -> Path:
-    """Write ``{"text", "domain", **meta}`` lines: what ``load_textset`` reads back unchanged."""
+    """Write ``{"text", "domain", **meta}`` lines: what ``load_textset`` reads back unchanged.
+
+    U+0085, U+2028 and U+2029 are escaped, so readers that split lines on them read it too."""
     path = Path(path)
     with path.open("w", encoding="utf-8") as out:
         for text, domain, meta in zip(textset.texts, textset.domains, textset.metas, strict=True):
             record = {"text": text, **({"domain": domain} if domain is not None else {}),
                       **(meta or {})}
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            line = json.dumps(record, ensure_ascii=False)
+            for raw, escaped in _RAW_LINE_BREAKS.items():
+                line = line.replace(raw, escaped)
+            out.write(line + "\n")
     return path
