@@ -25,10 +25,10 @@ import duckdb
 import polars as pl
 
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
-from atlas.keys import ModelKey
+from atlas.keys import ModelKey, quant_label
 from atlas.kl import KLMatrix, kl_matrix
 from atlas.store import Store, StoredTextSet, duckdb_message
-from atlas.textsets import TextSet, load_textset
+from atlas.textsets import TextSet, check_name, load_textset
 from atlas.weights import DEFAULT_DIM as DEFAULT_SKETCH_DIM
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is ingested: readers
@@ -77,6 +77,7 @@ class Atlas:
     # text sets ----------------------------------------------------------------------------------
     def import_textset(self, source: str | Path | TextSet, name: str) -> tuple[StoredTextSet, bool]:
         """Store a text set (file, folder or ``TextSet``); returns (stored set, whether new)."""
+        check_name(name)  # before reading what may be a large file
         textset = source if isinstance(source, TextSet) else load_textset(source)
         return self.store.add_textset(textset, name)
 
@@ -125,6 +126,8 @@ class Atlas:
         spec = ModelSpec(source=str(source), revision=revision, device=device, dtype=dtype,
                          trust_remote_code=trust_remote_code,
                          calibration=None if calibration is None else str(calibration))
+        if isinstance(quantize, str):
+            quantize = quant_label(quantize)  # --quantize none: as loaded
         if quantize is not None:
             method = quantize if isinstance(quantize, QuantSpec) else QuantSpec.from_options(
                 quantize, bits, group_size, quant_type)

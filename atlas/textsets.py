@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ MIN_CHUNK_BYTES = 256  # chunks must be strictly longer than this
 DOMAIN_FIELDS = ("domain", "pile_set_name")
 # Characters str.splitlines() breaks on that JSON allows raw inside a string: written escaped.
 _RAW_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+# A name is typed in commands, SQL strings and shard file names: the characters of a key part.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass
@@ -54,6 +57,15 @@ class TextSet:
     @property
     def content_hash(self) -> str:
         return content_hash(self.texts)
+
+
+def check_name(name: str) -> str:
+    """A text-set name: 1–64 letters, digits, '_', '.' or '-', starting with a letter or digit."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise TextSetError(
+            f"text set name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with "
+            "a letter or digit (e.g. --name pile-2k)")
+    return name
 
 
 def content_hash(texts: Iterable[str]) -> str:
