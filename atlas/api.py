@@ -197,6 +197,8 @@ class Atlas:
     def kl(self, key_a: str, key_b: str, textset: str | None = None) -> KL:
         """KL(a, b) in bits/byte with its SE, on the one text set both share (or ``textset``)."""
         a, b = self.resolve(key_a), self.resolve(key_b)  # in order: the first unknown is named
+        if textset is not None:
+            self.store.textset(textset)  # an unknown name is named as such
         shared = self._keyed_sql(
             "SELECT kl_centred(c_a, c_b, mean_bytes), kl_se_bpb(c_a, c_b, mean_bytes), textset "
             "FROM shared_vectors(?, ?, ?)", [a, b, textset])  # one scan for value, SE and set
@@ -206,7 +208,16 @@ class Atlas:
 
     def nearest(self, key: str, k: int = 10, textset: str | None = None) -> pl.DataFrame:
         """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset), nearest first."""
-        return self._keyed_sql("SELECT * FROM nearest(?, ?, ?)", [key, k, textset])
+        found = self._keyed_sql("SELECT * FROM nearest(?, ?, ?)", [key, k, textset])
+        if textset is not None and found.is_empty():
+            self.store.textset(textset)  # an unknown name is named as such
+            has = self.sql("SELECT textset FROM loglik_vectors WHERE key = ? ORDER BY 1",
+                           [self.resolve(key)])["textset"].to_list()
+            if textset not in has:
+                raise AtlasError(f"{self.resolve(key)} has no vector on text set '{textset}' "
+                                 f"(it has: {', '.join(has) or 'none'}); choose one of those "
+                                 "with --textset")
+        return found
 
     def _keyed_sql(self, query: str, params: list) -> pl.DataFrame:
         """SQL whose macros resolve keys: their lookup failures become ``UnknownKeyError``."""

@@ -78,10 +78,12 @@ def _as_vector(values, where: str, n_texts: int) -> np.ndarray:
         raise ImportFormatError(f"{where}: values must all be numbers") from None
     if vector.ndim != 1 or vector.size != n_texts:
         raise ImportFormatError(
-            f"{where}: {vector.size} values, but the text set has {n_texts} texts")
+            f"{where}: {vector.size} values, but the text set has {n_texts} texts; import it "
+            "into the text set it was scored on (--textset), one value per text in its order")
     if not np.isfinite(vector).all():
         raise ImportFormatError(f"{where}: contains NaN or inf at index "
-                                f"{int(np.flatnonzero(~np.isfinite(vector))[0])}")
+                                f"{int(np.flatnonzero(~np.isfinite(vector))[0])}; re-score that "
+                                "text or leave the model out")
     return vector
 
 
@@ -91,7 +93,8 @@ def read_pickle(path: Path, n_texts: int) -> list[ImportedVector]:
     except ImportFormatError as exc:
         raise ImportFormatError(f"{path}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise ImportFormatError(f"{path}: not a readable pickle ({exc})") from None
+        raise ImportFormatError(f"{path}: not a readable pickle ({exc}); give a .parquet file "
+                                "or the reference pickle (dict name → list of floats)") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise ImportFormatError(f"{path}: expected a dict of model name → list of floats")
     return [ImportedVector(key_from_name(name), _as_vector(values, f"{path}: {name}", n_texts),
@@ -226,14 +229,16 @@ def import_vectors(store: Store, path: str | Path, textset: str,
     """Validate every vector in the file, then write each; returns (key, written) pairs."""
     path = Path(path)
     if not path.is_file():
-        raise ImportFormatError(f"{path}: no such file")
+        raise ImportFormatError(f"{path}: no such file; give the path of a .parquet file or "
+                                "of the reference pickle")
     stored = store.textset(textset)
     reader = read_parquet if path.suffix == ".parquet" else read_pickle
     vectors = reader(path, stored.n_texts)
     keys = [str(v.key) for v in vectors]
     duplicates = sorted(key for key, count in Counter(keys).items() if count > 1)
     if duplicates:
-        raise ImportFormatError(f"{path}: the same key appears twice: {', '.join(duplicates)}")
+        raise ImportFormatError(f"{path}: the same key appears twice: {', '.join(duplicates)}; "
+                                "keep one row per key")
     results = []
     for vector in _with_parents(store, path, vectors):
         values = vector.loglik.astype(np.float32)

@@ -19,6 +19,7 @@ from atlas.errors import TextSetError
 MAX_CHUNK_BYTES = 1024
 MIN_CHUNK_BYTES = 256  # chunks must be strictly longer than this
 DOMAIN_FIELDS = ("domain", "pile_set_name")
+TEXT_FORMATS = 'a JSON list of strings, JSONL lines with a "text" field, or a folder of .txt files'
 # Characters str.splitlines() breaks on that JSON allows raw inside a string: written escaped.
 _RAW_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 # A name is typed in commands, SQL strings and shard file names: the characters of a key part.
@@ -104,7 +105,8 @@ def chunk_document(text: str, max_bytes: int = MAX_CHUNK_BYTES,
 
 def _check_text(text: object, where: str) -> str:
     if not isinstance(text, str):
-        raise TextSetError(f"{where}: expected a string, got {type(text).__name__}")
+        raise TextSetError(f"{where}: expected a string, got {type(text).__name__}; every text "
+                           "must be a string")
     if not text.strip():
         raise TextSetError(f"{where}: empty text; remove it or give it content")
     try:
@@ -142,9 +144,11 @@ def _load_json_list(path: Path, content: str) -> TextSet:
     try:
         data = json.loads(content)
     except json.JSONDecodeError as exc:
-        raise TextSetError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        raise TextSetError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}; fix it, or "
+                           "give one JSON object per line (JSONL)") from None
     if not isinstance(data, list):
-        raise TextSetError(f"{path}: expected a JSON list of strings, got {type(data).__name__}")
+        raise TextSetError(f"{path}: expected a JSON list of strings, got {type(data).__name__}"
+                           "; give [\"text\", …]")
     texts = [_check_text(t, f"{path}: item {i}") for i, t in enumerate(data)]
     return TextSet(texts=texts, source=str(path))
 
@@ -164,9 +168,11 @@ def _load_jsonl(path: Path, content: str) -> TextSet:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise TextSetError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
+            raise TextSetError(f"{path}:{lineno}: invalid JSON: {exc.msg}; each line must be "
+                               'one JSON object such as {"text": "…"}') from None
         if not isinstance(record, dict) or "text" not in record:
-            raise TextSetError(f'{path}:{lineno}: expected an object with a "text" field')
+            raise TextSetError(f'{path}:{lineno}: expected an object with a "text" field; give '
+                               'each line as {"text": "…"} (other fields are kept)')
         texts.append(_check_text(record["text"], f"{path}:{lineno}"))
         domains.append(_domain_of(record))
         extra = {k: v for k, v in record.items() if k != "text"}
@@ -194,13 +200,13 @@ def load_textset(path: str | Path) -> TextSet:
     """Read a JSON list of strings, a JSONL file with a ``text`` field, or a folder of ``.txt``."""
     path = Path(path)
     if not path.exists():
-        raise TextSetError(f"{path}: no such file or folder")
+        raise TextSetError(f"{path}: no such file or folder; give the path of {TEXT_FORMATS}")
     if path.is_dir():
         textset = _load_folder(path)
     else:
         content = _read_utf8(path)
         if not content.strip():
-            raise TextSetError(f"{path}: the file is empty")
+            raise TextSetError(f"{path}: the file is empty; give it texts ({TEXT_FORMATS})")
         is_list = content.lstrip().startswith("[")  # by content: suffixes are unreliable
         textset = (_load_json_list if is_list else _load_jsonl)(path, content)
     if not textset.texts:
