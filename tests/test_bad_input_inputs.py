@@ -197,3 +197,19 @@ def test_ingest_parent_shorthand_is_stored_as_its_key(tmp_path, db, model_dirs):
               checkpoint="step9", **kwargs)
     db.ingest(str(model_dirs["gpt2"]), family="ft", size="s", parent="base-s@step9", **kwargs)
     assert db.sql("SELECT parent FROM models WHERE key = 'ft-s'")["parent"][0] == "base-s/s1@step9"
+
+
+def test_diffusion_of_a_quantized_run_is_stored_with_its_quant(tmp_path, world):
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+
+    copy = tmp_path / "copy.duckdb"
+    copy.write_bytes(world.read_bytes())
+    result = CliRunner().invoke(main, ["--db", str(copy), "diffusion", "fbm", "--size", "1m",
+                                       "--seed", "0", "--quant", "int8", "--window", "3",
+                                       "--boot", "0", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    with atlas.open(copy, read_only=True) as handle:
+        rows = handle.sql("SELECT family, seed, quant, lags FROM diffusion_fits").rows()
+    assert rows == [("fbm", 0, "int8", 3)]
