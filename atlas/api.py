@@ -27,7 +27,7 @@ import polars as pl
 from atlas import queries
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.extras import require_scoring
-from atlas.keys import ModelKey
+from atlas.keys import ModelKey, quant_label
 from atlas.kl import KLMatrix, kl_matrix
 from atlas.queries import (
     Detail,
@@ -40,7 +40,7 @@ from atlas.queries import (
     RunResult,
 )
 from atlas.store import Store, StoredTextSet, duckdb_message
-from atlas.textsets import TextSet, load_textset
+from atlas.textsets import TextSet, check_name, load_textset
 from atlas.weights import DEFAULT_DIM as DEFAULT_SKETCH_DIM
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is ingested: readers
@@ -92,6 +92,7 @@ class Atlas:
     # text sets ----------------------------------------------------------------------------------
     def import_textset(self, source: str | Path | TextSet, name: str) -> tuple[StoredTextSet, bool]:
         """Store a text set (file, folder or ``TextSet``); returns (stored set, whether new)."""
+        check_name(name)  # before reading what may be a large file
         textset = source if isinstance(source, TextSet) else load_textset(source)
         return self.store.add_textset(textset, name)
 
@@ -142,6 +143,8 @@ class Atlas:
         spec = ModelSpec(source=str(source), revision=revision, device=device, dtype=dtype,
                          trust_remote_code=trust_remote_code,
                          calibration=None if calibration is None else str(calibration))
+        if isinstance(quantize, str):
+            quantize = quant_label(quantize)  # --quantize none: as loaded
         if quantize is not None:
             method = quantize if isinstance(quantize, QuantSpec) else QuantSpec.from_options(
                 quantize, bits, group_size, quant_type)
@@ -227,9 +230,16 @@ class Atlas:
 
     def nearest(self, key: str, k: int = 10, textset: str | None = None) -> pl.DataFrame:
         """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset), nearest first."""
-        if textset is not None:
-            self.store.textset(textset)
-        return self._keyed_sql("SELECT * FROM nearest(?, ?, ?)", [key, k, textset])
+        found = self._keyed_sql("SELECT * FROM nearest(?, ?, ?)", [key, k, textset])
+        if textset is not None and found.is_empty():
+            self.store.textset(textset)  # an unknown name is named as such
+            has = self.sql("SELECT textset FROM loglik_vectors WHERE key = ? ORDER BY 1",
+                           [self.resolve(key)])["textset"].to_list()
+            if textset not in has:
+                raise AtlasError(f"{self.resolve(key)} has no vector on text set '{textset}' "
+                                 f"(it has: {', '.join(has) or 'none'}); choose one of those "
+                                 "with --textset")
+        return found
 
     def _keyed_sql(self, query: str, params: list) -> pl.DataFrame:
         """SQL whose macros resolve keys: their lookup failures become ``UnknownKeyError``."""

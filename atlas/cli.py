@@ -280,11 +280,13 @@ def scale(ctx: click.Context, where: str | None, textset: str | None, fmt: str) 
 
 
 def _run_options(command):
-    """FAMILY --size S --seed N [--textset T]: one training run."""
+    """FAMILY --size S [--seed N] [--quant Q] [--textset T]: one training run."""
     for option in reversed([
             click.argument("family"),
             click.option("--size", required=True),
             click.option("--seed", type=int, default=None, help="Omit for an unseeded run."),
+            click.option("--quant", default=None,
+                         help="The run of this quantized variant (default: unquantized)."),
             click.option("--textset", default=None, help="Default: the run's one text set.")]):
         command = option(command)
     return command
@@ -294,16 +296,17 @@ def _run_options(command):
 @_run_options
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
-def trajectory(ctx: click.Context, family: str, size: str, seed: int | None,
+def trajectory(ctx: click.Context, family: str, size: str, seed: int | None, quant: str | None,
                textset: str | None, fmt: str) -> None:
     """Consecutive-checkpoint KL (and weight distance) against step for one run."""
     from atlas.analysis import trajectory as trajectories
 
-    frame = trajectories.consecutive(_atlas(ctx, read_only=True), family, size, seed, textset)
+    frame = trajectories.consecutive(_atlas(ctx, read_only=True), family, size, seed, textset,
+                                     quant)
     if fmt == "table":  # the keys are in csv/json; on screen the steps say it
         frame = frame.drop("key", "next_key")
-    emit(frame, fmt, title=f"{family}-{size}" + ("" if seed is None else f"/s{seed}")
-         + ": KL between consecutive checkpoints (bits/byte)")
+    emit(frame, fmt, title=f"{trajectories.run_label(family, size, seed, quant)}: KL between "
+         "consecutive checkpoints (bits/byte)")
 
 
 @main.command()
@@ -317,13 +320,15 @@ def trajectory(ctx: click.Context, family: str, size: str, seed: int | None,
               help="Store the fit in the diffusion_fits table (--no-save opens read-only).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
-def diffusion(ctx: click.Context, family: str, size: str, seed: int | None, textset: str | None,
-              window: int, t0: float | None, n_boot: int, save: bool, fmt: str) -> None:
+def diffusion(ctx: click.Context, family: str, size: str, seed: int | None, quant: str | None,
+              textset: str | None, window: int, t0: float | None, n_boot: int, save: bool,
+              fmt: str) -> None:
     """Diffusion exponents c_q, c_w and alpha = c_q/c_w of one run, with bootstrap intervals."""
     from atlas.analysis import trajectory as trajectories
 
     result = trajectories.fit(_atlas(ctx, read_only=not save), family, size, seed,
-                              window=window, t0=t0, textset=textset, n_boot=n_boot, save=save)
+                              window=window, t0=t0, textset=textset, n_boot=n_boot, save=save,
+                              quant=quant)
     fitted = result.to_dict()
     if fmt == "json":
         click.echo(json.dumps(fitted, indent=1))
@@ -389,12 +394,13 @@ def plot_scale(ctx: click.Context, where: str | None, textset: str | None, outpu
 @_output
 @click.pass_context
 def plot_trajectory(ctx: click.Context, family: str, size: str, seed: int | None,
-                    textset: str | None, output: Path) -> None:
+                    quant: str | None, textset: str | None, output: Path) -> None:
     """Consecutive-checkpoint KL against step (log-log)."""
     from atlas.analysis import figures, trajectory
 
-    frame = trajectory.consecutive(_atlas(ctx, read_only=True), family, size, seed, textset)
-    title = f"{family}-{size}" + ("" if seed is None else f"/s{seed}")
+    frame = trajectory.consecutive(_atlas(ctx, read_only=True), family, size, seed, textset,
+                                   quant)
+    title = trajectory.run_label(family, size, seed, quant)
     click.echo(f"wrote {figures.plot_trajectory(frame, output, title)}")
 
 
@@ -404,13 +410,13 @@ def plot_trajectory(ctx: click.Context, family: str, size: str, seed: int | None
 @_output
 @click.pass_context
 def plot_diffusion(ctx: click.Context, family: str, size: str, seed: int | None,
-                   textset: str | None, window: int, output: Path) -> None:
+                   quant: str | None, textset: str | None, window: int, output: Path) -> None:
     """ln D against ln lag in log-likelihood and weight space, with the fitted exponents."""
     from atlas.analysis import figures, trajectory
 
     result = trajectory.fit(_atlas(ctx, read_only=True), family, size, seed, window=window,
-                            textset=textset)
-    title = f"{family}-{size}" + ("" if seed is None else f"/s{seed}")
+                            textset=textset, quant=quant)
+    title = trajectory.run_label(family, size, seed, quant)
     click.echo(f"wrote {figures.plot_diffusion(result, output, title)}")
 
 

@@ -29,6 +29,10 @@ class StoreError(AtlasError):
     """The atlas file refuses an operation (conflict, lock, missing text set)."""
 
 
+class UnknownParentError(StoreError):
+    """A variant's parent that is not a model of the atlas (nor about to be written with it)."""
+
+
 class LockedError(StoreError):
     """Another process holds the atlas file."""
 

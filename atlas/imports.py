@@ -3,8 +3,11 @@
 Formats:
 - Parquet: a ``loglik`` column (list of N floats, text-set order) and either a ``key`` column or
   the key columns of ``model_variants`` (family, size, seed, quant, layer, checkpoint); optional
-  n_params, parent, source, revision and provenance (a JSON string, as ingest's pending files
-  carry when the atlas was locked at write time).
+  n_params, parent, source, revision and provenance (a JSON object as a string, as ingest's
+  pending files carry when the atlas was locked at write time). Whole numbers (seed, layer,
+  n_params) are refused rather than rounded; a quant of "none" or "" is unquantized
+  (atlas.keys.quant_label); a parent must be a key of the atlas or of the same file (shorthands
+  resolve to the stored key), and parents are written before their children.
 - The reference's pickle: a dict model name → list of N floats. It is read by an unpickler that
   refuses every class and global, so only plain containers and numbers get through: a pickle can
   otherwise run arbitrary code. Names that are not keys become ``FAMILY-na`` keys with the
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atlas.errors import ImportFormatError, InvalidKeyError
+from atlas.errors import ImportFormatError, InvalidKeyError, StoreError
 from atlas.keys import ModelKey
 from atlas.store import Store
 
@@ -75,10 +78,12 @@ def _as_vector(values, where: str, n_texts: int) -> np.ndarray:
         raise ImportFormatError(f"{where}: values must all be numbers") from None
     if vector.ndim != 1 or vector.size != n_texts:
         raise ImportFormatError(
-            f"{where}: {vector.size} values, but the text set has {n_texts} texts")
+            f"{where}: {vector.size} values, but the text set has {n_texts} texts; import it "
+            "into the text set it was scored on (--textset), one value per text in its order")
     if not np.isfinite(vector).all():
         raise ImportFormatError(f"{where}: contains NaN or inf at index "
-                                f"{int(np.flatnonzero(~np.isfinite(vector))[0])}")
+                                f"{int(np.flatnonzero(~np.isfinite(vector))[0])}; re-score that "
+                                "text or leave the model out")
     return vector
 
 
@@ -88,7 +93,8 @@ def read_pickle(path: Path, n_texts: int) -> list[ImportedVector]:
     except ImportFormatError as exc:
         raise ImportFormatError(f"{path}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise ImportFormatError(f"{path}: not a readable pickle ({exc})") from None
+        raise ImportFormatError(f"{path}: not a readable pickle ({exc}); give a .parquet file "
+                                "or the reference pickle (dict name → list of floats)") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise ImportFormatError(f"{path}: expected a dict of model name → list of floats")
     return [ImportedVector(key_from_name(name), _as_vector(values, f"{path}: {name}", n_texts),
@@ -96,18 +102,71 @@ def read_pickle(path: Path, n_texts: int) -> list[ImportedVector]:
             for name, values in data.items()]
 
 
+def _integer(row: dict, column: str, where: str) -> int | None:
+    """A whole-number column (seed, layer, n_params): empty is None; 1.5 or "lots" is refused,
+    not rounded (a seed of 1.5 must not become s1)."""
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ImportFormatError(f"{where}: column '{column}' is {value!r}, not a non-negative "
+                                "integer; fix the value or leave it empty")
+    return value
+
+
+def _text(row: dict, column: str, where: str) -> str | None:
+    value = row.get(column)
+    if value is not None and not isinstance(value, str):
+        raise ImportFormatError(f"{where}: column '{column}' is {value!r}, not a string; store "
+                                "it as text or leave it empty")
+    return value
+
+
 def _row_key(row: dict, where: str) -> ModelKey:
     if row.get("key"):
-        return ModelKey.parse(row["key"])
+        return ModelKey.parse(_text(row, "key", where))
     missing = [c for c in ("family", "size") if not row.get(c)]
     if missing:
         raise ImportFormatError(f"{where}: needs a key column or family and size ({missing})")
-    seed, layer = row.get("seed"), row.get("layer")
     return ModelKey(family=row["family"], size=str(row["size"]),
-                    seed=None if seed is None or (isinstance(seed, float) and math.isnan(seed))
-                    else int(seed),
-                    quant=row.get("quant"), layer=None if layer is None else int(layer),
-                    checkpoint=row.get("checkpoint"))
+                    seed=_integer(row, "seed", where), quant=_text(row, "quant", where),
+                    layer=_integer(row, "layer", where),
+                    checkpoint=_text(row, "checkpoint", where))
+
+
+def _provenance(row: dict, where: str) -> dict:
+    """The ``provenance`` column: a JSON object (as ingest's pending files write it), or empty."""
+    value = row.get("provenance")
+    if value is None or isinstance(value, dict):
+        return value or {}
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else None
+    except json.JSONDecodeError as exc:
+        raise ImportFormatError(f"{where}: column 'provenance' is not valid JSON ({exc.msg} at "
+                                f"character {exc.pos}); give a JSON object or leave it empty"
+                                ) from None
+    if not isinstance(parsed, dict):
+        raise ImportFormatError(f"{where}: column 'provenance' must be a JSON object "
+                                f"{{\"name\": value, …}}, not {value!r}; fix it or leave it empty")
+    return parsed
+
+
+def _parent(row: dict, where: str) -> str | None:
+    parent = _text(row, "parent", where)
+    if not parent:
+        return None
+    try:
+        return str(ModelKey.parse(parent))
+    except InvalidKeyError as exc:
+        raise ImportFormatError(f"{where}: column 'parent': {exc}") from None
+
+
+def _row_fields(row: dict, where: str) -> dict:
+    return {"n_params": _integer(row, "n_params", where), "parent": _parent(row, where),
+            "source": _text(row, "source", where), "revision": _text(row, "revision", where),
+            "provenance": _provenance(row, where)}
 
 
 def read_parquet(path: Path, n_texts: int) -> list[ImportedVector]:
@@ -126,10 +185,43 @@ def read_parquet(path: Path, n_texts: int) -> list[ImportedVector]:
             key = _row_key(row, where)
         except InvalidKeyError as exc:
             raise ImportFormatError(f"{where}: {exc}") from None
-        extra = {name: row.get(name)
-                 for name in ("n_params", "parent", "source", "revision", "provenance")}
-        vectors.append(ImportedVector(key, _as_vector(row["loglik"], where, n_texts), extra))
+        fields = _row_fields(row, f"{where} ({key})")
+        vectors.append(ImportedVector(key, _as_vector(row["loglik"], where, n_texts), fields))
     return vectors
+
+
+def _with_parents(store: Store, path: Path, vectors: list[ImportedVector]
+                  ) -> list[ImportedVector]:
+    """Each parent resolved to a key of the atlas or of this file, parents ordered before their
+    children (the store refuses a parent it does not hold)."""
+    in_file = {str(v.key): v for v in vectors}
+    for vector in vectors:
+        if vector.fields.get("parent") is None:
+            continue
+        try:
+            vector.fields["parent"] = store.resolve_parent(
+                vector.fields["parent"], vector.key, pending=in_file,
+                fix="import the parent first or add it to this file, or leave 'parent' empty")
+        except StoreError as exc:
+            raise ImportFormatError(f"{path}: {vector.key}: column 'parent': {exc}") from None
+    ordered: dict[str, ImportedVector] = {}
+
+    def place(vector: ImportedVector, chain: tuple[str, ...]) -> None:
+        key = str(vector.key)
+        if key in ordered:
+            return
+        if key in chain:
+            cycle = " → ".join((*chain, key))
+            raise ImportFormatError(f"{path}: parents form a cycle: {cycle}; a model cannot "
+                                    "descend from itself")
+        parent = in_file.get(vector.fields.get("parent") or "")
+        if parent is not None:
+            place(parent, (*chain, key))
+        ordered.setdefault(key, vector)
+
+    for vector in vectors:
+        place(vector, ())
+    return list(ordered.values())
 
 
 def import_vectors(store: Store, path: str | Path, textset: str,
@@ -137,19 +229,21 @@ def import_vectors(store: Store, path: str | Path, textset: str,
     """Validate every vector in the file, then write each; returns (key, written) pairs."""
     path = Path(path)
     if not path.is_file():
-        raise ImportFormatError(f"{path}: no such file")
+        raise ImportFormatError(f"{path}: no such file; give the path of a .parquet file or "
+                                "of the reference pickle")
     stored = store.textset(textset)
     reader = read_parquet if path.suffix == ".parquet" else read_pickle
     vectors = reader(path, stored.n_texts)
     keys = [str(v.key) for v in vectors]
     duplicates = sorted(key for key, count in Counter(keys).items() if count > 1)
     if duplicates:
-        raise ImportFormatError(f"{path}: the same key appears twice: {', '.join(duplicates)}")
+        raise ImportFormatError(f"{path}: the same key appears twice: {', '.join(duplicates)}; "
+                                "keep one row per key")
     results = []
-    for vector in vectors:
+    for vector in _with_parents(store, path, vectors):
         values = vector.loglik.astype(np.float32)
         config_id = "import-" + hashlib.sha256(values.tobytes()).hexdigest()[:16]
-        provenance = {**json.loads(vector.fields.get("provenance") or "{}"),
+        provenance = {**vector.fields.get("provenance", {}),
                       "imported_from": str(path.resolve()), "format": path.suffix.lstrip(".")}
         written = store.write_vector(
             vector.key, textset_id=stored.textset_id, loglik=vector.loglik, n_tokens=None,

@@ -13,6 +13,11 @@ Grammar (fields in this order; optional parts are omitted exactly when unset)::
 Examples: ``pythia-410m@step143000``, ``pythia-410m/s3@step1000``, ``llama-2-7b+bnb-nf4``,
 ``smollm2-135m#12``.
 
+Unquantized: a quant of None, "" or "none" (any case) means the model as loaded, with no quant
+part, in every path that makes a key (parsing, ``--quant``, imports, bulk manifests):
+``quant_label`` is that rule, and ``ModelKey`` applies it, so ``pythia-70m+none`` is
+``pythia-70m``.
+
 Shorthands: a key that is not stored verbatim resolves to the single stored variant whose set
 fields match it (its unset fields act as wildcards); several matches are an error that lists them.
 The same rule runs in SQL (``resolve_key`` in ``sql/macros.sql``) so plain DuckDB clients agree.
@@ -38,8 +43,17 @@ _FIELD_RES = {
     "checkpoint": re.compile(r"^[A-Za-z0-9_.-]+$"),
 }
 _STEP_RE = re.compile(r"^(?:step|ckpt|checkpoint|iter)?[-_]?([0-9]+)$", re.IGNORECASE)
+UNQUANTIZED = ("", "none")  # quant labels that mean "as loaded", compared in lower case
 
 
+def quant_label(value: str | None) -> str | None:
+    """The quant of a key: None for an unquantized model (None, "" or "none"), else the label.
+
+    The one place the rule lives: a manifest's ``quantizations = ["none"]``, ``--quant none`` and
+    an imported ``quant`` column of "none" all mean the same unquantized variant."""
+    if isinstance(value, str) and value.strip().lower() in UNQUANTIZED:
+        return None
+    return value
 
 
 def step_of(checkpoint: str | None) -> int | None:
@@ -62,6 +76,7 @@ class ModelKey:
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "quant", quant_label(self.quant))
         for name, pattern in _FIELD_RES.items():
             value = getattr(self, name)
             if value is None and name in ("quant", "checkpoint"):
@@ -80,6 +95,12 @@ class ModelKey:
     @property
     def step(self) -> int | None:
         return step_of(self.checkpoint)
+
+    def covers(self, other: ModelKey) -> bool:
+        """Whether ``other`` is a variant this key names as a shorthand: its unset fields are
+        wildcards (the rule of ``resolve_key`` in SQL)."""
+        return all(getattr(self, name) in (None, getattr(other, name)) for name in (
+            "family", "size", "seed", "quant", "layer", "checkpoint"))
 
     def __str__(self) -> str:
         parts = [f"{self.family}-{self.size}"]

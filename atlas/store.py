@@ -13,7 +13,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,13 +22,22 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from atlas.errors import DamagedError, LockedError, NoSpaceError, StoreError, UnknownKeyError
+from atlas.errors import (
+    DamagedError,
+    InvalidKeyError,
+    LockedError,
+    NoSpaceError,
+    StoreError,
+    UnknownKeyError,
+    UnknownParentError,
+)
 from atlas.keys import ModelKey
-from atlas.textsets import TextSet
+from atlas.textsets import TextSet, check_name
 from atlas.weights import WeightSketch
 
 SCHEMA_VERSION = "1"
 LOCK_RETRY_SECONDS = 10.0
+PARENT_FIX = "store the parent first (atlas ingest, atlas import vectors), or drop the parent"
 _LOCK_RE = re.compile(r"(Could not set lock|Conflicting lock)", re.IGNORECASE)
 
 
@@ -273,6 +282,7 @@ class Store:
         The same content under the same name is a no-op; the same name for other content, or
         the same content under another name, is an error that names the existing set.
         """
+        check_name(name)
         digest = textset.content_hash
         with self.transaction() as con:
             by_name = self._textset_row(con, "name", name)
@@ -355,6 +365,8 @@ class Store:
         stored = loglik.astype(np.float32)
         mean = float(stored.astype(np.float64).mean())
         with self.transaction() as con:
+            if parent is not None:  # a dangling parent would break kl(key, parent) queries
+                parent = self._resolve_parent(con, parent, str(key))
             n_texts = first_row(con, "SELECT n_texts FROM textsets WHERE textset_id = ?",
                                   [textset_id])[0]
             if stored.size != n_texts:
@@ -422,6 +434,39 @@ class Store:
             [str(key), key.family, key.size, fields["n_params"], key.seed, key.quant, key.layer,
              key.checkpoint, key.step, fields["parent"], fields["source"], fields["revision"]],
         )
+
+    def resolve_parent(self, parent: str, key: ModelKey | str, pending: Collection[str] = (),
+                       fix: str = PARENT_FIX) -> str:
+        """The canonical key of ``key``'s parent: a stored variant (shorthands resolve) or one
+        of ``pending``, keys written in the same operation (an import file, a bulk manifest)
+        that the caller writes first. Raises ``UnknownParentError`` (ending in ``fix``)
+        otherwise."""
+        with self.connect() as con:
+            return self._resolve_parent(con, parent, str(key), pending, fix)
+
+    @staticmethod
+    def _resolve_parent(con, parent: str, key: str, pending: Collection[str] = (),
+                        fix: str = PARENT_FIX) -> str:
+        try:
+            wanted = ModelKey.parse(parent)
+        except InvalidKeyError as exc:
+            raise UnknownParentError(f"parent of {key}: {exc}") from None
+        parent = str(wanted)
+        if parent in pending:
+            found = parent
+        else:
+            try:
+                found = first_row(con, "SELECT resolve_key(?)", [parent])[0]
+            except duckdb.InvalidInputException as exc:
+                matches = [k for k in pending if wanted.covers(ModelKey.parse(k))]
+                if len(matches) != 1 or "unknown model key" not in str(exc):
+                    raise UnknownParentError(
+                        f"parent {parent!r} of {key} is not a model of the atlas "
+                        f"({duckdb_message(exc)}); {fix}") from None
+                found = matches[0]
+        if found == key:
+            raise UnknownParentError(f"{key} cannot be its own parent ({parent!r})")
+        return found
 
     def resolve(self, key: str) -> str:
         """Canonical key of a key or unambiguous shorthand (the SQL ``resolve_key`` rule)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,11 @@ from atlas.errors import TextSetError
 MAX_CHUNK_BYTES = 1024
 MIN_CHUNK_BYTES = 256  # chunks must be strictly longer than this
 DOMAIN_FIELDS = ("domain", "pile_set_name")
+TEXT_FORMATS = 'a JSON list of strings, JSONL lines with a "text" field, or a folder of .txt files'
+# Characters str.splitlines() breaks on that JSON allows raw inside a string: written escaped.
+_RAW_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+# A name is typed in commands, SQL strings and shard file names: the characters of a key part.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass
@@ -52,6 +58,15 @@ class TextSet:
     @property
     def content_hash(self) -> str:
         return content_hash(self.texts)
+
+
+def check_name(name: str) -> str:
+    """A text-set name: 1–64 letters, digits, '_', '.' or '-', starting with a letter or digit."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise TextSetError(
+            f"text set name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with "
+            "a letter or digit (e.g. --name pile-2k)")
+    return name
 
 
 def content_hash(texts: Iterable[str]) -> str:
@@ -90,7 +105,8 @@ def chunk_document(text: str, max_bytes: int = MAX_CHUNK_BYTES,
 
 def _check_text(text: object, where: str) -> str:
     if not isinstance(text, str):
-        raise TextSetError(f"{where}: expected a string, got {type(text).__name__}")
+        raise TextSetError(f"{where}: expected a string, got {type(text).__name__}; every text "
+                           "must be a string")
     if not text.strip():
         raise TextSetError(f"{where}: empty text; remove it or give it content")
     try:
@@ -128,24 +144,35 @@ def _load_json_list(path: Path, content: str) -> TextSet:
     try:
         data = json.loads(content)
     except json.JSONDecodeError as exc:
-        raise TextSetError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        raise TextSetError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}; fix it, or "
+                           "give one JSON object per line (JSONL)") from None
     if not isinstance(data, list):
-        raise TextSetError(f"{path}: expected a JSON list of strings, got {type(data).__name__}")
+        raise TextSetError(f"{path}: expected a JSON list of strings, got {type(data).__name__}"
+                           "; give [\"text\", …]")
     texts = [_check_text(t, f"{path}: item {i}") for i, t in enumerate(data)]
     return TextSet(texts=texts, source=str(path))
 
 
+def _jsonl_lines(content: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of JSONL: lines end at "\\n" (or "\\r\\n") only. ``splitlines`` would
+    also cut at U+2028, U+0085, \\x1c … which JSON allows raw inside a string."""
+    for lineno, line in enumerate(content.split("\n"), start=1):
+        yield lineno, line.removesuffix("\r")
+
+
 def _load_jsonl(path: Path, content: str) -> TextSet:
     texts, domains, metas = [], [], []
-    for lineno, line in enumerate(content.splitlines(), start=1):
+    for lineno, line in _jsonl_lines(content):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise TextSetError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
+            raise TextSetError(f"{path}:{lineno}: invalid JSON: {exc.msg}; each line must be "
+                               'one JSON object such as {"text": "…"}') from None
         if not isinstance(record, dict) or "text" not in record:
-            raise TextSetError(f'{path}:{lineno}: expected an object with a "text" field')
+            raise TextSetError(f'{path}:{lineno}: expected an object with a "text" field; give '
+                               'each line as {"text": "…"} (other fields are kept)')
         texts.append(_check_text(record["text"], f"{path}:{lineno}"))
         domains.append(_domain_of(record))
         extra = {k: v for k, v in record.items() if k != "text"}
@@ -173,13 +200,13 @@ def load_textset(path: str | Path) -> TextSet:
     """Read a JSON list of strings, a JSONL file with a ``text`` field, or a folder of ``.txt``."""
     path = Path(path)
     if not path.exists():
-        raise TextSetError(f"{path}: no such file or folder")
+        raise TextSetError(f"{path}: no such file or folder; give the path of {TEXT_FORMATS}")
     if path.is_dir():
         textset = _load_folder(path)
     else:
         content = _read_utf8(path)
         if not content.strip():
-            raise TextSetError(f"{path}: the file is empty")
+            raise TextSetError(f"{path}: the file is empty; give it texts ({TEXT_FORMATS})")
         is_list = content.lstrip().startswith("[")  # by content: suffixes are unreliable
         textset = (_load_json_list if is_list else _load_jsonl)(path, content)
     if not textset.texts:
@@ -188,11 +215,16 @@ def load_textset(path: str | Path) -> TextSet:
 
 
 def write_jsonl(textset: TextSet, path: str | Path) -> Path:
-    """Write ``{"text", "domain", **meta}`` lines: what ``load_textset`` reads back unchanged."""
+    """Write ``{"text", "domain", **meta}`` lines: what ``load_textset`` reads back unchanged.
+
+    U+0085, U+2028 and U+2029 are escaped, so readers that split lines on them read it too."""
     path = Path(path)
     with path.open("w", encoding="utf-8") as out:
         for text, domain, meta in zip(textset.texts, textset.domains, textset.metas, strict=True):
             record = {"text": text, **({"domain": domain} if domain is not None else {}),
                       **(meta or {})}
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            line = json.dumps(record, ensure_ascii=False)
+            for raw, escaped in _RAW_LINE_BREAKS.items():
+                line = line.replace(raw, escaped)
+            out.write(line + "\n")
     return path

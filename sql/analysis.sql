@@ -186,3 +186,5 @@ CREATE TABLE IF NOT EXISTS diffusion_fits (
     result     JSON NOT NULL,              -- DiffusionResult.to_dict(): per-t0 rows, notes
     fitted_at  TIMESTAMP DEFAULT current_timestamp
 );
+-- the run's quant (NULL: unquantized), a column added after the first atlases were written
+ALTER TABLE diffusion_fits ADD COLUMN IF NOT EXISTS quant VARCHAR;

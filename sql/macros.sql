@@ -9,10 +9,6 @@
 --   resolve_key(text)                   canonical key of a key or unambiguous shorthand
 --   model_variants, loglik_vectors      public views (stable columns)
 
-CREATE OR REPLACE VIEW model_variants AS
-SELECT key, family, size, n_params, seed, quant, layer, checkpoint, step, parent, source
-FROM models;
-
 CREATE OR REPLACE VIEW loglik_vectors AS
 SELECT v.key, t.name AS textset, v.loglik, t.mean_bytes
 FROM vectors v JOIN textsets t USING (textset_id);
@@ -25,20 +21,39 @@ CREATE OR REPLACE MACRO parse_key(k) AS regexp_extract(
     '^([A-Za-z0-9_.-]+)-([A-Za-z0-9_.]+)(?:/s([0-9]+))?(?:\+([A-Za-z0-9_.-]+))?(?:#([0-9]+))?(?:@([A-Za-z0-9_.-]+))?$',
     ['family', 'size', 'seed', 'quant', 'layer', 'checkpoint']);
 
+-- Whether the models row m has the fields a parsed key p sets (absent parts are wildcards;
+-- a quant of 'none' means unquantized, as atlas.keys.quant_label says).
+CREATE OR REPLACE MACRO key_fields_match(p, m) AS
+  m.family = p.family AND m.size = p.size
+  AND (p.seed = '' OR m.seed = TRY_CAST(p.seed AS INTEGER))
+  AND (p.quant = '' OR m.quant = p.quant OR (lower(p.quant) = 'none' AND m.quant IS NULL))
+  AND (p.layer = '' OR m.layer = TRY_CAST(p.layer AS INTEGER))
+  AND (p.checkpoint = '' OR m.checkpoint = p.checkpoint);
+
 -- Variants matching a key: the verbatim key if stored, else every variant whose fields equal
--- the fields the key sets (absent parts are wildcards).
+-- the fields the key sets.
 CREATE OR REPLACE MACRO key_matches(k) AS TABLE
 WITH exact AS (SELECT key FROM models WHERE key = k),
      parsed AS (SELECT parse_key(k) AS p)
 SELECT key FROM exact
 UNION ALL
 SELECT m.key FROM models m, parsed
-WHERE NOT EXISTS (SELECT 1 FROM exact)
-  AND m.family = p.family AND m.size = p.size
-  AND (p.seed = '' OR m.seed = TRY_CAST(p.seed AS INTEGER))
-  AND (p.quant = '' OR m.quant = p.quant)
-  AND (p.layer = '' OR m.layer = TRY_CAST(p.layer AS INTEGER))
-  AND (p.checkpoint = '' OR m.checkpoint = p.checkpoint);
+WHERE NOT EXISTS (SELECT 1 FROM exact) AND key_fields_match(p, m);
+
+-- parent is the stored key the recorded parent names: a parent is checked when written, but an
+-- atlas written by an older version may hold a shorthand (resolved here) or a key that was never
+-- stored (NULL here, kept in models.parent), so kl(key, parent) works on every row.
+CREATE OR REPLACE VIEW model_variants AS
+WITH dangling AS (
+    SELECT DISTINCT parent, parse_key(parent) AS p FROM models
+    WHERE parent IS NOT NULL AND parent NOT IN (SELECT key FROM models)),
+resolved AS (
+    SELECT d.parent, CASE WHEN count(m.key) = 1 THEN first(m.key) END AS key
+    FROM dangling d LEFT JOIN models m ON key_fields_match(d.p, m)
+    GROUP BY d.parent)
+SELECT m.key, m.family, m.size, m.n_params, m.seed, m.quant, m.layer, m.checkpoint, m.step,
+       CASE WHEN r.parent IS NULL THEN m.parent ELSE r.key END AS parent, m.source
+FROM models m LEFT JOIN resolved r ON r.parent = m.parent;
 
 CREATE OR REPLACE MACRO resolve_key(k) AS (
     SELECT CASE

@@ -17,7 +17,7 @@ import atlas
 from atlas import tiny
 from atlas.bulk import run as run_module
 from atlas.bulk.manifest import PYTHIA, ManifestError, read_manifest, schedule
-from atlas.bulk.plan import make_plan
+from atlas.bulk.plan import PlanError, make_plan
 from atlas.bulk.run import prepare, run_bulk
 from atlas.bulk.shards import ShardDir, default_shard_dir
 from atlas.bulk.status import read_status
@@ -293,6 +293,42 @@ def test_merge_verifies_checksums_and_is_idempotent(tmp_path, release, db):
     assert len(vectors(db.path)) == 1
     plan = make_plan(read_manifest(manifest), Store(db.path, read_only=True), shards)
     assert sorted(row.state for row in plan.rows) == ["done", "new"]
+
+
+def test_a_parent_must_be_in_the_atlas_or_the_manifest(tmp_path, release, db):
+    manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[1]", steps="[0]",
+                               extra=f"""
+        [[model]]
+        key = "ft-s/s1@step40"
+        source = "{release}/tiny-ft"
+        parent = "nosuch-1m"
+        """)
+    db.close()
+    with pytest.raises(PlanError, match=r"releases.toml line 13: ft-s/s1@step40: parent "
+                                        r"'nosuch-1m' of ft-s/s1@step40 is not a model of the "
+                                        r"atlas .*; add the parent to the manifest"):
+        prepare(manifest, db.path, None, 3, merge=False)
+    manifest.write_text(manifest.read_text().replace('"nosuch-1m"', '"tiny-s@step0"'))
+    plan, _ = prepare(manifest, db.path, None, 3, merge=False)  # a shorthand of the manifest's
+    assert {row.unit.parent for row in plan.rows} == {None, "tiny-s/s1@step0"}
+
+
+def test_merge_writes_a_parent_before_its_child(tmp_path, release, db):
+    manifest = family_manifest(tmp_path, release, sizes='["m"]', seeds="[1]", steps="[200]",
+                               extra=f"""
+        [[model]]
+        key = "ft-m/s1@step40"
+        source = "{release}/tiny-ft"
+        parent = "auto"
+        """)
+    db.close()
+    plan, shards = prepare(manifest, db.path, None, 3)
+    for task in run_module.tasks_of(plan, shards, db.path, False):
+        run_module.run_task(task)
+    assert shards.ready_shards()[0].name.startswith("ft-m_s1_step40")  # the child comes first
+    report = run_module.merge_ready(Store(db.path), shards)
+    assert (report.stored, report.rejected, report.waiting) == (2, [], [])
+    assert vectors(db.path)["ft-m/s1@step40"][4] == "tiny-m/s1@step200"
 
 
 # the runner as a command: process workers, readers, status, kills --------------------------------

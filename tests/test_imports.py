@@ -103,3 +103,69 @@ def test_key_from_name():
     assert str(key_from_name("pythia-410m@step3000")) == "pythia-410m@step3000"
     assert str(key_from_name("meta-llama/Llama-2-7b-hf")) == "meta-llama_Llama-2-7b-hf"
     assert str(key_from_name("gpt2")) == "gpt2-na"
+
+
+def _parquet(path, n, **columns):
+    rows = len(next(iter(columns.values())))
+    pl.DataFrame({**columns, "loglik": [[-1.0 - i - r for i in range(n)] for r in range(rows)]}
+                 ).write_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize(("columns", "message"), [
+    ({"provenance": ["{not json"]}, r"row 0 \(a-1b\): column 'provenance' is not valid JSON"),
+    ({"provenance": ["[1, 2]"]}, r"row 0 \(a-1b\): column 'provenance' must be a JSON object"),
+    ({"n_params": ["lots"]}, r"row 0 \(a-1b\): column 'n_params' is 'lots', not a non-negative"),
+    ({"n_params": [-5]}, r"column 'n_params' is -5, not a non-negative integer"),
+    ({"parent": ["not a key"]}, r"row 0 \(a-1b\): column 'parent': cannot parse model key"),
+    ({"source": [3]}, r"column 'source' is 3, not a string"),
+])
+def test_bad_columns_name_file_row_key_and_column(db, tmp_path, n, columns, message):
+    path = _parquet(tmp_path / "v.parquet", n, key=["a-1b"], **columns)
+    with pytest.raises(ImportFormatError, match=message) as error:
+        db.import_vectors(path, "eval")
+    assert str(path) in str(error.value)
+    assert db.models().height == 0
+
+
+def test_non_integer_seed_is_refused_not_rounded(db, tmp_path, n):
+    path = _parquet(tmp_path / "v.parquet", n, family=["a"], size=["1b"], seed=[1.5])
+    with pytest.raises(ImportFormatError, match=r"row 0: column 'seed' is 1.5, not a non-neg"):
+        db.import_vectors(path, "eval")
+    assert db.models().height == 0
+    _parquet(path, n, family=["a"], size=["1b"], seed=[2.0], layer=[3.0])
+    assert db.import_vectors(path, "eval") == [("a-1b/s2#3", True)]
+
+
+def test_quant_none_or_empty_is_unquantized(db, tmp_path, n):
+    path = _parquet(tmp_path / "v.parquet", n, family=["a", "b"], size=["1b", "1b"],
+                    quant=["none", ""])
+    assert [k for k, _ in db.import_vectors(path, "eval")] == ["a-1b", "b-1b"]
+    assert db.models()["quant"].to_list() == [None, None]
+
+
+def test_unknown_parent_is_refused_before_anything_is_stored(db, tmp_path, n):
+    path = _parquet(tmp_path / "v.parquet", n, key=["a-1b", "ft-1b"], parent=[None, "nosuch-1m"])
+    with pytest.raises(ImportFormatError, match=r"ft-1b: column 'parent': parent 'nosuch-1m' of "
+                                                r"ft-1b is not a model of the atlas"):
+        db.import_vectors(path, "eval")
+    assert db.models().height == 0
+
+
+def test_parents_resolve_and_are_written_before_their_children(db, tmp_path, n):
+    base = _parquet(tmp_path / "base.parquet", n, key=["base-1b/s1@step9"])
+    db.import_vectors(base, "eval")
+    path = _parquet(tmp_path / "v.parquet", n, key=["ft2-1b", "ft1-1b"],
+                    parent=["ft1-1b", "base-1b@step9"])  # a child first; a shorthand parent
+    assert db.import_vectors(path, "eval") == [("ft1-1b", True), ("ft2-1b", True)]
+    parents = dict(db.sql("SELECT key, parent FROM model_variants").rows())
+    assert parents == {"base-1b/s1@step9": None, "ft1-1b": "base-1b/s1@step9", "ft2-1b": "ft1-1b"}
+    assert db.sql("SELECT count(kl(key, parent)) AS n FROM model_variants "
+                  "WHERE parent IS NOT NULL")["n"][0] == 2
+
+
+def test_parent_cycles_are_refused(db, tmp_path, n):
+    path = _parquet(tmp_path / "v.parquet", n, key=["a-1b", "b-1b"], parent=["b-1b", "a-1b"])
+    with pytest.raises(ImportFormatError, match="parents form a cycle"):
+        db.import_vectors(path, "eval")
+    assert db.models().height == 0

@@ -2,7 +2,7 @@ import duckdb
 import pytest
 
 from atlas.errors import InvalidKeyError
-from atlas.keys import ModelKey, step_of
+from atlas.keys import ModelKey, quant_label, step_of
 from atlas.store import read_sql
 
 KEYS = [
@@ -50,3 +50,32 @@ def test_field_validation_names_the_field():
                                              ("ckpt-20", 20), (None, None)])
 def test_step_of(label, step):
     assert step_of(label) == step
+
+
+@pytest.mark.parametrize("label", [None, "", "none", "None", " NONE "])
+def test_none_and_empty_quant_mean_unquantized(label):
+    assert quant_label(label) is None
+    assert ModelKey("pythia", "70m", quant=label) == ModelKey("pythia", "70m")
+    assert str(ModelKey("pythia", "70m", quant=label)) == "pythia-70m"
+
+
+def test_none_quant_in_a_key_string_is_the_unquantized_variant(db):
+    assert ModelKey.parse("pythia-70m+none@step1") == ModelKey("pythia", "70m",
+                                                               checkpoint="step1")
+    assert quant_label("int8") == "int8"
+    stored = db.store.textset("eval")
+    for quant in (None, "int8"):
+        db.store.write_vector(ModelKey("pythia", "70m", quant=quant),
+                              textset_id=stored.textset_id,
+                              loglik=[-1.0] * stored.n_texts, n_tokens=None, n_truncated=0,
+                              config_id="c", provenance={})
+    assert db.resolve("pythia-70m+none") == "pythia-70m"  # SQL resolve_key agrees
+    assert db.resolve("pythia-70m+int8") == "pythia-70m+int8"
+
+
+def test_covers_is_the_shorthand_rule():
+    full = ModelKey.parse("pythia-70m/s1+int8#3@step10")
+    assert ModelKey.parse("pythia-70m").covers(full)
+    assert ModelKey.parse("pythia-70m/s1@step10").covers(full)
+    assert not ModelKey.parse("pythia-70m/s2").covers(full)
+    assert not ModelKey.parse("pythia-160m").covers(full)

@@ -145,3 +145,22 @@ def test_macros_work_from_a_bare_duckdb_client(synthetic):
     assert out["n_vectors"] == len(KEYS)
     assert out["columns"] == ["key", "family", "size", "n_params", "seed", "quant", "layer",
                               "checkpoint", "step", "parent", "source"]
+
+
+def test_readme_parent_query_survives_parents_an_older_atlas_left(synthetic, vectors):
+    """Parents are checked when written; an older atlas may hold a shorthand parent (resolved
+    in model_variants), a dangling or an ambiguous one (NULL there, kept in models.parent)."""
+    recorded = {"fam-s/s0@step10": "fam-s/s0@step0", "fam-s/s1@step10": "fam-m",
+                "fam-m/s0@step10": "nosuch-1m", "other-x+int8": "fam-s@step10"}
+    with synthetic.store.transaction() as con:
+        for key, parent in recorded.items():  # as an older version wrote them, unchecked
+            con.execute("UPDATE models SET parent = ? WHERE key = ?", [parent, key])
+    rows = synthetic.sql("SELECT key, parent, kl(key, parent) AS kl FROM model_variants "
+                         "WHERE parent IS NOT NULL ORDER BY key")
+    assert rows["key"].to_list() == ["fam-s/s0@step10", "fam-s/s1@step10"]
+    assert rows["parent"].to_list() == ["fam-s/s0@step0", "fam-m/s0@step10"]
+    assert rows["kl"].to_list() == pytest.approx(
+        [synthetic.kl("fam-s/s0@step10", "fam-s/s0@step0").value,
+         synthetic.kl("fam-s/s1@step10", "fam-m/s0@step10").value], rel=1e-12)
+    assert synthetic.sql("SELECT parent FROM models WHERE key = 'fam-m/s0@step10'"
+                         )["parent"][0] == "nosuch-1m"  # nothing rewritten

@@ -13,6 +13,7 @@ from atlas.textsets import (
     chunk_document,
     content_hash,
     load_textset,
+    write_jsonl,
 )
 
 MULTIBYTE = "aé中🙂" * 700  # 1, 2, 3 and 4-byte characters: every cut lands near one
@@ -63,6 +64,31 @@ def test_json_list_jsonl_and_folder(tmp_path):
     assert [len(t) for t in texts.texts] == [1024, 476]
     assert texts.domains == ["law", "law"]
     assert texts.metas[1] == {"file": "law/a.txt", "chunk_idx": 1}
+
+
+# every character str.splitlines() breaks on besides \n and \r
+LINE_BREAKS = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+def test_jsonl_round_trip_keeps_every_line_break_character(tmp_path):
+    texts = TextSet([f"before{char}after {i}" for i, char in enumerate(LINE_BREAKS)],
+                    domains=["a\u2028b"] * len(LINE_BREAKS))
+    path = write_jsonl(texts, tmp_path / "t.jsonl")
+    assert path.read_text(encoding="utf-8").count("\n") == len(LINE_BREAKS)
+    assert len(path.read_text(encoding="utf-8").splitlines()) == len(LINE_BREAKS)  # any reader
+    back = load_textset(path)
+    assert back.texts == texts.texts and back.domains == texts.domains
+
+
+def test_jsonl_written_by_others_with_raw_line_separators(tmp_path):
+    records = [{"text": f"x{char}y", "domain": "d\u2028"} for char in LINE_BREAKS]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\r\n",
+                    encoding="utf-8")
+    assert "\u2028" in path.read_text(encoding="utf-8")  # raw, as json.dumps wrote it
+    loaded = load_textset(path)
+    assert loaded.texts == [r["text"] for r in records]
+    assert loaded.domains == ["d\u2028"] * len(records)
 
 
 @pytest.mark.parametrize(("content", "message"), [

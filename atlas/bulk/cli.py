@@ -77,10 +77,18 @@ def run_command(ctx: click.Context, manifest: Path, workers: int, ray_address: s
         click.echo(f"failed: {outcome.label}: {outcome.error}", err=True)
     for rejected in merge.rejected:
         click.echo(f"rejected: {rejected}", err=True)
+    _report_waiting(merge.waiting)
     if merge.locked:
         click.echo(f"not merged yet: {merge.locked} Run `atlas bulk merge` later.", err=True)
     if report.failed or merge.rejected:
         ctx.exit(1)
+
+
+def _report_waiting(names: list[str]) -> None:
+    """Shards kept in ready/ because their parent is not stored yet (it failed, or is running)."""
+    for name in names:
+        click.echo(f"not merged yet: {name}: its parent is not in the atlas yet; it merges "
+                   "with `atlas bulk merge` once the parent is stored", err=True)
 
 
 @bulk.command("status")
@@ -120,5 +128,6 @@ def merge_command(ctx: click.Context, shard_dir: Path | None) -> None:
     click.echo(f"merged {report.stored} new vectors ({report.present} already stored)")
     for rejected in report.rejected:
         click.echo(f"rejected: {rejected}", err=True)
+    _report_waiting(report.waiting)
     if report.locked:
         raise click.ClickException(f"stopped: {report.locked}")

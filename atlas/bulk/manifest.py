@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from atlas.errors import AtlasError, InvalidKeyError
-from atlas.keys import ModelKey
+from atlas.keys import ModelKey, quant_label
 from atlas.layers import LensError, parse_layers
 from atlas.specs import DTYPE_NAMES, QuantizeError, QuantSpec
 from atlas.weights import DEFAULT_DIM
@@ -33,7 +33,7 @@ PLACEHOLDERS = ("size", "seed", "step", "checkpoint")
 # Pythia's 154 checkpoints: 0, 1, 2, 4, …, 512, then every 1,000 steps to 143,000.
 PYTHIA = {"log_until": 512, "every": 1000, "stop": 143000}
 SCHEDULE_FIELDS = ("start", "stop", "every", "log_until")
-NO_QUANTIZATION = "none"
+NO_QUANTIZATION = "none"  # or "": atlas.keys.quant_label
 
 
 class ManifestError(AtlasError, ValueError):
@@ -258,13 +258,13 @@ def _settings(check: _Checker, data: dict, base: Settings) -> Settings:
 def _quantizations(check: _Checker, labels: tuple[str, ...]) -> tuple[str | None, ...]:
     """Labels of quantizations applied after loading (atlas.quantize); "none": as loaded."""
     for label in labels:
-        if label != NO_QUANTIZATION:
+        if quant_label(label) is not None:
             try:
                 QuantSpec.parse(label)
             except QuantizeError as exc:
                 check.error("quantizations", f"{exc} (or \"{NO_QUANTIZATION}\": the weights as "
                                              "loaded)")
-    return tuple(None if label == NO_QUANTIZATION else label for label in labels)
+    return tuple(quant_label(label) for label in labels)
 
 
 def _layers(check: _Checker, value) -> str | tuple[int, ...] | None:
@@ -354,8 +354,8 @@ def _family(check: _Checker, data: dict, defaults: Settings) -> Family | None:
         return None
     if checkpoint is None and steps is not None:
         checkpoint = "step{step}"
-    family = Family(name, source, revision, sizes, seeds or (None,), steps, checkpoint, quant,
-                    parent, settings, check.line())
+    family = Family(name, source, revision, sizes, seeds or (None,), steps, checkpoint,
+                    quant_label(quant), parent, settings, check.line())
     return family if _grid_fits(check, family) and _key_fields_valid(check, family) else None
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from atlas.bulk.shards import Shard, ShardDir, ShardError
-from atlas.errors import LockedError, StoreError
+from atlas.errors import LockedError, StoreError, UnknownParentError
 from atlas.keys import ModelKey
 from atlas.store import Store
 from atlas.weights import WeightSketch
@@ -27,12 +27,14 @@ class MergeReport:
     present: int = 0  # already there with the same config (a re-merge, or ingest was first)
     rejected: list[str] = field(default_factory=list)  # "NAME: reason"
     locked: str | None = None  # another process held the atlas: the rest waits for next time
+    waiting: list[str] = field(default_factory=list)  # shards whose parent is not stored yet
 
     def add(self, other: MergeReport) -> None:
         self.stored += other.stored
         self.present += other.present
         self.rejected += other.rejected
         self.locked = other.locked
+        self.waiting = other.waiting
 
 
 def merge_ready(store: Store, shards: ShardDir) -> MergeReport:
@@ -44,25 +46,44 @@ def merge_ready(store: Store, shards: ShardDir) -> MergeReport:
 
 
 def _merge_all(store: Store, shards: ShardDir, report: MergeReport) -> None:
+    """Rounds over the ready shards until one merges nothing more: a fine-tune whose parent
+    is not stored yet waits in ``ready/`` for the round (or the merge) after its parent's."""
     shards.tidy()
     try:
-        for shard in shards.ready_shards():
-            try:
-                written = merge_one(store, shards, shard)
-            except LockedError as exc:
-                report.locked = str(exc)
+        todo, waiting = shards.ready_shards(), []
+        while todo:
+            waiting = _merge_round(store, shards, todo, report) or []
+            if len(waiting) in (0, len(todo)) or report.locked:
                 break
-            except (ShardError, StoreError) as exc:
-                shards.reject(shard, str(exc))
-                report.rejected.append(f"{shard.name}: {exc}")
-                continue
-            shards.mark_merged(shard)
-            if written:
-                report.stored += 1
-            else:
-                report.present += 1
+            todo = waiting
+        report.waiting = [shard.name for shard in waiting]
     finally:
         store.release()
+
+
+def _merge_round(store: Store, shards: ShardDir, todo: list[Shard],
+                 report: MergeReport) -> list[Shard] | None:
+    """Merge ``todo``; the shards whose parent is not stored yet (None: the atlas is locked)."""
+    waiting = []
+    for shard in todo:
+        try:
+            written = merge_one(store, shards, shard)
+        except LockedError as exc:
+            report.locked = str(exc)
+            return None
+        except UnknownParentError:
+            waiting.append(shard)
+            continue
+        except (ShardError, StoreError) as exc:
+            shards.reject(shard, str(exc))
+            report.rejected.append(f"{shard.name}: {exc}")
+            continue
+        shards.mark_merged(shard)
+        if written:
+            report.stored += 1
+        else:
+            report.present += 1
+    return waiting
 
 
 def merge_one(store: Store, shards: ShardDir, shard: Shard) -> bool:

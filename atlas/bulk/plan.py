@@ -266,7 +266,7 @@ def _resolve_layers(unit: Unit) -> tuple[Unit, str]:
 def make_plan(manifest: Manifest, store: Store, shards: ShardDir, *,
               max_attempts: int = 3) -> Plan:
     """Expand the manifest and state every variant (see ``STATES``)."""
-    units = expand(manifest)
+    units = _parents_checked(manifest, store, expand(manifest))
     textsets = _textsets(manifest, store, units)
     failures = _failures(shards)
     ready = shards.ready_names()
@@ -284,6 +284,25 @@ def make_plan(manifest: Manifest, store: Store, shards: ShardDir, *,
     store.release()
     return Plan(rows, textsets, _history_rate(shards),
                 {unit: len(errors) for unit, errors in failures.items()})
+
+
+def _parents_checked(manifest: Manifest, store: Store, units: list[Unit]) -> list[Unit]:
+    """Every parent a key of the atlas or of the manifest (the merger writes parents first),
+    as the canonical key it resolves to."""
+    produced = {str(key) for unit in units for key, _ in unit.variant_keys()}
+    checked = []
+    for unit in units:
+        if unit.parent is not None:
+            try:
+                unit = replace(unit, parent=store.resolve_parent(
+                    unit.parent, unit.base, pending=produced,
+                    fix="add the parent to the manifest or store it first (atlas ingest), or "
+                        "drop 'parent'"))
+            except StoreError as exc:
+                raise PlanError(f"{manifest.path.name} line {unit.line}: {unit.base}: {exc}"
+                                ) from None
+        checked.append(unit)
+    return checked
 
 
 def _textsets(manifest: Manifest, store: Store, units: list[Unit]) -> dict[str, StoredTextSet]:
