@@ -194,6 +194,8 @@ class Store:
         con = _connect(self.path, self.read_only)
         try:
             self._check_length(con)
+            if self.read_only:
+                _overlay_current_sql(con)
             if not (self.read_only or self._verified):
                 self._read_every_block(con)
                 self._verified = True
@@ -571,6 +573,26 @@ def first_row(con: duckdb.DuckDBPyConnection, query: str, params: list | None = 
     """The first row of a query (or None), with the result consumed as DuckDB 2 requires."""
     rows = con.execute(query, params).fetchall()
     return rows[0] if rows else None
+
+
+_DEFINITION = re.compile(r"^((?:\s|--[^\n]*\n)*)CREATE\s+OR\s+REPLACE\s+(MACRO|VIEW)\b",
+                         re.IGNORECASE)  # after the statement's leading comments
+
+
+def _overlay_current_sql(con: duckdb.DuckDBPyConnection) -> None:
+    """A read-only session on an atlas written by an older version (its persisted macros and
+    views are not this version's, and a read-only file cannot be migrated): define this
+    version's macros and views as temporary ones, which DuckDB looks up first. Tables are not
+    touched; the file is not written."""
+    has_meta = first_row(con, "SELECT count(*) FROM duckdb_tables() "
+                              "WHERE table_name = 'atlas_meta'")[0]
+    if has_meta and Store._macros_current(con):
+        return
+    for name in sql_files():
+        for statement in duckdb.extract_statements(read_sql(name)):
+            text = statement.query
+            if _DEFINITION.match(text):
+                con.execute(_DEFINITION.sub(r"\1CREATE OR REPLACE TEMP \2", text, count=1))
 
 
 def _macros_sha() -> str:

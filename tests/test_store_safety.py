@@ -279,3 +279,23 @@ def test_a_file_that_is_no_atlas_is_named(db):
     db.write_text("not an atlas")
     with pytest.raises(StoreError, match=f"{db} is not an atlas"):
         atlas.open(db, read_only=True).sql("SELECT 1")
+
+
+def test_read_only_session_on_an_older_atlas_uses_this_versions_macros(tmp_path):
+    """A read-only open cannot migrate the file: an atlas written by an older version (its
+    persisted macros and views differ) gets this version's as temporary definitions, and the
+    file stays byte-for-byte as it was."""
+    import duckdb
+
+    path = tmp_path / "old.duckdb"
+    atlas.open(path).close()
+    con = duckdb.connect(str(path))
+    con.execute("DROP MACRO size_value")  # a macro this version has and the older one lacked
+    con.execute("CREATE OR REPLACE MACRO kl_bpb(a, b, m) AS -1.0")  # an older definition
+    con.execute("UPDATE atlas_meta SET value = 'older' WHERE name = 'macros_sha'")
+    con.close()
+    before = path.read_bytes()
+    with atlas.open(path, read_only=True) as db:
+        row = db.sql("SELECT size_value('1.4b') AS s, kl_bpb([0.0, 1.0], [0.0, 0.0], 1.0) AS k")
+    assert row["s"][0] == 1.4e9 and row["k"][0] > 0
+    assert path.read_bytes() == before
