@@ -208,6 +208,23 @@ class Scorer:
         self.lens_check = lens.verify(self.model, self.device)
         self.lens, self.layers, self.lens_head = lens, layers, lens.head()
 
+    def truncation_warning(self, n_truncated: int, n_texts: int) -> str | None:
+        """What to tell the user when texts were cut to ``max_length`` tokens: the vector is
+        still stored (its provenance counts them), but those texts are not scored whole."""
+        if not n_truncated:
+            return None
+        limit = model_max_length(self.model)
+        if limit is not None and self.max_length >= limit:
+            fix = (f"that is the model's limit ({limit:,} positions), so split longer texts to "
+                   "score them whole")
+        else:
+            fix = "raise --max-length" + (f" (up to the model's {limit:,})" if limit else "") + (
+                " to score them whole")
+        were = "was" if n_truncated == 1 else "were"
+        return (f"{n_truncated:,} of {n_texts:,} texts {were} longer than {self.max_length:,} "
+                f"tokens and {were} truncated (their log-likelihood covers the first "
+                f"{self.max_length:,} tokens); {fix}")
+
     def provenance(self, n_truncated: int) -> dict:
         """How the vector was made (the tokenizer fingerprint is computed once per scorer)."""
         if self._static_provenance is None:
