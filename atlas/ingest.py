@@ -38,7 +38,7 @@ from atlas.lens import (
     resolve_layers,
 )
 from atlas.loading import LoadedModel, ModelSpec, load_model, resolve_device, resolve_dtype
-from atlas.scoring import PartialScores, Scorer, Scores
+from atlas.scoring import PartialScores, Scorer, Scores, check_scoring_options
 from atlas.store import Store
 from atlas.weights import DEFAULT_DIM, WeightError, WeightSketch, sketch_parameters
 
@@ -178,6 +178,7 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
     of those hidden states are stored instead, each under ``key`` with its layer set
     (``ingest_layers``).
     """
+    check_scoring_options(batch_size, max_length)
     if layers is not None:
         return ingest_layers(store, spec, key, textset, layers, lens=lens, parent=parent,
                              batch_size=batch_size, max_length=max_length, force=force,
@@ -283,6 +284,7 @@ def ingest_layers(store: Store, spec: ModelSpec, key: ModelKey, textset: str,
     Layers already stored with the same config are skipped (all stored: nothing is loaded).
     Lens variants get no weight sketch: they share the weights of the model output variant.
     """
+    check_scoring_options(batch_size, max_length)
     if key.layer is not None:
         raise LensError(f"{key}: the key of a layers run has no #LAYER; each layer sets its own")
     requested = parse_layers(layers)

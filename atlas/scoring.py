@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atlas.errors import ScoringError
+from atlas.errors import AtlasError, ScoringError
 from atlas.lens import Lens, LensError, LensOverride, logit_transform
 from atlas.loading import LoadedModel
 from atlas.progress import progress_bar
@@ -46,6 +46,21 @@ DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 32, "mps": 8}
 PARTIAL_FLUSH_SECONDS = 30.0
 # Bytes of float32 logits one unembedding chunk may hold, by device type.
 LOGIT_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30, "mps": 256 << 20}
+
+
+class ScoringOptionError(AtlasError, ValueError):
+    """A batch size or maximum length that cannot score anything (or scores it wrongly)."""
+
+
+def check_scoring_options(batch_size: int | None, max_length: int | None) -> None:
+    """Refuse what ``Scorer`` would otherwise take silently: 0 (falsy) as the default, a
+    negative length as 'all but the last tokens', 1 as nothing predicted at all."""
+    if batch_size is not None and batch_size < 1:
+        raise ScoringOptionError(f"--batch-size {batch_size}: give at least 1 text per batch "
+                                 "(or leave it out for the device's default)")
+    if max_length is not None and max_length < 2:
+        raise ScoringOptionError(f"--max-length {max_length}: give at least 2 tokens (the first "
+                                 "is never predicted), or leave it out for the model's limit")
 
 
 @dataclass
@@ -172,9 +187,8 @@ class Scorer:
                  lens: LensOverride | None = None) -> None:
         """``layers``: hidden-state indices to score through the logit lens (``score_layers``);
         ``lens``: user-given module paths for an architecture atlas.lens does not describe."""
+        check_scoring_options(batch_size, max_length)
         batch_size = batch_size or DEFAULT_BATCH_SIZE.get(loaded.device.type, 8)
-        if batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer

@@ -336,3 +336,17 @@ def test_truncated_texts_are_reported(db, model_dirs, texts):
                                        "--family", "whole", "--size", "s", "--textset",
                                        "eval"]).output
     assert "stored on 'eval'" in output and "warning" not in output
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 0}, {"batch_size": -2}, {"max_length": 0},
+                                     {"max_length": 1}, {"max_length": -5},
+                                     {"max_length": 0, "layers": "all"}])
+def test_api_lengths_that_cannot_score_are_refused_before_anything(db, model_dirs, options):
+    """0 used to mean the default and -5 'all but the last 5 tokens', silently."""
+    name = next(iter(options)).replace("_", "-")
+    with pytest.raises(AtlasError, match=f"--{name} {options[name.replace('-', '_')]}: give "
+                                         "at least"):
+        db.ingest(str(model_dirs["gpt2"]), family="t", size="s", textset="eval",
+                  progress=False, **options)
+    assert vector_count(db) == 0
+    assert db.sql("SELECT count(*) AS n FROM ingest_runs")["n"][0] == 0
