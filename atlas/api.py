@@ -111,7 +111,8 @@ class Atlas:
                lens_norm: str | None = None, lens_head: str | None = None,
                quantize: str | QuantSpec | None = None, bits: int | None = None,
                group_size: int | None = None, quant_type: str | None = None,
-               calibration: str | Path | None = None) -> IngestResult:
+               calibration: str | Path | None = None,
+               allow_missing: Sequence[str] = ()) -> IngestResult:
         """Score a model (hub id, local directory or .gguf file) and store its vector.
 
         ``checkpoint`` defaults to ``revision`` so hub checkpoints key themselves. The weights
@@ -130,11 +131,17 @@ class Atlas:
         default on the default text set's training split. The key's quant is the label of what
         was loaded (a GGUF source's type, a pre-quantized checkpoint's config, then ``quantize``
         on top); ``quant`` may repeat it, or name a float variant freely.
+
+        A checkpoint that lacks weights the model needs (transformers would initialise them
+        randomly) or holds weights it does not use is refused, unless ``allow_missing`` (globs
+        of weight names) names them; the patterns and the keys they let through are stored in
+        the vector's provenance. ``result.warnings`` says what the user should know, e.g. how
+        many texts were truncated to ``max_length`` tokens.
         """
         require_scoring("ingest")
         from atlas.ingest import ingest
         from atlas.layers import LensOverride
-        from atlas.loading import resolve_device
+        from atlas.loading import allowed_patterns, check_source, resolve_device
         from atlas.quantize import key_quant, require, source_label
         from atlas.specs import ModelSpec, QuantizeError, QuantSpec
 
@@ -142,7 +149,9 @@ class Atlas:
             raise StoreError(f"{self.path} is open read-only; open it writable to ingest")
         spec = ModelSpec(source=str(source), revision=revision, device=device, dtype=dtype,
                          trust_remote_code=trust_remote_code,
-                         calibration=None if calibration is None else str(calibration))
+                         calibration=None if calibration is None else str(calibration),
+                         allow_missing=allowed_patterns(allow_missing))
+        check_source(spec)  # a bad path, config or file is refused before anything is stored
         if isinstance(quantize, str):
             quantize = quant_label(quantize)  # --quantize none: as loaded
         if quantize is not None:

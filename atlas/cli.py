@@ -27,7 +27,8 @@ def _atlas(ctx: click.Context, read_only: bool = False) -> Atlas:
 
 
 class AtlasGroup(click.Group):
-    """Turns AtlasError into a one-line message and exit status 1."""
+    """Turns AtlasError into a one-line message and exit status 1, and a bad option or argument
+    (click's usage error) into the same kind of line, with status 2."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -42,6 +43,10 @@ class AtlasGroup(click.Group):
             job = f"atlas {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "atlas"
             click.echo(f"error: {missing_extra(job, module)}", err=True)
             sys.exit(1)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else ctx.command_path
+            click.echo(f"error: {exc.format_message()} (see '{command} --help')", err=True)
+            sys.exit(exc.exit_code)
 
 
 @click.group(cls=AtlasGroup)
@@ -161,13 +166,21 @@ def textset_list(ctx: click.Context, fmt: str) -> None:
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=True), default=None,
               help="With --quantize gptq: calibration texts (a text-set file; default: the "
                    "default text set's training split, never the scored texts).")
+@click.option("--allow-missing", multiple=True, metavar="GLOB",
+              help="Weights the checkpoint may lack (then randomly initialised) or hold unused, "
+                   "e.g. 'lm_head.weight'; repeatable. Without it such a checkpoint is refused. "
+                   "Recorded in the vector's provenance.")
 @click.pass_context
 def ingest(ctx: click.Context, source: str, **options) -> None:
     """Score SOURCE (hub id, local directory or .gguf file) and store its vector."""
     result = _atlas(ctx).ingest(source, **options)
-    if result.layers:
-        _report_layers(result)
-        return
+    (_report_layers if result.layers else _report_vector)(result)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+def _report_vector(result) -> None:
+    """One line for a plain ingest (and why no weight sketch was stored, if none was)."""
     if result.status == "skipped":
         click.echo(f"{result.key}: already stored on '{result.textset}' (use --force to redo)")
     else:

@@ -36,8 +36,9 @@ from atlas.layers import (
     peek_config,
     resolve_layers,
 )
+from atlas.lens import Lens
 from atlas.loading import LoadedModel, load_model, resolve_device, resolve_dtype
-from atlas.scoring import PartialScores, Scorer, Scores
+from atlas.scoring import PartialScores, Scorer, Scores, check_scoring_options
 from atlas.specs import ModelSpec
 from atlas.store import Store
 from atlas.weights import DEFAULT_DIM, WeightError, WeightSketch, sketch_parameters
@@ -57,6 +58,8 @@ class IngestResult:
     sketched: bool = False  # a weight sketch was stored with the vector
     sketch_note: str | None = None  # why no sketch was stored (disabled, quantized weights …)
     layers: dict[int, str] = field(default_factory=dict)  # lens runs: layer → stored | skipped
+    n_truncated: int = 0  # texts longer than max_length tokens, scored on their first ones
+    warnings: list[str] = field(default_factory=list)  # for the user: the CLI prints them
 
     @property
     def tokens_per_second(self) -> float:
@@ -80,6 +83,8 @@ def scoring_config_id(spec: ModelSpec, key: ModelKey, max_length: int | None,
         payload["lens"] = lens.as_dict()
     if spec.quantize is not None and spec.quantize.method == "gptq":  # GPTQ depends on them
         payload["calibration"] = spec.calibration or "default text set, training split"
+    if spec.allow_missing:  # randomly initialised weights make another model
+        payload["allow_missing"] = sorted(set(spec.allow_missing))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -119,8 +124,10 @@ def vector_provenance(scores: Scores, spec: ModelSpec, loaded: LoadedModel) -> d
     quantization (the store files that in ``quantizations``)."""
     from atlas.quantize import describe
 
+    allowed = {"allow_missing": {"patterns": sorted(set(spec.allow_missing)),
+                                 **loaded.allowed_weights}} if spec.allow_missing else {}
     return {**scores.provenance, "source": spec.source, "revision": spec.revision,
-            "quantization": describe(spec, loaded)}
+            "quantization": describe(spec, loaded), **allowed}
 
 
 def _score_resumably(scorer: Scorer, texts: list[str], partial: PartialScores,
@@ -173,6 +180,7 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
     of those hidden states are stored instead, each under ``key`` with its layer set
     (``ingest_layers``).
     """
+    check_scoring_options(batch_size, max_length)
     if layers is not None:
         return ingest_layers(store, spec, key, textset, layers, lens=lens, parent=parent,
                              batch_size=batch_size, max_length=max_length, force=force,
@@ -197,9 +205,9 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
             partial_path.unlink(missing_ok=True)  # --force re-scores every text
         partial = PartialScores(partial_path, len(texts))
         loaded = load_for_scoring(spec, texts)
+        scorer = Scorer(loaded, batch_size=batch_size, max_length=max_length)
         scoring_started = time.perf_counter()
-        scores = _score_resumably(Scorer(loaded, batch_size=batch_size, max_length=max_length),
-                                  texts, partial, progress)
+        scores = _score_resumably(scorer, texts, partial, progress)
         score_seconds = time.perf_counter() - scoring_started
         provenance = vector_provenance(scores, spec, loaded)
         sketch, sketch_note = _sketch(loaded.model, sketch_dim, progress,  # store released
@@ -224,7 +232,14 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
     store.finish_run(run_id, "done" if written else "skipped", seconds=seconds, tokens=tokens)
     return IngestResult(str(key), textset, status, seconds, tokens, loaded.n_params,
                         score_seconds, scores.n_resumed, sketched=written and sketch is not None,
-                        sketch_note=sketch_note if written else None)
+                        sketch_note=sketch_note if written else None,
+                        **_truncation(scorer, scores, len(texts)))
+
+
+def _truncation(scorer: Scorer, scores: Scores, n_texts: int) -> dict:
+    """IngestResult's truncation fields: the count, and the warning the user must see."""
+    warning = scorer.truncation_warning(scores.n_truncated, n_texts)
+    return {"n_truncated": scores.n_truncated, "warnings": [warning] if warning else []}
 
 
 def _lens_plan(spec: ModelSpec, requested: str | list[int], lens: LensOverride | None,
@@ -239,8 +254,25 @@ def _lens_plan(spec: ModelSpec, requested: str | list[int], lens: LensOverride |
             return [], -1, ""
     architecture = model_type_of(config)
     lens_spec(architecture, lens)  # an architecture we cannot read fails here, loading nothing
+    if lens is not None and lens.given:  # a user-given module path that does not exist too
+        skeleton = _weightless(config, spec.trust_remote_code)
+        if skeleton is not None:
+            Lens.of(skeleton, lens)
     n_layers = layer_count(config)
     return resolve_layers(requested, n_layers, spec.source), n_layers, architecture
+
+
+def _weightless(config, trust_remote_code: bool):
+    """The model ``config`` describes, on the meta device: its modules without weights or memory
+    (None if transformers cannot build it from the config alone; loading explains why)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (ValueError, TypeError, OSError, ImportError):
+        return None
 
 
 def ingest_layers(store: Store, spec: ModelSpec, key: ModelKey, textset: str,
@@ -254,6 +286,7 @@ def ingest_layers(store: Store, spec: ModelSpec, key: ModelKey, textset: str,
     Layers already stored with the same config are skipped (all stored: nothing is loaded).
     Lens variants get no weight sketch: they share the weights of the model output variant.
     """
+    check_scoring_options(batch_size, max_length)
     if key.layer is not None:
         raise LensError(f"{key}: the key of a layers run has no #LAYER; each layer sets its own")
     requested = parse_layers(layers)
@@ -284,7 +317,7 @@ def ingest_layers(store: Store, spec: ModelSpec, key: ModelKey, textset: str,
             missing = missing_of(wanted)
             store.release()
         written: dict[int, str] = {layer: "skipped" for layer in wanted}
-        scores, score_seconds, tokens, resumed = {}, 0.0, 0, 0
+        scores, score_seconds, tokens, resumed, truncation = {}, 0.0, 0, 0, {}
         if missing:
             partial_path = pending_path(
                 store.path, key, f".{stored_set.textset_id}.{config_id}."
@@ -309,6 +342,7 @@ def ingest_layers(store: Store, spec: ModelSpec, key: ModelKey, textset: str,
             partial.discard()
             first = next(iter(scores.values()))
             tokens, resumed = first.scored_tokens, first.n_resumed
+            truncation = _truncation(scorer, first, len(texts))
     except BaseException as exc:
         with contextlib.suppress(StoreError):
             store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}",
@@ -321,7 +355,7 @@ def ingest_layers(store: Store, spec: ModelSpec, key: ModelKey, textset: str,
                         loaded.n_params, score_seconds, resumed, sketched=False,
                         sketch_note=("lens layers share the weights of the model output "
                                      "variant: ingest it without --layers for a weight sketch")
-                        if any_stored else None, layers=written)
+                        if any_stored else None, layers=written, **truncation)
 
 
 def _write_layers(store: Store, key: ModelKey, textset_id: int, textset: str,

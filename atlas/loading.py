@@ -6,8 +6,11 @@ user of the model gets. The returned provenance is stored with every vector.
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +29,9 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     n_params: int
+    # weights the checkpoint lacked (randomly initialised) or held unused, let through by
+    # ``ModelSpec.allow_missing``: {"missing": [...], "unexpected": [...]}, empty kinds left out
+    allowed_weights: dict[str, list[str]] = field(default_factory=dict)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -76,12 +82,150 @@ def _explain_load_failure(spec: ModelSpec, what: str, exc: Exception) -> LoadErr
             f"machine first (hf download {spec.source}"
             + (f" --revision {spec.revision}" if spec.revision else "") + ")."
         )
+    if type(exc).__name__ == "SafetensorError":
+        return LoadError(f"{spec.source}: a safetensors weights file is unreadable ({message}: "
+                         "truncated or corrupt); download or save the model again")
     if local and what == "tokenizer":
         return LoadError(
             f"{spec.source}: no usable tokenizer in this directory ({message.splitlines()[0]}). "
             "Save the model's tokenizer beside it (tokenizer.save_pretrained(dir))."
         )
     return LoadError(f"{spec.source}: cannot load the {what}: {message.splitlines()[0]}")
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+
+
+def _looks_like_path(source: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else that names no file was meant as a
+    local path (absolute, relative with ./ or ~, deeper than owner/name, or a .gguf file)."""
+    return (source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1
+            or source.endswith(".gguf") or (len(source) > 1 and source[1] == ":"))
+
+
+def check_source(spec: ModelSpec) -> None:
+    """Refuse a local source that cannot be a model before anything is loaded or stored.
+
+    Cheap checks of what transformers would otherwise report late or as a traceback: a path
+    that does not exist, a file that is not GGUF, a config that is not JSON or names an
+    architecture transformers does not know, a folder without weights, a truncated
+    safetensors file. Hub ids are left to ``from_pretrained``.
+    """
+    path = Path(spec.source).expanduser()
+    if not path.exists():
+        if _looks_like_path(spec.source):
+            raise LoadError(
+                f"{spec.source}: no such file or directory; give the path of a saved model "
+                "(a directory with config.json and weights, or a .gguf file) or a hub id such "
+                "as EleutherAI/pythia-70m")
+        return
+    if path.is_file():
+        _check_gguf(path)
+        return
+    _check_config(path / "config.json", spec.trust_remote_code)
+    weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    if not weights:
+        raise LoadError(
+            f"{path}: no weights file in this directory (model.safetensors, pytorch_model.bin "
+            "…); save the model there with model.save_pretrained(dir) or download its weights")
+    for file in weights:
+        if file.suffix == ".safetensors":
+            _check_safetensors(file)
+
+
+def _check_gguf(path: Path) -> None:
+    if path.suffix != ".gguf":
+        raise LoadError(f"{path}: a file, but not a .gguf file; give a .gguf file or the "
+                        "directory of a saved model (config.json and weights)")
+    with open(path, "rb") as file:
+        magic = file.read(4)
+    if magic != b"GGUF":
+        raise LoadError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF'; "
+                        "truncated or another format?); download or convert it again")
+
+
+def _check_config(path: Path, trust_remote_code: bool) -> None:
+    from transformers import CONFIG_MAPPING, __version__
+
+    if not path.is_file():
+        raise LoadError(f"{path.parent}: no config.json in this directory; save the model "
+                        "there with model.save_pretrained(dir), or give its .gguf file")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f"line {exc.lineno}, column {exc.colno}: {exc.msg}" if isinstance(
+            exc, json.JSONDecodeError) else str(exc)
+        raise LoadError(f"{path}: not valid JSON ({where}); repair it or save the config again "
+                        "(model.config.save_pretrained(dir))") from exc
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in CONFIG_MAPPING and not (trust_remote_code and "auto_map" in config):
+        raise LoadError(
+            f"{path}: model_type {model_type!r} is not an architecture transformers "
+            f"{__version__} knows; upgrade transformers, fix model_type, or pass "
+            "--trust-remote-code if the model ships its own code (auto_map)")
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except (SafetensorError, OSError) as exc:
+        raise LoadError(f"{path}: unreadable safetensors file ({exc}: truncated or corrupt); "
+                        "download or save the model again") from exc
+
+
+def allowed_patterns(patterns: str | Sequence[str]) -> tuple[str, ...]:
+    """``--allow-missing`` globs, checked: an empty one would hide nothing it was meant to."""
+    patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise LoadError(f"--allow-missing {pattern!r}: give a glob of weight names, such "
+                            "as 'lm_head.weight' or 'model.layers.*.mlp.*'")
+    return patterns
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def check_weights(info: dict, spec: ModelSpec, model: torch.nn.Module) -> dict[str, list[str]]:
+    """Refuse a checkpoint whose weights do not fill the model, from ``from_pretrained``'s
+    loading info: transformers initialises a missing weight randomly and drops an unused one,
+    so either would be scored silently as a different model. Tied weights (an unembedding
+    that shares the embeddings) are not reported missing. Keys matching a glob of
+    ``spec.allow_missing`` pass; returns them ({"missing": …, "unexpected": …})."""
+    name = type(model).__name__
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, stored, wanted = mismatched[0]
+        raise LoadError(
+            f"{spec.source}: weight {key} has shape {list(stored)} in the checkpoint but "
+            f"{list(wanted)} in the {name} its config describes ({len(mismatched)} such "
+            "weights); config.json does not match the weights: fix its sizes")
+    if info.get("error_msgs"):
+        raise LoadError(f"{spec.source}: the weights do not load into {name}: "
+                        f"{info['error_msgs'][0]}")
+    found = {kind: sorted(info.get(f"{kind}_keys") or []) for kind in ("missing", "unexpected")}
+    refused = {kind: [key for key in keys if not any(
+        fnmatch.fnmatchcase(key, pattern) for pattern in spec.allow_missing)]
+        for kind, keys in found.items()}
+    if refused["missing"]:
+        keys = refused["missing"]
+        raise LoadError(
+            f"{spec.source}: the checkpoint lacks {len(keys)} weight(s) that {name} needs "
+            f"({_few(keys)}); transformers would initialise them randomly and score a different "
+            "model. Download or save the checkpoint again in full, or, if they are meant to be "
+            f"initialised, pass --allow-missing '{keys[0]}' (a glob, repeatable)")
+    if refused["unexpected"]:
+        keys = refused["unexpected"]
+        raise LoadError(
+            f"{spec.source}: the checkpoint holds {len(keys)} weight(s) that {name} does not "
+            f"use ({_few(keys)}), so config.json may not describe these weights (another "
+            "architecture or size?). Fix the config, or, to score without them, pass "
+            f"--allow-missing '{keys[0]}' (a glob, repeatable)")
+    return {kind: keys for kind, keys in found.items() if keys}
 
 
 def _pretrained_args(spec: ModelSpec) -> tuple[str, dict]:
@@ -172,10 +316,12 @@ def load_model(spec: ModelSpec, **pretrained: object) -> LoadedModel:
     ``pretrained`` goes to ``from_pretrained`` (a ``quantization_config``, atlas.quantize); a
     model quantized while loading is placed by ``device_map``, as bitsandbytes requires.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # ours (rich) is the one progress display
+    check_source(spec)
     size_gptqmodel_pool()
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
@@ -183,9 +329,11 @@ def load_model(spec: ModelSpec, **pretrained: object) -> LoadedModel:
     source, kwargs = _pretrained_args(spec)
     if "quantization_config" in pretrained:
         kwargs["device_map"] = str(device)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs, **pretrained)
-    except (OSError, ValueError, KeyError) as exc:
+    try:  # mismatched shapes are reported in the info (and refused) rather than raised bare
+        model, info = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True,
+            **kwargs, **pretrained)
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise _explain_load_failure(spec, "model", exc) from exc
     if "device_map" not in kwargs:
         model.to(device)
@@ -193,6 +341,7 @@ def load_model(spec: ModelSpec, **pretrained: object) -> LoadedModel:
     portable_bnb_cpu(model)
     _check_vocabulary(model, tokenizer, spec.source)
     _check_causal(model, spec.source)
+    allowed = check_weights(info, spec, model)
     n_params = sum(p.numel() for p in model.parameters())
     return LoadedModel(model=model, tokenizer=tokenizer, device=device, dtype=dtype,
-                       n_params=n_params)
+                       n_params=n_params, allowed_weights=allowed)

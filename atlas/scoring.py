@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atlas.errors import ScoringError
+from atlas.errors import AtlasError, ScoringError
 from atlas.layers import LensError, LensOverride
 from atlas.lens import Lens, logit_transform
 from atlas.loading import LoadedModel
@@ -47,6 +47,21 @@ DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 32, "mps": 8}
 PARTIAL_FLUSH_SECONDS = 30.0
 # Bytes of float32 logits one unembedding chunk may hold, by device type.
 LOGIT_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30, "mps": 256 << 20}
+
+
+class ScoringOptionError(AtlasError, ValueError):
+    """A batch size or maximum length that cannot score anything (or scores it wrongly)."""
+
+
+def check_scoring_options(batch_size: int | None, max_length: int | None) -> None:
+    """Refuse what ``Scorer`` would otherwise take silently: 0 (falsy) as the default, a
+    negative length as 'all but the last tokens', 1 as nothing predicted at all."""
+    if batch_size is not None and batch_size < 1:
+        raise ScoringOptionError(f"--batch-size {batch_size}: give at least 1 text per batch "
+                                 "(or leave it out for the device's default)")
+    if max_length is not None and max_length < 2:
+        raise ScoringOptionError(f"--max-length {max_length}: give at least 2 tokens (the first "
+                                 "is never predicted), or leave it out for the model's limit")
 
 
 @dataclass
@@ -173,9 +188,8 @@ class Scorer:
                  lens: LensOverride | None = None) -> None:
         """``layers``: hidden-state indices to score through the logit lens (``score_layers``);
         ``lens``: user-given module paths for an architecture atlas.lens does not describe."""
+        check_scoring_options(batch_size, max_length)
         batch_size = batch_size or DEFAULT_BATCH_SIZE.get(loaded.device.type, 8)
-        if batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -208,6 +222,23 @@ class Scorer:
                 f"states are 0..{lens.n_layers}")
         self.lens_check = lens.verify(self.model, self.device)
         self.lens, self.layers, self.lens_head = lens, layers, lens.head()
+
+    def truncation_warning(self, n_truncated: int, n_texts: int) -> str | None:
+        """What to tell the user when texts were cut to ``max_length`` tokens: the vector is
+        still stored (its provenance counts them), but those texts are not scored whole."""
+        if not n_truncated:
+            return None
+        limit = model_max_length(self.model)
+        if limit is not None and self.max_length >= limit:
+            fix = (f"that is the model's limit ({limit:,} positions), so split longer texts to "
+                   "score them whole")
+        else:
+            fix = "raise --max-length" + (f" (up to the model's {limit:,})" if limit else "") + (
+                " to score them whole")
+        were = "was" if n_truncated == 1 else "were"
+        return (f"{n_truncated:,} of {n_texts:,} texts {were} longer than {self.max_length:,} "
+                f"tokens and {were} truncated (their log-likelihood covers the first "
+                f"{self.max_length:,} tokens); {fix}")
 
     def provenance(self, n_truncated: int) -> dict:
         """How the vector was made (the tokenizer fingerprint is computed once per scorer)."""

@@ -27,6 +27,7 @@ class ModelSpec:
     trust_remote_code: bool = False
     quantize: QuantSpec | None = None  # a quantization applied on loading (atlas.quantize)
     calibration: str | None = None  # GPTQ calibration texts (a text-set file); None: default
+    allow_missing: tuple[str, ...] = ()  # globs of weights the checkpoint may lack or not use
 
     @property
     def gguf_file(self) -> Path | None:

@@ -246,3 +246,108 @@ def test_vector_scored_while_the_atlas_is_locked_is_kept_and_importable(db, mode
     assert db.import_vectors(pending, "eval") == [("held-s", True)]
     provenance = json.loads(db.sql("SELECT provenance FROM vectors")["provenance"][0])
     assert provenance["special_tokens"] == "none" and provenance["imported_from"]
+
+
+def _edit_weights(model_dir, target, edit):
+    """A copy of a saved model whose model.safetensors ``edit`` changed (a dict of tensors)."""
+    from safetensors.torch import load_file, save_file
+
+    copy = shutil.copytree(model_dir, target)
+    tensors = load_file(copy / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
+    return copy
+
+
+def test_checkpoint_without_a_weight_is_refused_unless_allowed(db, model_dirs, tmp_path):
+    """Without embed_out, transformers initialises the head randomly: refused, nothing stored;
+    allowed by name, it is scored and the allowance is in the provenance and the config id."""
+    source = _edit_weights(model_dirs["gpt_neox"], tmp_path / "headless",
+                           lambda tensors: tensors.pop("embed_out.weight"))
+    kwargs = dict(family="headless", size="s", textset="eval", progress=False)
+    with pytest.raises(LoadError, match=r"headless: the checkpoint lacks 1 weight\(s\) that "
+                                        r"GPTNeoXForCausalLM needs \(lm_head.weight\).*"
+                                        r"--allow-missing 'lm_head.weight'"):
+        db.ingest(str(source), **kwargs)
+    assert vector_count(db) == 0
+    with pytest.raises(LoadError, match="lacks 1 weight"):  # a pattern that does not match
+        db.ingest(str(source), allow_missing=["gpt_neox.*"], **kwargs)
+    assert db.ingest(str(source), allow_missing=["lm_head.*"], **kwargs).status == "stored"
+    provenance = json.loads(db.sql("SELECT provenance FROM vectors")["provenance"][0])
+    assert provenance["allow_missing"] == {"patterns": ["lm_head.*"],
+                                           "missing": ["lm_head.weight"]}
+    spec = ModelSpec(str(model_dirs["gpt_neox"]))
+    key = ingest_module.ModelKey("a", "s")
+    assert ingest_module.scoring_config_id(spec, key, None) != ingest_module.scoring_config_id(
+        ModelSpec(spec.source, allow_missing=("lm_head.*",)), key, None)
+
+
+def test_checkpoint_with_unused_or_misshapen_weights_is_refused(db, model_dirs, tmp_path):
+    import torch
+
+    extra = _edit_weights(model_dirs["gpt2"], tmp_path / "extra",
+                          lambda tensors: tensors.update({"adapter.weight": torch.zeros(4)}))
+    with pytest.raises(LoadError, match=r"holds 1 weight\(s\) that GPT2LMHeadModel does not use "
+                                        r"\(adapter.weight\).*--allow-missing"):
+        db.ingest(str(extra), family="extra", size="s", textset="eval", progress=False)
+
+    def narrow(tensors):
+        tensors["embed_out.weight"] = tensors["embed_out.weight"][:, :16].contiguous()
+
+    misshapen = _edit_weights(model_dirs["gpt_neox"], tmp_path / "narrow", narrow)
+    with pytest.raises(LoadError, match=r"weight lm_head.weight has shape \[\d+, 16\] in the "
+                                        r"checkpoint but \[\d+, 32\].*fix its sizes"):
+        db.ingest(str(misshapen), family="narrow", size="s", textset="eval", progress=False)
+    assert vector_count(db) == 0
+
+
+def test_tied_weights_are_not_missing(model_dirs, tokenizer, tmp_path):
+    """GPT-2's head is tied to wte, a tied Llama saves no lm_head: neither is a missing weight."""
+    from atlas import tiny
+
+    config = tiny.tiny_config("llama", tokenizer)
+    config.tie_word_embeddings = True
+    tied = tiny.save(tiny.build_model(config), tokenizer, tmp_path / "tied")
+    for source in [*model_dirs.values(), tied]:
+        assert load_model(ModelSpec(str(source), device="cpu")).allowed_weights == {}
+
+
+def test_truncated_texts_are_reported(db, model_dirs, texts):
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+
+    tokenizer = load_model(ModelSpec(str(model_dirs["gpt2"]), device="cpu")).tokenizer
+    longer = sum(len(tokenizer(t)["input_ids"]) > 64 for t in texts)
+    result = db.ingest(str(model_dirs["gpt2"]), family="short", size="s", textset="eval",
+                       max_length=64, progress=False)
+    assert 0 < longer < len(texts) and result.n_truncated == longer
+    assert result.warnings == [
+        f"{longer} of {len(texts)} texts were longer than 64 tokens and were truncated (their "
+        "log-likelihood covers the first 64 tokens); raise --max-length (up to the model's "
+        "2,048) to score them whole"]
+    provenance = json.loads(db.sql("SELECT provenance FROM vectors")["provenance"][0])
+    assert provenance["n_truncated"] == longer
+    db.close()
+    output = CliRunner().invoke(main, ["--db", str(db.path), "ingest", str(model_dirs["llama"]),
+                                       "--family", "cut", "--size", "s", "--textset", "eval",
+                                       "--max-length", "64"]).output
+    assert f"warning: {longer} of {len(texts)} texts were longer than 64 tokens" in output
+    output = CliRunner().invoke(main, ["--db", str(db.path), "ingest", str(model_dirs["llama"]),
+                                       "--family", "whole", "--size", "s", "--textset",
+                                       "eval"]).output
+    assert "stored on 'eval'" in output and "warning" not in output
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 0}, {"batch_size": -2}, {"max_length": 0},
+                                     {"max_length": 1}, {"max_length": -5},
+                                     {"max_length": 0, "layers": "all"}])
+def test_api_lengths_that_cannot_score_are_refused_before_anything(db, model_dirs, options):
+    """0 used to mean the default and -5 'all but the last 5 tokens', silently."""
+    name = next(iter(options)).replace("_", "-")
+    with pytest.raises(AtlasError, match=f"--{name} {options[name.replace('-', '_')]}: give "
+                                         "at least"):
+        db.ingest(str(model_dirs["gpt2"]), family="t", size="s", textset="eval",
+                  progress=False, **options)
+    assert vector_count(db) == 0
+    assert db.sql("SELECT count(*) AS n FROM ingest_runs")["n"][0] == 0

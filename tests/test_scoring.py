@@ -138,3 +138,15 @@ def test_partial_side_file_survives_a_kill_while_saving_and_a_full_disk(tmp_path
     with pytest.warns(UserWarning, match="cannot save the scores so far"):
         blocked.flush()
     blocked.flush()  # warned once
+
+
+def test_truncation_warning_says_how_to_score_texts_whole(loaded):
+    assert Scorer(loaded).truncation_warning(0, 10) is None
+    below = Scorer(loaded, max_length=100).truncation_warning(1, 10)
+    assert below == ("1 of 10 texts was longer than 100 tokens and was truncated (their "
+                     "log-likelihood covers the first 100 tokens); raise --max-length (up to "
+                     "the model's 2,048) to score them whole")
+    at_limit = Scorer(loaded).truncation_warning(3, 10)
+    assert at_limit.startswith("3 of 10 texts were longer than 2,048 tokens")
+    assert at_limit.endswith("that is the model's limit (2,048 positions), so split longer "
+                             "texts to score them whole")
