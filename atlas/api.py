@@ -16,7 +16,7 @@ many readers across processes) until ``close()``; ingest releases it while scori
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +25,9 @@ import duckdb
 import polars as pl
 
 from atlas import queries
+from atlas.analysis import maps, scale, trajectory
+from atlas.analysis.maps import MapResult
+from atlas.analysis.scale import Setting
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.extras import require_scoring
 from atlas.keys import ModelKey
@@ -284,27 +287,75 @@ class Atlas:
         """Training runs with two or more numbered checkpoints."""
         return queries.runs(self)
 
-    def run_trajectory(self, run: Run, textset: str | None = None) -> RunResult:
-        """KL between consecutive checkpoints of a run."""
-        return queries.run_trajectory(self, run, textset)
+    # analyses (atlas.analysis computes; these read what it needs and store what it made) -------
+    def run(self, family: str, size: str, seed: int | None = None) -> Run:
+        """The training run of (family, size, seed): its output variants with a step."""
+        return queries.run(self, family, size, seed)
 
-    def run_diffusion(self, run: Run, window: int, textset: str | None = None,
-                      n_boot: int = 200) -> RunResult:
-        """The diffusion fit (c_q, c_w, α) of a run."""
-        return queries.run_diffusion(self, run, window, textset, n_boot)
+    def run_textsets(self, run: Run) -> list[str]:
+        """The text sets holding a vector of every checkpoint of the run, sorted."""
+        return queries.run_textsets(self, run)
 
-    def kl_scale(self, textset: str | None = None, where: str | None = None) -> pl.DataFrame:
-        """Median and quartiles of KL per setting."""
-        return queries.kl_scale(self, textset, where)
+    def trajectory(self, run: Run, textset: str | None = None) -> RunResult:
+        """KL (bits/byte, with SE) and weight distance between consecutive checkpoints.
+
+        ``textset`` may be left out when the run's checkpoints share one set only."""
+        path, chosen, sets = queries.load_trajectory(self, run, textset)
+        return RunResult(trajectory.consecutive(path), chosen, sets)
+
+    def diffusion(self, run: Run, window: int = 10, *, t0: float | None = None,
+                  textset: str | None = None, n_boot: int = 200,
+                  save: bool = False) -> RunResult:
+        """c_q, c_w and α of a run with bootstrap intervals (c_q alone without weight sketches);
+        ``save`` stores the fit in ``diffusion_fits``, replacing one of the same settings."""
+        path, chosen, sets = queries.load_trajectory(self, run, textset)
+        result = trajectory.fit(path, window=window, t0=t0, n_boot=n_boot)
+        if save:
+            queries.save_fit(self, trajectory.fit_row(
+                (run.family, run.size, run.seed, chosen, t0), result))
+        return RunResult(result, chosen, sets)
+
+    def scale_pairs(self, where: str | None = None, textset: str | None = None,
+                    settings: Iterable[str | Setting] | None = None) -> pl.DataFrame:
+        """Every pair of every setting (atlas.analysis.scale) among the variants on ``textset``
+        that satisfy ``where`` (SQL over model_variants), with its KL and SE in bits/byte."""
+        chosen = queries.selection(self, where, textset)
+        found = scale.measured_pairs(chosen.models, chosen.scope, settings)
+        return scale.with_kl(found, self.kl_matrix(scale.pair_keys(found), textset=chosen.textset))
+
+    def scale(self, where: str | None = None, textset: str | None = None,
+              settings: Iterable[str | Setting] | None = None) -> pl.DataFrame:
+        """The KL scale: per setting, the count, median, mean, sd and quartiles of its pairs."""
+        return scale.summarise(self.scale_pairs(where, textset, settings))
+
+    def fit_map(self, method: str = "umap", where: str | None = None,
+                textset: str | None = None, name: str | None = None, seed: int = 42,
+                save: bool = True, **params) -> MapResult:
+        """Fit a 2-D map (atlas.analysis.maps) of the variants on ``textset`` that satisfy
+        ``where`` and store it as ``name`` (default ``{method}-{textset}``), replacing a map of
+        that name; ``save=False`` fits without storing (e.g. on a read-only atlas)."""
+        method = maps.check_request(method, params)
+        chosen = queries.selection(self, where, textset)
+        maps.require_models(chosen.models.height, chosen.scope)
+        keys, loglik, mean_bytes = self.store.matrix(sorted(chosen.models["key"].to_list()),
+                                                     chosen.textset)
+        result = maps.fit_map(keys, loglik, mean_bytes, method=method, textset=chosen.textset,
+                              where=chosen.where, name=name, seed=seed, **params)
+        if save:
+            queries.save_map(self, result)
+        return result
 
     def maps(self) -> pl.DataFrame:
         """The stored maps."""
         return queries.maps(self)
 
     def map_points(self, name: str) -> pl.DataFrame:
-        """The points of one stored map."""
+        """The points of one stored map: (key, family, size, seed, step, x, y)."""
         return queries.map_points(self, name)
 
+    def drop_map(self, name: str) -> bool:
+        """Delete a stored map and its points; returns whether there was one."""
+        return queries.drop_map(self, name)
 
 def open(path: str | Path | None = None, read_only: bool = False) -> Atlas:
     """Open (creating if needed, unless ``read_only``) the atlas at ``path``."""
