@@ -8,6 +8,10 @@
     db.kl("pythia-70m@step1000", "pythia-70m@step2000")     # KL(value, se, textset)
     db.nearest("pythia-70m@step1000", k=10)                 # polars DataFrame
     db.sql("SELECT * FROM model_variants")                  # any SQL → polars
+    db.scale(where="family = 'pythia'")                     # the KL scale per setting
+    run = db.run("pythia", "70m")                           # a training run's checkpoints
+    db.diffusion(run, window=10, save=True).value           # c_q, c_w, α (stored)
+    db.fit_map("tsne", textset="pile-2k")                   # a 2-D map, stored
 
 Results come out as polars DataFrames. An open Atlas holds its DuckDB file (one writer *or*
 many readers across processes) until ``close()``; ingest releases it while scoring.
@@ -321,7 +325,8 @@ class Atlas:
         that satisfy ``where`` (SQL over model_variants), with its KL and SE in bits/byte."""
         chosen = queries.selection(self, where, textset)
         found = scale.measured_pairs(chosen.models, chosen.scope, settings)
-        return scale.with_kl(found, self.kl_matrix(scale.pair_keys(found), textset=chosen.textset))
+        matrix = self.kl_matrix(scale.pair_keys(found), textset=chosen.textset)
+        return scale.with_kl(found, matrix)
 
     def scale(self, where: str | None = None, textset: str | None = None,
               settings: Iterable[str | Setting] | None = None) -> pl.DataFrame:
@@ -356,6 +361,7 @@ class Atlas:
     def drop_map(self, name: str) -> bool:
         """Delete a stored map and its points; returns whether there was one."""
         return queries.drop_map(self, name)
+
 
 def open(path: str | Path | None = None, read_only: bool = False) -> Atlas:
     """Open (creating if needed, unless ``read_only``) the atlas at ``path``."""

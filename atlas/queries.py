@@ -1,7 +1,8 @@
-"""What a reader asks of an atlas: models paged, filtered, sorted and grouped; one model with
-its related variants; training runs with their trajectories and diffusion fits; the KL scale;
-maps; SQL results streamed and exported. ``Atlas`` has a method for each (atlas.api), and the
-TUI is a thin layer over them.
+"""What is asked of an atlas: models paged, filtered, sorted and grouped; one model with its
+related variants; SQL results streamed and exported; and the data the analyses need (a run's
+vectors and weight sketches, the models a scale or a map is computed on) with what they store
+(diffusion fits, maps). ``Atlas`` has a method for each (atlas.api), and the TUI is a thin layer
+over them; the analyses' maths (atlas.analysis) sees arrays and frames only.
 
 The rules live in SQL where they are SQL (sql/queries.sql: ``size_value``, ``related_variants``,
 ``training_runs``, …). What a user types stays SQL the atlas checks: a ``where …`` filter must
