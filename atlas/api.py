@@ -8,6 +8,10 @@
     db.kl("pythia-70m@step1000", "pythia-70m@step2000")     # KL(value, se, textset)
     db.nearest("pythia-70m@step1000", k=10)                 # polars DataFrame
     db.sql("SELECT * FROM model_variants")                  # any SQL → polars
+    db.scale(where="family = 'pythia'")                     # the KL scale per setting
+    run = db.run("pythia", "70m")                           # a training run's checkpoints
+    db.diffusion(run, window=10, save=True).value           # c_q, c_w, α (stored)
+    db.fit_map("tsne", textset="pile-2k")                   # a 2-D map, stored
 
 Results come out as polars DataFrames. An open Atlas holds its DuckDB file (one writer *or*
 many readers across processes) until ``close()``; ingest releases it while scoring.
@@ -16,7 +20,7 @@ many readers across processes) until ``close()``; ingest releases it while scori
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +29,9 @@ import duckdb
 import polars as pl
 
 from atlas import queries
+from atlas.analysis import maps, scale, trajectory
+from atlas.analysis.maps import MapResult
+from atlas.analysis.scale import Setting
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.extras import require_scoring
 from atlas.keys import ModelKey, quant_label
@@ -151,6 +158,10 @@ class Atlas:
                          trust_remote_code=trust_remote_code,
                          calibration=None if calibration is None else str(calibration),
                          allow_missing=allowed_patterns(allow_missing))
+        if parent is not None:  # the cheapest check first; the write checks it again
+            parent = self.store.resolve_parent(
+                parent, ModelKey(family, size, seed, checkpoint=checkpoint or revision),
+                fix="ingest or import the parent first, or drop --parent")
         check_source(spec)  # a bad path, config or file is refused before anything is stored
         if isinstance(quantize, str):
             quantize = quant_label(quantize)  # --quantize none: as loaded
@@ -312,26 +323,78 @@ class Atlas:
         """Training runs with two or more numbered checkpoints."""
         return queries.runs(self)
 
-    def run_trajectory(self, run: Run, textset: str | None = None) -> RunResult:
-        """KL between consecutive checkpoints of a run."""
-        return queries.run_trajectory(self, run, textset)
+    # analyses (atlas.analysis computes; these read what it needs and store what it made) -------
+    def run(self, family: str, size: str, seed: int | None = None,
+            quant: str | None = None) -> Run:
+        """The training run of (family, size, seed): its output variants with a step; ``quant``
+        picks the run of a quantized variant (None, "" or "none": the unquantized one)."""
+        return queries.run(self, family, size, seed, quant)
 
-    def run_diffusion(self, run: Run, window: int, textset: str | None = None,
-                      n_boot: int = 200) -> RunResult:
-        """The diffusion fit (c_q, c_w, α) of a run."""
-        return queries.run_diffusion(self, run, window, textset, n_boot)
+    def run_textsets(self, run: Run) -> list[str]:
+        """The text sets holding a vector of every checkpoint of the run, sorted."""
+        return queries.run_textsets(self, run)
 
-    def kl_scale(self, textset: str | None = None, where: str | None = None) -> pl.DataFrame:
-        """Median and quartiles of KL per setting."""
-        return queries.kl_scale(self, textset, where)
+    def trajectory(self, run: Run, textset: str | None = None) -> RunResult:
+        """KL (bits/byte, with SE) and weight distance between consecutive checkpoints.
+
+        ``textset`` may be left out when the run's checkpoints share one set only."""
+        path, chosen, sets = queries.load_trajectory(self, run, textset)
+        return RunResult(trajectory.consecutive(path), chosen, sets)
+
+    def diffusion(self, run: Run, window: int = 10, *, t0: float | None = None,
+                  textset: str | None = None, n_boot: int = 200,
+                  save: bool = False) -> RunResult:
+        """c_q, c_w and α of a run with bootstrap intervals (c_q alone without weight sketches);
+        ``save`` stores the fit in ``diffusion_fits``, replacing one of the same settings."""
+        path, chosen, sets = queries.load_trajectory(self, run, textset)
+        result = trajectory.fit(path, window=window, t0=t0, n_boot=n_boot)
+        if save:
+            queries.save_fit(self, trajectory.fit_row(
+                (run.family, run.size, run.seed, chosen, t0), result, run.quant))
+        return RunResult(result, chosen, sets)
+
+    def scale_pairs(self, where: str | None = None, textset: str | None = None,
+                    settings: Iterable[str | Setting] | None = None) -> pl.DataFrame:
+        """Every pair of every setting (atlas.analysis.scale) among the variants on ``textset``
+        that satisfy ``where`` (SQL over model_variants), with its KL and SE in bits/byte."""
+        chosen = queries.selection(self, where, textset)
+        found = scale.measured_pairs(chosen.models, chosen.scope, settings)
+        matrix = self.kl_matrix(scale.pair_keys(found), textset=chosen.textset)
+        return scale.with_kl(found, matrix)
+
+    def scale(self, where: str | None = None, textset: str | None = None,
+              settings: Iterable[str | Setting] | None = None) -> pl.DataFrame:
+        """The KL scale: per setting, the count, median, mean, sd and quartiles of its pairs."""
+        return scale.summarise(self.scale_pairs(where, textset, settings))
+
+    def fit_map(self, method: str = "umap", where: str | None = None,
+                textset: str | None = None, name: str | None = None, seed: int = 42,
+                save: bool = True, **params) -> MapResult:
+        """Fit a 2-D map (atlas.analysis.maps) of the variants on ``textset`` that satisfy
+        ``where`` and store it as ``name`` (default ``{method}-{textset}``), replacing a map of
+        that name; ``save=False`` fits without storing (e.g. on a read-only atlas)."""
+        method = maps.check_request(method, params)
+        chosen = queries.selection(self, where, textset)
+        maps.require_models(chosen.models.height, chosen.scope)
+        keys, loglik, mean_bytes = self.store.matrix(sorted(chosen.models["key"].to_list()),
+                                                     chosen.textset)
+        result = maps.fit_map(keys, loglik, mean_bytes, method=method, textset=chosen.textset,
+                              where=chosen.where, name=name, seed=seed, **params)
+        if save:
+            queries.save_map(self, result)
+        return result
 
     def maps(self) -> pl.DataFrame:
         """The stored maps."""
         return queries.maps(self)
 
     def map_points(self, name: str) -> pl.DataFrame:
-        """The points of one stored map."""
+        """The points of one stored map: (key, family, size, seed, step, x, y)."""
         return queries.map_points(self, name)
+
+    def drop_map(self, name: str) -> bool:
+        """Delete a stored map and its points; returns whether there was one."""
+        return queries.drop_map(self, name)
 
 
 def open(path: str | Path | None = None, read_only: bool = False) -> Atlas:

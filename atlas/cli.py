@@ -286,9 +286,7 @@ def _one_statement(query: str) -> None:
 @click.pass_context
 def scale(ctx: click.Context, where: str | None, textset: str | None, fmt: str) -> None:
     """The KL scale: KL distribution per setting (consecutive checkpoints, seeds, sizes …)."""
-    from atlas.analysis import scale as scales
-
-    frame = scales.scale(_atlas(ctx, read_only=True), where=where, textset=textset)
+    frame = _atlas(ctx, read_only=True).scale(where=where, textset=textset)
     emit(frame, fmt, title="the KL scale (bits/byte), over pairs of each setting")
 
 
@@ -312,14 +310,12 @@ def _run_options(command):
 def trajectory(ctx: click.Context, family: str, size: str, seed: int | None, quant: str | None,
                textset: str | None, fmt: str) -> None:
     """Consecutive-checkpoint KL (and weight distance) against step for one run."""
-    from atlas.analysis import trajectory as trajectories
-
-    frame = trajectories.consecutive(_atlas(ctx, read_only=True), family, size, seed, textset,
-                                     quant)
+    atlas = _atlas(ctx, read_only=True)
+    run = atlas.run(family, size, seed, quant)
+    frame = atlas.trajectory(run, textset).value
     if fmt == "table":  # the keys are in csv/json; on screen the steps say it
         frame = frame.drop("key", "next_key")
-    emit(frame, fmt, title=f"{trajectories.run_label(family, size, seed, quant)}: KL between "
-         "consecutive checkpoints (bits/byte)")
+    emit(frame, fmt, title=f"{run.label}: KL between consecutive checkpoints (bits/byte)")
 
 
 @main.command()
@@ -337,11 +333,9 @@ def diffusion(ctx: click.Context, family: str, size: str, seed: int | None, quan
               textset: str | None, window: int, t0: float | None, n_boot: int, save: bool,
               fmt: str) -> None:
     """Diffusion exponents c_q, c_w and alpha = c_q/c_w of one run, with bootstrap intervals."""
-    from atlas.analysis import trajectory as trajectories
-
-    result = trajectories.fit(_atlas(ctx, read_only=not save), family, size, seed,
-                              window=window, t0=t0, textset=textset, n_boot=n_boot, save=save,
-                              quant=quant)
+    atlas = _atlas(ctx, read_only=not save)
+    result = atlas.diffusion(atlas.run(family, size, seed, quant), window, t0=t0, textset=textset,
+                             n_boot=n_boot, save=save).value
     fitted = result.to_dict()
     if fmt == "json":
         click.echo(json.dumps(fitted, indent=1))
@@ -369,10 +363,8 @@ def diffusion(ctx: click.Context, family: str, size: str, seed: int | None, quan
 def map_(ctx: click.Context, method: str, where: str | None, textset: str | None,
          name: str | None, seed: int, fmt: str) -> None:
     """Fit a 2-D map of the models' q̃ and store it (SQL: SELECT * FROM map_points(NAME))."""
-    from atlas.analysis import maps
-
-    result = maps.fit_map(_atlas(ctx), method=method, where=where, textset=textset, name=name,
-                          seed=seed)
+    result = _atlas(ctx).fit_map(method=method, where=where, textset=textset, name=name,
+                                 seed=seed)
     emit(result.to_polars(), fmt, title=f"map '{result.name}': {result.n_models} models, "
          f"{result.method} in {result.seconds:.1f} s")
     for note in result.notes:
@@ -396,9 +388,9 @@ def _output(command):
 @click.pass_context
 def plot_scale(ctx: click.Context, where: str | None, textset: str | None, output: Path) -> None:
     """The KL distribution of every setting on one symlog axis."""
-    from atlas.analysis import figures, scale
+    from atlas.analysis import figures
 
-    pairs = scale.scale_pairs(_atlas(ctx, read_only=True), where=where, textset=textset)
+    pairs = _atlas(ctx, read_only=True).scale_pairs(where=where, textset=textset)
     click.echo(f"wrote {figures.plot_scale(pairs, output)}")
 
 
@@ -409,12 +401,12 @@ def plot_scale(ctx: click.Context, where: str | None, textset: str | None, outpu
 def plot_trajectory(ctx: click.Context, family: str, size: str, seed: int | None,
                     quant: str | None, textset: str | None, output: Path) -> None:
     """Consecutive-checkpoint KL against step (log-log)."""
-    from atlas.analysis import figures, trajectory
+    from atlas.analysis import figures
 
-    frame = trajectory.consecutive(_atlas(ctx, read_only=True), family, size, seed, textset,
-                                   quant)
-    title = trajectory.run_label(family, size, seed, quant)
-    click.echo(f"wrote {figures.plot_trajectory(frame, output, title)}")
+    atlas = _atlas(ctx, read_only=True)
+    run = atlas.run(family, size, seed, quant)
+    frame = atlas.trajectory(run, textset).value
+    click.echo(f"wrote {figures.plot_trajectory(frame, output, run.label)}")
 
 
 @plot.command("diffusion")
@@ -425,12 +417,12 @@ def plot_trajectory(ctx: click.Context, family: str, size: str, seed: int | None
 def plot_diffusion(ctx: click.Context, family: str, size: str, seed: int | None,
                    quant: str | None, textset: str | None, window: int, output: Path) -> None:
     """ln D against ln lag in log-likelihood and weight space, with the fitted exponents."""
-    from atlas.analysis import figures, trajectory
+    from atlas.analysis import figures
 
-    result = trajectory.fit(_atlas(ctx, read_only=True), family, size, seed, window=window,
-                            textset=textset, quant=quant)
-    title = trajectory.run_label(family, size, seed, quant)
-    click.echo(f"wrote {figures.plot_diffusion(result, output, title)}")
+    atlas = _atlas(ctx, read_only=True)
+    run = atlas.run(family, size, seed, quant)
+    result = atlas.diffusion(run, window, textset=textset).value
+    click.echo(f"wrote {figures.plot_diffusion(result, output, run.label)}")
 
 
 @plot.command("map")
@@ -439,9 +431,9 @@ def plot_diffusion(ctx: click.Context, family: str, size: str, seed: int | None,
 @click.pass_context
 def plot_map(ctx: click.Context, name: str, output: Path) -> None:
     """A stored map (atlas map), coloured by family, training runs drawn as paths."""
-    from atlas.analysis import figures, maps
+    from atlas.analysis import figures
 
-    points = maps.load_map(_atlas(ctx, read_only=True), name)
+    points = _atlas(ctx, read_only=True).map_points(name)
     click.echo(f"wrote {figures.plot_map(points, output, f'map {name}')}")
 
 

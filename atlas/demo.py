@@ -32,7 +32,6 @@ from pathlib import Path
 import polars as pl
 
 from atlas import caching
-from atlas.analysis.maps import fit_map
 from atlas.api import Atlas
 from atlas.extras import require_scoring
 from atlas.progress import progress_bar
@@ -203,7 +202,7 @@ def run_demo(db: str | Path, *, quick: bool = False, n_texts: int | None = None,
             seconds["real models"] = time.perf_counter() - mark
     mark = time.perf_counter()
     with Atlas(db) as atlas:  # the map the TUI and `atlas plot map` show; refitted on re-runs
-        fit_map(atlas, method="tsne", textset=name, name=map_name(n_texts))
+        atlas.fit_map(method="tsne", textset=name, name=map_name(n_texts))
     seconds["map"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - started
     return DemoReport(name, stored.n_texts, runs, ingested=statuses.count("stored"),
@@ -249,8 +248,6 @@ def _domain_counts(domains: list[str | None]) -> str:
 def summarise(db: str | Path, report: DemoReport, *, quick: bool = False,
               echo: Callable[[str], None] = print, show: Callable | None = None) -> dict:
     """Print the training losses, the KL scale, and the diffusion exponents of one run."""
-    from atlas.analysis import scale, trajectory
-
     show = show or (lambda frame, title: echo(f"{title}\n{frame}"))
     losses = pl.DataFrame(
         [{"run": r.checkpoints[-1].key, "first steps": _mean(r.losses[:LOSS_WINDOW]),
@@ -259,15 +256,14 @@ def summarise(db: str | Path, report: DemoReport, *, quick: bool = False,
                        "steps")
     spec = QUICK if quick else FULL
     with Atlas(db, read_only=True) as atlas:
-        table = scale.scale(atlas, textset=report.textset)
+        table = atlas.scale(textset=report.textset)
         show(table, title=f"the KL scale on '{report.textset}' (bits/byte)")
-        largest = spec.sizes[-1].name
-        fit = trajectory.fit(atlas, spec.family, largest, spec.seeds[0], textset=report.textset,
-                             window=DIFFUSION_WINDOW[quick])
+        run = atlas.run(spec.family, spec.sizes[-1].name, spec.seeds[0])
+        fit = atlas.diffusion(run, DIFFUSION_WINDOW[quick], textset=report.textset).value
         if "real models" in report.seconds:
             _summarise_real(atlas, show)
     exponents = fit.to_dict()
-    echo(f"diffusion of {spec.family}-{largest}/s{spec.seeds[0]} (window {fit.window}): "
+    echo(f"diffusion of {run.label} (window {fit.window}): "
          + "; ".join(f"{name} = {_estimate(exponents[name])}" for name in ("c_q", "c_w", "alpha")))
     echo(f"{report.ingested} vectors stored, {report.skipped} already there; "
          + ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items()))

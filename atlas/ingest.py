@@ -43,7 +43,6 @@ from atlas.specs import ModelSpec
 from atlas.store import Store
 from atlas.weights import DEFAULT_DIM, WeightError, WeightSketch, sketch_parameters
 
-INGEST_PARENT_FIX = "ingest or import the parent first, or drop --parent"
 
 @dataclass
 class IngestResult:
@@ -189,8 +188,6 @@ def ingest(store: Store, spec: ModelSpec, key: ModelKey, textset: str, *,
         raise LensError("--lens-norm/--lens-head describe the logit lens: they need --layers")
     spec.source = normalise_source(spec.source)
     stored_set = store.textset(textset)
-    if parent is not None:  # checked before anything loads; the write checks it again
-        parent = store.resolve_parent(parent, key, fix=INGEST_PARENT_FIX)
     config_id = scoring_config_id(spec, key, max_length)
     if not store.needs_vector(str(key), stored_set.textset_id, spec.source, config_id, force):
         return IngestResult(str(key), textset, "skipped")
@@ -293,8 +290,6 @@ def ingest_layers(store: Store, spec: ModelSpec, key: ModelKey, textset: str,
     spec.source = normalise_source(spec.source)
     stored_set = store.textset(textset)
     config_id = scoring_config_id(spec, key, max_length, lens)
-    if parent is not None:
-        parent = store.resolve_parent(parent, key, fix=INGEST_PARENT_FIX)
     wanted, n_layers, _ = _lens_plan(spec, requested, lens)
 
     def missing_of(indices: list[int]) -> list[int]:

@@ -54,6 +54,30 @@ def quant_label(value: str | None) -> str | None:
     if isinstance(value, str) and value.strip().lower() in UNQUANTIZED:
         return None
     return value
+_SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([kmbt])")
+
+
+def run_label(family: str, size: str, seed: int | None, quant: str | None = None) -> str:
+    """A training run's name, ``family-size[/sSEED][+QUANT]``: the start of its checkpoints'
+    keys (``quant``: the run of a quantized variant).
+
+    SQL has the same rule (``run_label`` in sql/analysis.sql, pinned equal by a test): queries
+    carry it in their results, and Python code labels what it computed itself with this one.
+    """
+    label = f"{family}-{size}" + ("" if seed is None else f"/s{seed}")
+    return label if quant is None else f"{label}+{quant}"
+
+
+def size_value(size: str) -> float | None:
+    """Parameter count a size label names (``70m`` → 7e7, ``1.4b`` → 1.4e9), None if it names none.
+
+    It orders sizes small → large without needing n_params. SQL has the same rule
+    (``size_value`` in sql/queries.sql, pinned equal by a test).
+    """
+    match = _SIZE_RE.fullmatch(size.strip().lower())
+    if match is None:
+        return None
+    return float(match.group(1)) * 1e3 ** ("kmbt".index(match.group(2)) + 1)
 
 
 def step_of(checkpoint: str | None) -> int | None:
@@ -103,9 +127,7 @@ class ModelKey:
             "family", "size", "seed", "quant", "layer", "checkpoint"))
 
     def __str__(self) -> str:
-        parts = [f"{self.family}-{self.size}"]
-        if self.seed is not None:
-            parts.append(f"/s{self.seed}")
+        parts = [run_label(self.family, self.size, self.seed)]
         if self.quant is not None:
             parts.append(f"+{self.quant}")
         if self.layer is not None:

@@ -1,7 +1,8 @@
-"""What a reader asks of an atlas: models paged, filtered, sorted and grouped; one model with
-its related variants; training runs with their trajectories and diffusion fits; the KL scale;
-maps; SQL results streamed and exported. ``Atlas`` has a method for each (atlas.api), and the
-TUI is a thin layer over them.
+"""What is asked of an atlas: models paged, filtered, sorted and grouped; one model with its
+related variants; SQL results streamed and exported; and the data the analyses need (a run's
+vectors and weight sketches, the models a scale or a map is computed on) with what they store
+(diffusion fits, maps). ``Atlas`` has a method for each (atlas.api), and the TUI is a thin layer
+over them; the analyses' maths (atlas.analysis) sees arrays and frames only.
 
 The rules live in SQL where they are SQL (sql/queries.sql: ``size_value``, ``related_variants``,
 ``training_runs``, …). What a user types stays SQL the atlas checks: a ``where …`` filter must
@@ -11,6 +12,7 @@ from a whitelist, and values travel as parameters.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -20,8 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
-from atlas.errors import AtlasError
+from atlas.analysis import trajectory
+from atlas.analysis.maps import MapError, MapResult
+from atlas.analysis.scale import ScaleError
+from atlas.errors import AtlasError, StoreError, UnknownKeyError
+from atlas.keys import quant_label, run_label
 
 if TYPE_CHECKING:
     from atlas.api import Atlas
@@ -369,7 +376,8 @@ class Run:
     size: str
     seed: int | None
     n_checkpoints: int
-    label: str  # run_label (sql/analysis.sql), e.g. pythia-70m/s1
+    label: str  # run_label (atlas.keys, sql/analysis.sql), e.g. pythia-70m/s1
+    quant: str | None = None  # the run of a quantized variant (its checkpoints' quant)
 
     @property
     def ident(self) -> str:
@@ -402,58 +410,171 @@ def runs(atlas: Atlas) -> list[Run]:
     return [Run(*row) for row in atlas.sql("SELECT * FROM training_runs()").iter_rows()]
 
 
+def run(atlas: Atlas, family: str, size: str, seed: int | None,
+        quant: str | None = None) -> Run:
+    """The run of (family, size, seed[, quant]); an error names the runs there are."""
+    quant = quant_label(quant)
+    steps = trajectory.checkpoints(atlas.models(), family, size, seed, quant)["step"]
+    return Run(family, size, seed, steps.n_unique(), run_label(family, size, seed, quant), quant)
+
+
 def run_textsets(atlas: Atlas, run: Run) -> list[str]:
     """The text sets holding a vector of each checkpoint of the run."""
-    sets = atlas.sql("SELECT textset FROM run_textsets(?, ?, ?)",
-                     [run.family, run.size, run.seed])["textset"].to_list()
+    sets = atlas.sql("SELECT textset FROM run_textsets(?, ?, ?, run_quant := ?)",
+                     [run.family, run.size, run.seed, run.quant])["textset"].to_list()
     if not sets:
         raise AtlasError(f"the checkpoints of {run.label} share no text set: score them all on "
                          "one to compare them")
     return sets
 
 
-def _chosen(atlas: Atlas, run: Run, textset: str | None) -> tuple[str, list[str]]:
+def _run_textset(run: Run, textset: str | None, sets: list[str]) -> str:
+    """The text set a run is measured on: the one named, else the only one it has."""
+    if textset is None and len(sets) == 1:
+        return sets[0]
+    if textset is None:
+        raise AtlasError(f"name a text set (--textset): every checkpoint of {run.label} has "
+                         f"vectors on {', '.join(sets)}")
+    if textset not in sets:
+        raise AtlasError(f"the checkpoints of {run.label} are not all on text set '{textset}'; "
+                         f"name one they share: {', '.join(sets)}")
+    return textset
+
+
+def load_trajectory(atlas: Atlas, run: Run, textset: str | None
+                    ) -> tuple[trajectory.Trajectory, str, list[str]]:
+    """A run's vectors and weight distances on its text set, that set, and the sets it has."""
+    keys_steps = trajectory.checkpoints(atlas.models(), run.family, run.size, run.seed,
+                                        run.quant)
+    keys = keys_steps["key"].to_list()
+    if textset is not None:
+        atlas.store.textset(textset)  # a name the atlas does not have is said as such
     sets = run_textsets(atlas, run)
-    return (textset if textset in sets else sets[0]), sets
+    chosen = _run_textset(run, textset, sets)
+    _, loglik, mean_bytes = atlas.store.matrix(keys, chosen)
+    try:
+        sketches = atlas.store.sketches(keys)
+    except (UnknownKeyError, StoreError):  # imported vectors, older atlases: no weights, no c_w
+        sketches = {}
+    path = trajectory.Trajectory(keys, keys_steps["step"].to_numpy(), loglik, mean_bytes,
+                                 trajectory.weight_distances(keys, sketches))
+    return path, chosen, sets
 
 
-def run_trajectory(atlas: Atlas, run: Run, textset: str | None = None) -> RunResult:
-    """KL (with SE) between consecutive checkpoints (atlas.analysis.trajectory.consecutive)."""
-    from atlas.analysis import trajectory
-
-    chosen, sets = _chosen(atlas, run, textset)
-    frame = trajectory.consecutive(atlas, run.family, run.size, run.seed, chosen)
-    return RunResult(frame, chosen, sets)
-
-
-def run_diffusion(atlas: Atlas, run: Run, window: int, textset: str | None = None,
-                  n_boot: int = 200) -> RunResult:
-    """c_q, c_w, α of a run (atlas.analysis.trajectory.fit; c_q alone without sketches)."""
-    from atlas.analysis import trajectory
-
-    chosen, sets = _chosen(atlas, run, textset)
-    fit = trajectory.fit(atlas, run.family, run.size, run.seed, window=window, textset=chosen,
-                         n_boot=n_boot)
-    return RunResult(fit, chosen, sets)
+def save_fit(atlas: Atlas, row: list) -> None:
+    """Store a row of ``diffusion_fits`` (trajectory.fit_row), replacing one with its id."""
+    columns = ("fit_id, family, size, seed, textset, lags, t0, n_boot, ci_level, c_q, c_q_low, "
+               "c_q_high, c_w, c_w_low, c_w_high, alpha, alpha_low, alpha_high, result, quant")
+    with atlas.store.transaction() as con:
+        con.execute(f"INSERT OR REPLACE INTO diffusion_fits ({columns}) VALUES "
+                    f"({', '.join('?' * len(row))})", row)
 
 
-# scale and maps ----------------------------------------------------------------------------------
-def kl_scale(atlas: Atlas, textset: str | None = None, where: str | None = None) -> pl.DataFrame:
-    """Median and quartiles of KL per setting (atlas.analysis.scale.scale)."""
-    from atlas.analysis import scale
+# the models an analysis runs on ------------------------------------------------------------------
+@dataclass
+class Selection:
+    """The model variants on ``textset`` that satisfy ``where`` (a condition over
+    model_variants, without a leading WHERE): what the scale and a map are computed on."""
 
-    return scale.scale(atlas, where=where or None, textset=textset)
+    textset: str
+    where: str | None
+    models: pl.DataFrame
+
+    @property
+    def scope(self) -> str:
+        """The selection in words, for a message that says it is too small."""
+        return f"on text set '{self.textset}'" + (f" matching {self.where!r}" if self.where
+                                                  else "")
+
+
+def analysis_textset(atlas: Atlas, textset: str | None) -> str:
+    """The text set to measure on: the one given, else the only one holding vectors."""
+    if textset is not None:
+        atlas.store.textset(textset)  # raises with the names it has
+        return textset
+    names = atlas.vector_textsets()
+    if not names:
+        raise ScaleError(f"{atlas.path} holds no log-likelihood vectors yet: ingest models "
+                         "(atlas ingest) or import vectors (atlas import) first")
+    if len(names) > 1:
+        raise ScaleError("name a text set (textset=...): the atlas holds vectors on "
+                         + ", ".join(names))
+    return names[0]
+
+
+def selection(atlas: Atlas, where: str | None, textset: str | None) -> Selection:
+    """The variants on ``textset`` (or the only set) that satisfy ``where``; a bad condition is
+    refused before it runs unless it is one SELECT's condition."""
+    textset = analysis_textset(atlas, textset)
+    where = WHERE_PREFIX.sub("", where or "", count=1).strip() or None
+    query = "SELECT * FROM model_variants" + (f" WHERE ({where})" if where else "")
+    try:
+        one_select(query, ScaleError, "give one condition over model_variants columns, e.g. "
+                   "\"family = 'pythia' AND layer IS NULL\"")
+        models = atlas.sql(query)
+    except AtlasError as exc:
+        raise ScaleError(f"bad where clause {where!r}: {exc}") from None
+    on_set = atlas.sql("SELECT key FROM loglik_vectors WHERE textset = ?", [textset])["key"]
+    return Selection(textset, where, models.filter(pl.col("key").is_in(on_set.implode())))
+
+
+# maps --------------------------------------------------------------------------------------------
+def _require_map_tables(atlas: Atlas) -> None:
+    found = atlas.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = 'maps'")
+    if found["n"][0] == 0:
+        raise MapError(f"{atlas.path} predates maps; open it writable once (e.g. `atlas init`) "
+                       "to upgrade it")
 
 
 def maps(atlas: Atlas) -> pl.DataFrame:
-    """The stored maps, one row each (atlas.analysis.maps.maps)."""
-    from atlas.analysis import maps as stored
-
-    return stored.maps(atlas)
+    """The stored maps, by name: (name, method, textset, model_where, n_models, params, notes,
+    stats, keys_hash, created_at)."""
+    _require_map_tables(atlas)
+    return atlas.sql("SELECT name, method, textset, model_where, n_models, params, notes, stats, "
+                     "keys_hash, created_at FROM maps ORDER BY name")
 
 
 def map_points(atlas: Atlas, name: str) -> pl.DataFrame:
-    """One stored map's points with their key columns (atlas.analysis.maps.load_map)."""
-    from atlas.analysis import maps as stored
+    """The points of a stored map: (key, family, size, seed, step, x, y), by key."""
+    _require_map_tables(atlas)
+    try:
+        return atlas.sql("SELECT * FROM map_points(?)", [name])
+    except AtlasError as exc:
+        raise MapError(str(exc)) from None
 
-    return stored.load_map(atlas, name)
+
+def save_map(atlas: Atlas, result: MapResult) -> None:
+    """Write (or replace) a map and its points in one transaction."""
+    points = pa.table({
+        "map_name": pa.array([result.name] * result.n_models, pa.string()),
+        "key": pa.array(result.keys, pa.string()),
+        "x": pa.array(result.coords[:, 0], pa.float64()),
+        "y": pa.array(result.coords[:, 1], pa.float64()),
+    })
+    with atlas.store.transaction() as con:
+        _delete_map(con, result.name)
+        con.execute(
+            "INSERT INTO maps (name, method, params, textset, model_where, n_models, keys_hash, "
+            "notes, stats, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
+            [result.name, result.method, json.dumps(result.params, sort_keys=True),
+             result.textset, result.where, result.n_models, result.keys_hash,
+             "; ".join(result.notes) or None, json.dumps(result.stats, sort_keys=True)])
+        con.register("new_map_points", points)
+        try:
+            con.execute("INSERT INTO map_coordinates SELECT map_name, key, x, y "
+                        "FROM new_map_points")
+        finally:
+            con.unregister("new_map_points")
+
+
+def drop_map(atlas: Atlas, name: str) -> bool:
+    """Delete a stored map and its points; returns whether there was one."""
+    with atlas.store.transaction() as con:
+        existed = con.execute("SELECT count(*) FROM maps WHERE name = ?", [name]).fetchall()
+        _delete_map(con, name)
+    return bool(existed[0][0])
+
+
+def _delete_map(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    con.execute("DELETE FROM map_coordinates WHERE map_name = ?", [name])
+    con.execute("DELETE FROM maps WHERE name = ?", [name])

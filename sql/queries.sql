@@ -6,7 +6,8 @@
 --   model_info(key)                  table: one variant's columns with revision and created_at
 --   related_variants(key)            table (relation, key): parent, fine-tunes, checkpoints, …
 --   training_runs()                  table (family, size, seed, n_checkpoints, label)
---   run_textsets(family, size, seed) table (textset): the sets holding every checkpoint of a run
+--   run_textsets(family, size, seed [, quant]) table (textset): the sets holding every checkpoint
+--                                    of a run (quant: the run of a quantized variant)
 
 -- The parameter count a label like 70m, 1.4b or 7B names; NULL for a label naming none (e.g.
 -- "s"). Sizes sort by it, so 160m comes before 1b.
@@ -78,11 +79,11 @@ GROUP BY family, size, seed HAVING count(DISTINCT step) >= 2
 ORDER BY family, size, seed NULLS FIRST;
 
 -- The text sets on which every checkpoint of a run has a vector (a trajectory needs one).
-CREATE OR REPLACE MACRO run_textsets(run_family, run_size, run_seed) AS TABLE
+CREATE OR REPLACE MACRO run_textsets(run_family, run_size, run_seed, run_quant := NULL) AS TABLE
 WITH run AS (
     SELECT key FROM model_variants
     WHERE family = run_family AND size = run_size AND seed IS NOT DISTINCT FROM run_seed
-      AND quant IS NULL AND layer IS NULL AND step IS NOT NULL)
+      AND quant IS NOT DISTINCT FROM run_quant AND layer IS NULL AND step IS NOT NULL)
 SELECT v.textset FROM run JOIN loglik_vectors v USING (key)
 GROUP BY v.textset HAVING count(*) = (SELECT count(*) FROM run)
 ORDER BY v.textset;

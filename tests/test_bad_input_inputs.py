@@ -184,9 +184,7 @@ def test_bad_input_is_refused(world, args, what, where, fix):
 def test_run_stored_only_quantized_is_fitted_with_quant(world):
     """The fix the refusal above names works: --quant picks the quantized run."""
     with atlas.open(world, read_only=True) as handle:
-        from atlas.analysis import trajectory
-
-        frame = trajectory.consecutive(handle, "fbm", "1m", 0, quant="int8")
+        frame = handle.trajectory(handle.run("fbm", "1m", 0, quant="int8")).value
     assert frame["key"].to_list() == [f"fbm-1m/s0+int8@step{s}" for s in STEPS[:-1]]
 
 

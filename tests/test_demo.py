@@ -11,7 +11,6 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from atlas.analysis import scale
 from atlas.api import Atlas
 from atlas.cli import main
 from atlas.demo import QUICK, QUICK_TEXTS, map_name, textset_name
@@ -41,7 +40,7 @@ def demo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def medians(demo) -> dict[str, float]:
     with Atlas(demo["db"], read_only=True) as atlas:
-        table = scale.scale(atlas)
+        table = atlas.scale()
     return dict(zip(table["setting"], table["median"], strict=True))
 
 

@@ -56,7 +56,7 @@ def _q_tilde(loglik: np.ndarray, mean_bytes: float) -> np.ndarray:
 
 def test_pca_is_the_svd_of_q_tilde_up_to_sign(world):
     db, loglik = world
-    result = maps.fit_map(db, "pca", name="pca-test")
+    result = db.fit_map("pca", name="pca-test")
     order = np.argsort(KEYS)
     assert result.keys == sorted(KEYS)
     q = _q_tilde(loglik[order], db.store.textset("eval").mean_bytes)
@@ -92,11 +92,11 @@ def test_pca_routes_agree_with_svd_and_fix_signs(shape):
 
 def test_tsne_runs_with_the_reference_parameters_and_is_deterministic(world):
     db, _ = world
-    first = maps.fit_map(db, "tsne", name="tsne-a")
-    again = maps.fit_map(db, "tsne", name="tsne-b")
+    first = db.fit_map("tsne", name="tsne-a")
+    again = db.fit_map("tsne", name="tsne-b")
     np.testing.assert_array_equal(first.coords, again.coords)
     assert np.isfinite(first.coords).all() and first.coords.shape == (len(KEYS), 2)
-    stored = maps.maps(db).filter(pl.col("name") == "tsne-a").row(0, named=True)
+    stored = db.maps().filter(pl.col("name") == "tsne-a").row(0, named=True)
     params = json.loads(stored["params"])
     assert params["init"] == "pca" and params["random_state"] == 42
     assert params["perplexity"] == len(KEYS) - 2  # 30 lowered below n_models − 1, with a note
@@ -104,7 +104,7 @@ def test_tsne_runs_with_the_reference_parameters_and_is_deterministic(world):
     assert "perplexity 30 lowered to 7" in stored["notes"]
     assert json.loads(stored["stats"])["kl_divergence"] >= 0
     # With init="pca" nothing in scikit-learn's t-SNE is random: the seed does not matter.
-    np.testing.assert_array_equal(maps.fit_map(db, "tsne", seed=7, save=False).coords,
+    np.testing.assert_array_equal(db.fit_map("tsne", seed=7, save=False).coords,
                                   first.coords)
 
 
@@ -118,15 +118,15 @@ def test_tsne_keeps_perplexity_30_when_there_are_enough_models():
 
 def test_stored_map_round_trips_through_python_and_plain_sql(tmp_path, textset):
     db, _ = _build(tmp_path, textset, KEYS)
-    result = maps.fit_map(db, "pca")
+    result = db.fit_map("pca")
     assert result.name == "pca-eval"  # the default name: method-textset
-    loaded = maps.load_map(db, "pca-eval")
+    loaded = db.map_points("pca-eval")
     assert loaded.columns == ["key", "family", "size", "seed", "step", "x", "y"]
     assert loaded["key"].to_list() == result.keys
     np.testing.assert_array_equal(loaded.select("x", "y").to_numpy(), result.coords)
     row = loaded.filter(pl.col("key") == "pythia-70m/s1@step1000").row(0, named=True)
     assert (row["family"], row["size"], row["seed"], row["step"]) == ("pythia", "70m", 1, 1000)
-    listed = maps.maps(db).row(0, named=True)
+    listed = db.maps().row(0, named=True)
     assert (listed["name"], listed["method"], listed["textset"], listed["n_models"],
             listed["model_where"]) == ("pca-eval", "pca", "eval", len(KEYS), None)
     assert listed["keys_hash"] == maps.keys_hash(KEYS) == result.keys_hash
@@ -141,29 +141,29 @@ def test_stored_map_round_trips_through_python_and_plain_sql(tmp_path, textset):
     finally:
         con.close()
     with pytest.raises(maps.MapError, match="no map named 'nope'; stored maps: pca-eval"):
-        maps.load_map(db, "nope")
+        db.map_points("nope")
     db.close()
 
 
 def test_replacing_a_map_replaces_its_points(world):
     db, _ = world
-    maps.fit_map(db, "pca", name="replaced")
-    smaller = maps.fit_map(db, "pca", where=PYTHIA, name="replaced")
+    db.fit_map("pca", name="replaced")
+    smaller = db.fit_map("pca", where=PYTHIA, name="replaced")
     assert smaller.n_models == 6
     stored = db.sql("SELECT count(*) AS n FROM maps WHERE name = 'replaced'")["n"][0]
     points = db.sql("SELECT key FROM map_coordinates WHERE map_name = 'replaced' ORDER BY key")
     assert stored == 1 and points["key"].to_list() == smaller.keys
-    row = maps.maps(db).filter(pl.col("name") == "replaced").row(0, named=True)
+    row = db.maps().filter(pl.col("name") == "replaced").row(0, named=True)
     assert row["n_models"] == 6 and row["model_where"] == PYTHIA
-    assert maps.drop_map(db, "replaced") and not maps.drop_map(db, "replaced")
+    assert db.drop_map("replaced") and not db.drop_map("replaced")
     assert db.sql("SELECT count(*) AS n FROM map_coordinates WHERE map_name = 'replaced'"
                   )["n"][0] == 0
 
 
 def test_where_selects_the_models_and_the_double_centring(world):
     db, loglik = world
-    before = maps.maps(db).height
-    result = maps.fit_map(db, "pca", where=f"WHERE {PYTHIA} AND step = 1000", save=False)
+    before = db.maps().height
+    result = db.fit_map("pca", where=f"WHERE {PYTHIA} AND step = 1000", save=False)
     expected = sorted(k for k in KEYS if k.startswith("pythia") and k.endswith("@step1000"))
     assert result.keys == expected and result.where == f"{PYTHIA} AND step = 1000"
     rows = [KEYS.index(k) for k in expected]  # centred over the selected models only
@@ -171,7 +171,7 @@ def test_where_selects_the_models_and_the_double_centring(world):
     u, s, _ = np.linalg.svd(q, full_matrices=False)
     np.testing.assert_allclose(np.abs(result.coords), np.abs(u[:, :2] * s[:2]), rtol=1e-9,
                                atol=1e-12)
-    assert maps.maps(db).height == before  # save=False stores nothing
+    assert db.maps().height == before  # save=False stores nothing
 
 
 @pytest.mark.parametrize(("where", "count"), [("family = 'llama' AND size = '7b'", 1),
@@ -179,36 +179,36 @@ def test_where_selects_the_models_and_the_double_centring(world):
 def test_fewer_than_three_models_is_explained(world, where, count):
     db, _ = world
     with pytest.raises(maps.MapError, match=rf"at least 3 models; {count} model variant"):
-        maps.fit_map(db, "tsne", where=where)
+        db.fit_map("tsne", where=where)
 
 
 def test_bad_requests_are_explained(world):
     db, _ = world
     with pytest.raises(maps.MapError, match="unknown map method 'mds'; choose one of pca, tsne"):
-        maps.fit_map(db, "mds")
+        db.fit_map("mds")
     with pytest.raises(maps.MapError, match="maps are 2-D"):
-        maps.fit_map(db, "tsne", n_components=3)
+        db.fit_map("tsne", n_components=3)
     with pytest.raises(maps.MapError, match="bad tsne parameter"):
-        maps.fit_map(db, "tsne", perplexityy=5)
+        db.fit_map("tsne", perplexityy=5)
     with pytest.raises(maps.MapError, match="pca takes no parameters"):
-        maps.fit_map(db, "pca", perplexity=5)
+        db.fit_map("pca", perplexity=5)
     with pytest.raises(AtlasError, match="bad where clause"):
-        maps.fit_map(db, "pca", where="nonsense_column = 1")
+        db.fit_map("pca", where="nonsense_column = 1")
 
 
 @pytest.mark.slow
 def test_umap_is_deterministic_and_reports_its_compile_cost(world):
     db, _ = world
     started = time.perf_counter()
-    first = maps.fit_map(db, "umap", name="umap-a")
+    first = db.fit_map("umap", name="umap-a")
     cold = time.perf_counter() - started
     started = time.perf_counter()
-    again = maps.fit_map(db, "umap", name="umap-b")
+    again = db.fit_map("umap", name="umap-b")
     warm = time.perf_counter() - started
     print(f"\numap on {len(KEYS)} models: first fit {cold:.1f} s (numba JIT), warm {warm:.2f} s")
     np.testing.assert_array_equal(first.coords, again.coords)
-    params = json.loads(maps.maps(db).filter(pl.col("name") == "umap-a")["params"][0])
+    params = json.loads(db.maps().filter(pl.col("name") == "umap-a")["params"][0])
     assert params["random_state"] == 42 and params["n_neighbors"] == len(KEYS) - 1
     assert params["min_dist"] == 0.1 and "umap_version" in params
-    three = maps.fit_map(db, "umap", where="family LIKE 'llama%'", save=False)
+    three = db.fit_map("umap", where="family LIKE 'llama%'", save=False)
     assert three.coords.shape == (3, 2) and any("'pca'" in n for n in three.notes)

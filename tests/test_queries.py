@@ -10,9 +10,10 @@ import polars as pl
 import pytest
 from tui_world import FINE_TUNE, N_MODELS, PARENT, TINY, build_world
 
-from atlas.analysis import maps, scale, trajectory
+from atlas.analysis import scale
 from atlas.api import Atlas, FilterError, ModelQuery, Run
 from atlas.errors import AtlasError
+from atlas.keys import size_value
 from atlas.queries import one_select, where_query
 
 
@@ -122,11 +123,11 @@ def test_related_variants(reader):
 
 
 def test_size_value_macro_agrees_with_python():
-    """One rule, two runtimes: the SQL macro orders sizes as atlas.analysis.scale does."""
+    """One rule, two runtimes: the SQL macro orders sizes as atlas.keys does."""
     labels = ["70m", "1.4b", " 7B ", "160M", "2.5k", "1t", "s", "m", "1.b", "b", "12", "7bb"]
     with _memory_atlas() as con:
         got = [con.execute("SELECT size_value(?)", [label]).fetchone()[0] for label in labels]
-    expected = [scale.size_value(label) for label in labels]
+    expected = [size_value(label) for label in labels]
     assert got == [pytest.approx(v) if v is not None else None for v in expected]
 
 
@@ -164,27 +165,31 @@ def test_runs(reader):
 
 
 def test_trajectory_and_diffusion_without_sketches(reader):
-    """Runs without weight sketches (imported vectors) go through atlas.analysis.trajectory
-    like any other: KLs from the vectors, a fit of c_q alone."""
+    """Runs without weight sketches (imported vectors) go through Atlas.trajectory and
+    Atlas.diffusion like any other: KLs from the vectors, a fit of c_q alone."""
     run = next(r for r in reader.runs() if r.label == "toy-s/s2")
-    result = reader.run_trajectory(run)
+    result = reader.trajectory(run)
     assert (result.textset, result.textsets) == ("eval", ["eval"])
     assert result.value["kl"][0] == pytest.approx(
         reader.kl("toy-s/s2@step0", "toy-s/s2@step1").value)
     assert result.value["weight_sq"].null_count() == result.value.height
-    fit = reader.run_diffusion(run, window=3, n_boot=20).value
+    fit = reader.diffusion(run, window=3, n_boot=20).value
     assert fit.c_w.value is None and fit.c_q.value is not None
     sketched = next(r for r in reader.runs() if r.label == "toy-m/s1")
-    expected = trajectory.fit(reader, "toy", "m", 1, window=3, n_boot=20)
-    assert reader.run_diffusion(sketched, 3, n_boot=20).value.c_w.value == expected.c_w.value
+    expected = reader.diffusion(reader.run("toy", "m", 1), window=3, n_boot=20).value
+    assert reader.diffusion(sketched, 3, n_boot=20).value.c_w.value == expected.c_w.value
 
 
 # scale, maps, SQL --------------------------------------------------------------------------------
 def test_scale_maps_and_text_sets(reader):
     assert reader.vector_textsets() == ["eval", "tiny"]
-    assert reader.kl_scale("eval").equals(scale.scale(reader, textset="eval"))
+    models = reader.sql("SELECT * FROM model_variants WHERE key IN "
+                        "(SELECT key FROM loglik_vectors WHERE textset = 'eval')")
+    pairs = scale.pairs(models)  # the scale from its parts: the pure maths on what SQL gives
+    matrix = reader.kl_matrix(scale.pair_keys(pairs), "eval")
+    assert reader.scale(textset="eval").equals(scale.summarise(scale.with_kl(pairs, matrix)))
     assert reader.maps()["name"].to_list() == ["pca-eval"]
-    assert reader.map_points("pca-eval").equals(maps.load_map(reader, "pca-eval"))
+    assert reader.map_points("pca-eval").equals(reader.sql("SELECT * FROM map_points('pca-eval')"))
 
 
 def test_export_refuses_more_than_one_select(reader, tmp_path):

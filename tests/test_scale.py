@@ -15,6 +15,7 @@ import pytest
 
 import atlas
 from atlas.analysis import scale
+from atlas.keys import size_value
 from atlas.kl import bpb_scale
 
 PYTHIA_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, *range(100, 1001, 100)]
@@ -107,7 +108,7 @@ def test_pairs_follow_registry_order():
 
 def test_kls_and_ses_are_the_closed_form(world):
     db, u = world
-    result = scale.scale_pairs(db)
+    result = db.scale_pairs()
     factor = bpb_scale(db.store.textset("eval").mean_bytes)
     kurtosis = math.sqrt((np.mean(u**4) - 1.0) / u.size)
     for _, a, b, kl, se in result.iter_rows():
@@ -118,8 +119,8 @@ def test_kls_and_ses_are_the_closed_form(world):
 
 def test_statistics_match_numpy(world):
     db, _ = world
-    scaled = scale.scale_pairs(db)
-    summary = scale.scale(db)
+    scaled = db.scale_pairs()
+    summary = db.scale()
     assert summary.columns == ["setting", "count", "median", "mean", "sd", "q1", "q3"]
     assert summary["setting"].to_list() == scaled["setting"].unique(maintain_order=True).to_list()
     for row in summary.iter_rows(named=True):
@@ -141,7 +142,7 @@ def test_kls_come_from_one_matrix_call(world, monkeypatch):
     original = db.kl_matrix
     monkeypatch.setattr(db, "kl_matrix", lambda keys, **kw: calls.append(keys) or original(
         keys, **kw))
-    result = scale.scale_pairs(db)
+    result = db.scale_pairs()
     assert len(calls) == 1
     assert set(calls[0]) == set(result["key_a"]) | set(result["key_b"])
 
@@ -168,27 +169,27 @@ def test_a_registered_setting_appears(world, monkeypatch):
         run = models.filter(pl.col("size") == "70m", pl.col("seed").is_null()).sort("step")
         return pl.DataFrame({"key_a": run["key"][:1], "key_b": run["key"][-1:]})
 
-    summary = scale.scale(db)
+    summary = db.scale()
     assert summary["setting"][-1] == "first-vs-last"
     expected = (MODELS[f"{P}1000"][0] - MODELS[f"{P}0"][0]) ** 2
     factor = bpb_scale(db.store.textset("eval").mean_bytes)
     assert summary["median"][-1] == pytest.approx(expected * factor, rel=1e-4)
     assert "first-vs-last" in scale.describe_settings()["setting"].to_list()
-    only = scale.scale(db, settings=["first-vs-last", "seeds"])
+    only = db.scale(settings=["first-vs-last", "seeds"])
     assert only["setting"].to_list() == ["first-vs-last", "seeds"]
 
 
 def test_unknown_setting_is_named(world):
     db, _ = world
     with pytest.raises(scale.ScaleError, match="unknown setting 'nope'; known: consecutive-early"):
-        scale.scale(db, settings=["nope"])
+        db.scale(settings=["nope"])
 
 
 def test_where_restricts_models(world):
     db, _ = world
-    llama = set(scale.scale(db, where="family LIKE 'llama%'")["setting"])
+    llama = set(db.scale(where="family LIKE 'llama%'")["setting"])
     assert llama == {"fine-tune", "layers-adjacent", "random-across-families"}
-    outputs = _as_sets(scale.scale_pairs(db, where="WHERE layer IS NULL AND quant IS NULL"))
+    outputs = _as_sets(db.scale_pairs(where="WHERE layer IS NULL AND quant IS NULL"))
     assert "layers-adjacent" not in outputs
     assert not any(name.startswith("quantization") for name in outputs)
     assert outputs["seeds"] == EXPECTED["seeds"]
@@ -204,19 +205,19 @@ def test_where_restricts_models(world):
 def test_bad_where_is_explained(world, where, message):
     db, _ = world
     with pytest.raises(scale.ScaleError, match="bad where clause") as info:
-        scale.scale(db, where=where)
+        db.scale(where=where)
     assert message in str(info.value)
     assert db.models().height == len(MODELS)
 
 
 def test_empty_atlas_and_empty_selections(db, world):
     with pytest.raises(scale.ScaleError, match="holds no log-likelihood vectors yet"):
-        scale.scale(db)
+        db.scale()
     full, _ = world
     with pytest.raises(scale.ScaleError, match="no model variant on text set 'eval' matching"):
-        scale.scale(full, where="family = 'gpt2'")
+        full.scale(where="family = 'gpt2'")
     with pytest.raises(scale.ScaleError, match="form no pair in any setting"):
-        scale.scale(full, where="key = 'llama-7b'")
+        full.scale(where="key = 'llama-7b'")
 
 
 def test_random_pairs_are_capped_reproducible_and_valid(monkeypatch):
@@ -250,7 +251,7 @@ def test_final_variants_and_parents_by_shorthand():
 @pytest.mark.parametrize(("size", "value"), [
     ("70m", 7e7), ("1.4b", 1.4e9), ("135M", 1.35e8), ("7b", 7e9), ("na", None), ("8x7b", None)])
 def test_size_value(size, value):
-    assert scale.size_value(size) == (pytest.approx(value) if value else None)
+    assert size_value(size) == (pytest.approx(value) if value else None)
 
 
 def test_seeds_compare_final_models_and_all_steps_separately():

@@ -23,6 +23,7 @@ import pytest
 import atlas
 from atlas.analysis.diffusion import diffusion, fit_loglog
 from atlas.errors import AtlasError
+from atlas.keys import ModelKey, run_label
 from atlas.kl import kl_bpb, kl_se_bpb
 from atlas.textsets import TextSet
 from atlas.weights import WeightSketch, sketch_distance, sketch_distance_matrix
@@ -218,6 +219,20 @@ def test_unknown_runs_are_errors_that_list_the_runs(world):
     with pytest.raises(AtlasError, match="no checkpoints of toy-s/s1 on text set 'missing'"):
         world.sql("SELECT * FROM diffusion_points('toy', 's', 1, NULL, "
                   "textset_name := 'missing')")
+
+
+def test_run_labels_are_one_rule_in_python_and_sql(world):
+    """run_label has two runtimes (atlas.keys for what Python labels itself, the SQL macro for
+    query results such as training_runs): they agree, and on what keys start with."""
+    cases = [("toy", "s", 1), ("toy", "s", None), ("toy", "s", 0), ("llama-2", "7b", None),
+             ("a.b_c-d", "1.4b", 12345678901), ("pythia", "70m", 42), ("x", "S_1.5", 7)]
+    sql = [world.sql("SELECT run_label(?, ?, ?) AS label", [*case])["label"].item()
+           for case in cases]
+    assert sql == [run_label(*case) for case in cases]
+    assert [str(ModelKey(*case, checkpoint="step1")) for case in cases] == [
+        f"{label}@step1" for label in sql]
+    runs = world.runs()
+    assert runs and [r.label for r in runs] == [run_label(r.family, r.size, r.seed) for r in runs]
 
 
 def test_a_run_on_two_text_sets_needs_a_name(world):

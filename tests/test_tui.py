@@ -30,7 +30,6 @@ from tui_world import FINE_TUNE, N_MODELS, PARENT, TINY, build_world
 
 from atlas import queries
 from atlas import store as store_module
-from atlas.analysis import maps, scale, trajectory
 from atlas.api import Atlas, ModelQuery, Run
 from atlas.errors import LockedError
 from tui.app import AtlasApp
@@ -484,7 +483,7 @@ def test_scale_screen(world, reader):
     async def scenario(app, pilot):
         await pilot.press("3")
         await settle(pilot)
-        expected = scale.scale(reader, textset="eval")
+        expected = reader.scale(textset="eval")
         stats = rows(app.screen.query_one("#stats", DataTable))
         assert [r[0] for r in stats] == expected["setting"].to_list()
         assert stats[0][2] == number(expected["median"][0])
@@ -519,7 +518,7 @@ def test_trajectory_screen(world, reader):
         screen = app.screen
         assert screen.run.label == "toy-m/s1"
         table = rows(screen.query_one("#steps", DataTable))
-        expected = trajectory.consecutive(reader, "toy", "m", 1)
+        expected = reader.trajectory(reader.run("toy", "m", 1)).value
         assert [r[:2] for r in table] == [[str(a), str(b)] for a, b in
                                           expected.select("step", "next_step").rows()]
         assert table[-1][2] == number(expected["kl"][-1])
@@ -527,7 +526,7 @@ def test_trajectory_screen(world, reader):
         assert "toy-m/s1" in plot.plt.build()
         screen.choose(Run.ident_of("toy", "s", 2))
         await settle(pilot)
-        # a run without weight sketches (atlas.analysis.trajectory needs them; the TUI not)
+        # a run without weight sketches (the diffusion fit needs them; the trajectory not)
         assert rows(screen.query_one("#steps", DataTable))[0][2] == number(
             reader.kl("toy-s/s2@step0", "toy-s/s2@step1").value)
 
@@ -539,7 +538,7 @@ def test_diffusion_screen(world, reader):
         await pilot.press("5")
         await settle(pilot)
         screen = app.screen
-        fit = trajectory.fit(reader, "toy", "m", 1, window=3, n_boot=200)
+        fit = reader.diffusion(reader.run("toy", "m", 1), window=3, n_boot=200).value
         table = rows(screen.query_one("#fits", DataTable))
         assert table[0][0] == "overall"
         assert table[0][1].startswith(number(fit.c_q.value) + " [")
@@ -574,7 +573,7 @@ def test_map_screen_moves_and_opens(world, reader):
         plot = app.screen.query_one("#plot", MapPlot)
         assert plot.points.height == N_MODELS
         assert app.focused is plot
-        expected = maps.load_map(reader, "pca-eval").sort("key")
+        expected = reader.map_points("pca-eval").sort("key")
         assert plot.points["key"].to_list() == expected["key"].to_list()
         start = plot.cursor
         await pilot.press("right")

@@ -1,12 +1,14 @@
 """Walls between the layers, as tests: readers (the API, the store, the TUI) start without torch
 or transformers; the scoring side starts without DuckDB; the TUI reaches the atlas only through
 its public API (atlas, atlas.api, atlas.errors) — never DuckDB, atlas.analysis, atlas.kl or
-atlas.store directly."""
+atlas.store directly; the analyses (atlas/analysis) are maths on arrays and frames, which Atlas
+feeds from the store: they import no data layer and no function of theirs takes an atlas."""
 
 from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TUI_FORBIDDEN = ("duckdb", "atlas.analysis", "atlas.kl", "atlas.store")
+ANALYSIS_FORBIDDEN = ("duckdb", "atlas.api", "atlas.store", "atlas.queries")
+DATA_LAYER = re.compile(r"\b(Atlas|Store|DuckDBPyConnection)\b")  # annotations naming one
 
 
 def modules_after(*imports: str) -> set[str]:
@@ -50,8 +54,37 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def forbidden(module: str) -> bool:
-    return any(module == name or module.startswith(name + ".") for name in TUI_FORBIDDEN)
+def forbidden(module: str, names: tuple[str, ...] = TUI_FORBIDDEN) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in names)
+
+
+def data_parameters(path: Path) -> list[tuple[int, str]]:
+    """(line, parameter) of every function parameter in a file that is an atlas or a store: by
+    its name (atlas, store) or its annotation (Atlas, Store, a DuckDB connection)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            args = node.args
+            for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg,
+                        args.kwarg]:
+                if arg is None:
+                    continue
+                note = ast.unparse(arg.annotation) if arg.annotation is not None else ""
+                if arg.arg in ("atlas", "store") or DATA_LAYER.search(note):
+                    found.append((node.lineno, arg.arg + (f": {note}" if note else "")))
+    return found
+
+
+def analysis_offences(folder: Path) -> list[str]:
+    """What in ``folder`` reaches past arrays and frames into the data layer."""
+    offences = []
+    for path in sorted(folder.rglob("*.py")):
+        offences += [f"{path.name}:{line}: imports {module}"
+                     for line, module in imported_modules(path)
+                     if forbidden(module, ANALYSIS_FORBIDDEN)]
+        offences += [f"{path.name}:{line}: takes {param}"
+                     for line, param in data_parameters(path)]
+    return offences
 
 
 @pytest.mark.parametrize("source", [
@@ -70,3 +103,20 @@ def test_tui_uses_only_the_public_atlas_api():
                 for path in files for line, module in imported_modules(path)
                 if forbidden(module)]
     assert not offences, "tui/ imports past the atlas API:\n" + "\n".join(offences)
+
+
+@pytest.mark.parametrize("source", [
+    "import duckdb", "from atlas.api import Atlas", "from atlas import store",
+    "from atlas.queries import one_select", "def scale(atlas, where=None): ...",
+    "def fit(db: 'Atlas'): ...", "def load(x, *, store): ...",
+    "def rows(con: duckdb.DuckDBPyConnection): ...", "f = lambda atlas: atlas"])
+def test_the_analysis_check_sees_each_kind_of_reach(tmp_path, source):
+    (tmp_path / "module.py").write_text(source + "\n")
+    assert analysis_offences(tmp_path)
+
+
+def test_analysis_is_maths_on_arrays_and_frames():
+    folder = ROOT / "atlas" / "analysis"
+    assert sorted(folder.glob("*.py"))
+    offences = analysis_offences(folder)
+    assert not offences, "atlas/analysis reaches into the data layer:\n" + "\n".join(offences)

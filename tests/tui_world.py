@@ -16,7 +16,6 @@ import numpy as np
 import polars as pl
 
 import atlas
-from atlas.analysis import maps
 from atlas.textsets import TextSet
 from atlas.weights import WeightSketch
 
@@ -65,6 +64,6 @@ def build_world(root: Path) -> Path:
                  schema={"key": pl.String, "loglik": pl.List(pl.Float32)}
                  ).write_parquet(root / "tiny.parquet")
     db_.import_vectors(root / "tiny.parquet", "tiny")
-    maps.fit_map(db_, "pca", textset="eval", name="pca-eval")
+    db_.fit_map("pca", textset="eval", name="pca-eval")
     db_.close()
     return path

@@ -3,13 +3,12 @@
 Every function takes an analysis result (a polars frame or a ``DiffusionResult``), not the
 atlas, writes one figure and returns its path:
 
-    from atlas.analysis import figures, scale, trajectory
-    figures.plot_scale(scale.scale_pairs(db), "scale.png")
-    figures.plot_trajectory(trajectory.consecutive(db, "pythia", "410m", None), "consec.png",
-                            "pythia-410m")
-    figures.plot_diffusion(trajectory.fit(db, "pythia", "410m", None), "diffusion.png",
-                           "pythia-410m")
-    figures.plot_map(maps.load_map(db, "tsne-default-500"), "map.png", "t-SNE")
+    from atlas.analysis import figures
+    figures.plot_scale(db.scale_pairs(), "scale.png")
+    run = db.run("pythia", "410m")
+    figures.plot_trajectory(db.trajectory(run).value, "consec.png", run.label)
+    figures.plot_diffusion(db.diffusion(run).value, "diffusion.png", run.label)
+    figures.plot_map(db.map_points("tsne-default-500"), "map.png", "t-SNE")
 
 The figures are built on ``matplotlib.figure.Figure`` with an Agg canvas, never through
 pyplot: nothing needs a display, no global state changes, and nothing stays open. The format
@@ -34,6 +33,7 @@ from matplotlib.ticker import LogFormatter, NullFormatter, SymmetricalLogLocator
 
 from atlas.analysis.diffusion import DiffusionResult, Estimate
 from atlas.errors import AtlasError
+from atlas.keys import run_label
 
 DPI = 150
 MAX_MAP_LABELS = 16
@@ -123,13 +123,13 @@ def _estimate(name: str, estimate: Estimate) -> str:
 def plot_scale(pairs: pl.DataFrame, path, title: str | None = None) -> Path:
     """The KL of every pair, one row per setting, settings ordered by median (smallest on top).
 
-    ``pairs`` is ``scale.scale_pairs(...)`` (columns setting, kl; others ignored). Each row
+    ``pairs`` is ``Atlas.scale_pairs(...)`` (columns setting, kl; others ignored). Each row
     shows every pair as a jittered point over a box (quartiles, whiskers to 1.5 IQR); the median
     is the bold tick, its value printed above it; tick labels give the number of pairs. The x
     axis is symlog in bits/byte: logarithmic above the smallest KL's decade, linear below it,
     so a KL of exactly 0 still shows.
     """
-    hint = "pass scale.scale_pairs(...)"
+    hint = "pass Atlas.scale_pairs(...)"
     _require(pairs, ("setting", "kl"), "plot_scale", hint)
     data = _finite(pairs, "kl")
     if data.height == 0:
@@ -196,12 +196,12 @@ def plot_scale(pairs: pl.DataFrame, path, title: str | None = None) -> Path:
 def plot_trajectory(frame: pl.DataFrame, path, title: str) -> Path:
     """KL between consecutive checkpoints against step, log–log, with ±1 SE bars.
 
-    ``frame`` is ``trajectory.consecutive(...)`` (columns step, next_step, kl; se optional). A
+    ``frame`` is ``Atlas.trajectory(...).value`` (columns step, next_step, kl; se optional). A
     pair is plotted at its later step (step 0 has no place on a log axis); with a ``run``
     column each run is its own line. Pairs with KL ≤ 0 cannot be drawn on the log axis and are
     counted in a note.
     """
-    hint = "pass trajectory.consecutive(...)"
+    hint = "pass Atlas.trajectory(...).value"
     _require(frame, ("step", "next_step", "kl"), "plot_trajectory", hint)
     data = _finite(frame, "kl").filter(pl.col("next_step") > 0)
     dropped = frame.height - data.height
@@ -296,11 +296,11 @@ def plot_diffusion(result: DiffusionResult, path, title: str) -> Path:
     same centroid, is normal diffusion. α = c_q / c_w is in the weight panel's legend.
     """
     if not isinstance(result, DiffusionResult):
-        raise FigureError(f"plot_diffusion takes a DiffusionResult (diffusion.diffusion or "
-                          f"trajectory.fit), got {type(result).__name__}")
+        raise FigureError(f"plot_diffusion takes a DiffusionResult (Atlas.diffusion or "
+                          f"diffusion.diffusion), got {type(result).__name__}")
     if result.lags is None or result.d_q is None or np.size(result.lags) == 0:
         raise FigureError("plot_diffusion: the result holds no distances (lags and d_q are "
-                          "empty); fit it with diffusion.diffusion or trajectory.fit")
+                          "empty); fit it with Atlas.diffusion or diffusion.diffusion")
     lags = np.asarray(result.lags, dtype=float)
     has_w = result.d_w is not None and np.any(np.asarray(result.d_w, dtype=float) > 0)
     level = f"{result.ci_level:.0%}"
@@ -386,13 +386,13 @@ def _diffusion_panel(ax, lags, d, estimate: Estimate, side: str, colour: str, le
 def plot_map(points: pl.DataFrame, path, title: str) -> Path:
     """A 2-D map of models coloured by family, each training run drawn as a path.
 
-    ``points`` is ``maps.load_map(...)`` (key, family, size, seed, step, x, y). Checkpoints of
+    ``points`` is ``Atlas.map_points(...)`` (key, family, size, seed, step, x, y). Checkpoints of
     one (family, size, seed) with a step are joined in step order by a thin line; ○ marks the
     first checkpoint and a large black-edged ● the final one. Other models are squares. Final
     checkpoints (named by their run) and models outside runs (named by key) are
     labelled where a label fits without covering another; at most ``MAX_MAP_LABELS``.
     """
-    hint = "pass maps.load_map(...)"
+    hint = "pass Atlas.map_points(...)"
     _require(points, ("key", "family", "x", "y"), "plot_map", hint)
     data = points
     for name, dtype in (("size", pl.String), ("seed", pl.Int64), ("step", pl.Int64)):
@@ -470,9 +470,7 @@ def _split_runs(data: pl.DataFrame) -> tuple[list[pl.DataFrame], pl.DataFrame]:
 
 
 def _run_name(run: pl.DataFrame) -> str:
-    family, size, seed = run["family"][0], run["size"][0], run["seed"][0]
-    name = family if size is None else f"{family}-{size}"
-    return name if seed is None else f"{name}/s{seed}"
+    return run_label(run["family"][0], run["size"][0], run["seed"][0])
 
 
 def _frame_map(ax, data: pl.DataFrame) -> None:

@@ -1,10 +1,12 @@
 """Maps of models (method.md §6): 2-D coordinates of the scaled double-centred q̃, stored.
 
-    from atlas.analysis import maps
-    result = maps.fit_map(db, "tsne", where="layer IS NULL")   # fitted and stored as tsne-<set>
-    maps.maps(db)                                               # the stored maps
-    maps.load_map(db, "tsne-default-500")        # key, family, size, seed, step, x, y
+    result = db.fit_map("tsne", where="layer IS NULL")   # fitted and stored as tsne-<set>
+    db.maps()                                             # the stored maps
+    db.map_points("tsne-default-500")                     # key, family, size, seed, step, x, y
     -- in SQL, from any DuckDB client:  SELECT * FROM map_points('tsne-default-500')
+
+This module fits coordinates to a matrix of vectors; ``Atlas.fit_map`` reads the vectors of the
+chosen models and stores the map (atlas.queries).
 
 Every method embeds the rows of q̃ = Q / √(2 N B̄ ln 2) (atlas.kl.scaled_coordinates), whose
 squared Euclidean distances are the KLs in bits/byte, so a map is a picture of the KL geometry of
@@ -42,9 +44,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
-from atlas.analysis.scale import _textset, selected_models
 from atlas.errors import AtlasError
 from atlas.extras import require
 from atlas.kl import scaled_coordinates
@@ -238,92 +238,32 @@ def _method(method: str) -> str:
     return name
 
 
-# fitting and storing ---------------------------------------------------------------------------
-def fit_map(atlas, method: str = "umap", where: str | None = None, textset: str | None = None,
-            name: str | None = None, seed: int = 42, save: bool = True, **params) -> MapResult:
-    """Fit a map of the models on ``textset`` that satisfy ``where`` and store it as ``name``.
-
-    ``where`` is a SQL condition over model_variants (as for the KL scale); ``textset`` may be
-    left out when the atlas holds vectors on one set only. The name defaults to
-    ``{method}-{textset}``; a stored map of that name is replaced, points and all, in one
-    transaction. ``save=False`` fits without storing (e.g. on a read-only atlas).
-    """
+# fitting -----------------------------------------------------------------------------------------
+def check_request(method: str, params: dict[str, Any]) -> str:
+    """The method's canonical name, once the method and its parameters are known to be valid
+    (before anything is read)."""
     method = _method(method)
     _check_params(method, params)
-    textset = _textset(atlas, textset)
-    clause = re.sub(r"^\s*where\s+", "", where or "", flags=re.IGNORECASE).strip() or None
-    models = selected_models(atlas, clause, textset)
-    scope = f"on text set '{textset}'" + (f" matching {clause!r}" if clause else "")
-    if models.height < MIN_MODELS:
-        raise MapError(f"a map needs at least {MIN_MODELS} models; {models.height} model "
+    return method
+
+
+def require_models(n_models: int, scope: str) -> None:
+    """Refuse a selection too small to map (``scope`` says which, e.g. "on text set 'eval'")."""
+    if n_models < MIN_MODELS:
+        raise MapError(f"a map needs at least {MIN_MODELS} models; {n_models} model "
                        f"variant(s) {scope}")
-    keys = sorted(models["key"].to_list())
-    found, matrix, mean_bytes = atlas.store.matrix(keys, textset)
-    q = scaled_coordinates(matrix, mean_bytes)
+
+
+def fit_map(keys: list[str], loglik: np.ndarray, mean_bytes: float, *, method: str,
+            textset: str, where: str | None, name: str | None = None, seed: int = 42,
+            **params) -> MapResult:
+    """A map of the models ``keys`` (the rows of ``loglik``, on ``textset``, chosen by
+    ``where``) named ``name``, by default ``{method}-{textset}``. ``Atlas.fit_map`` reads the
+    vectors and stores the result."""
+    q = scaled_coordinates(loglik, mean_bytes)
     started = time.perf_counter()
     coords, used, notes, stats = fit_coordinates(q, method, seed, **params)
-    result = MapResult(name=name or f"{method}-{textset}", method=method, textset=textset,
-                       where=clause, keys=list(found), coords=coords, params=used, notes=notes,
-                       stats=stats, seconds=time.perf_counter() - started)
-    if save:
-        store_map(atlas, result)
-    return result
-
-
-def store_map(atlas, result: MapResult) -> None:
-    """Write (or replace) a map and its points in one transaction."""
-    points = pa.table({
-        "map_name": pa.array([result.name] * result.n_models, pa.string()),
-        "key": pa.array(result.keys, pa.string()),
-        "x": pa.array(result.coords[:, 0], pa.float64()),
-        "y": pa.array(result.coords[:, 1], pa.float64()),
-    })
-    with atlas.store.transaction() as con:
-        con.execute("DELETE FROM map_coordinates WHERE map_name = ?", [result.name])
-        con.execute("DELETE FROM maps WHERE name = ?", [result.name])
-        con.execute(
-            "INSERT INTO maps (name, method, params, textset, model_where, n_models, keys_hash, "
-            "notes, stats, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
-            [result.name, result.method, json.dumps(result.params, sort_keys=True),
-             result.textset, result.where, result.n_models, result.keys_hash,
-             "; ".join(result.notes) or None, json.dumps(result.stats, sort_keys=True)])
-        con.register("new_map_points", points)
-        try:
-            con.execute("INSERT INTO map_coordinates SELECT map_name, key, x, y "
-                        "FROM new_map_points")
-        finally:
-            con.unregister("new_map_points")
-
-
-# reading ----------------------------------------------------------------------------------------
-def _require_tables(atlas) -> None:
-    found = atlas.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = 'maps'")
-    if found["n"][0] == 0:
-        raise MapError(f"{atlas.path} predates maps; open it writable once (e.g. `atlas init`) "
-                       "to upgrade it")
-
-
-def maps(atlas) -> pl.DataFrame:
-    """The stored maps, by name: (name, method, textset, model_where, n_models, params, notes,
-    stats, keys_hash, created_at)."""
-    _require_tables(atlas)
-    return atlas.sql("SELECT name, method, textset, model_where, n_models, params, notes, stats, "
-                     "keys_hash, created_at FROM maps ORDER BY name")
-
-
-def load_map(atlas, name: str) -> pl.DataFrame:
-    """The points of a stored map: (key, family, size, seed, step, x, y), by key."""
-    _require_tables(atlas)
-    try:
-        return atlas.sql("SELECT * FROM map_points(?)", [name])
-    except AtlasError as exc:
-        raise MapError(str(exc)) from None
-
-
-def drop_map(atlas, name: str) -> bool:
-    """Delete a stored map and its points; returns whether there was one."""
-    with atlas.store.transaction() as con:
-        existed = con.execute("SELECT count(*) FROM maps WHERE name = ?", [name]).fetchall()
-        con.execute("DELETE FROM map_coordinates WHERE map_name = ?", [name])
-        con.execute("DELETE FROM maps WHERE name = ?", [name])
-    return bool(existed[0][0])
+    method = _method(method)
+    return MapResult(name=name or f"{method}-{textset}", method=method, textset=textset,
+                     where=where, keys=list(keys), coords=coords, params=used, notes=notes,
+                     stats=stats, seconds=time.perf_counter() - started)

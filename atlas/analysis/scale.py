@@ -5,9 +5,12 @@ columns alone (family, size, seed, quant, layer, checkpoint/step, parent): no ha
 the scale of a new atlas follows from how its models were keyed. Each setting is one ``Setting``
 in the registry; a new one joins by registering one more (``@setting(name, description)``).
 
-    from atlas.analysis import scale
-    scale.scale(db)                                   # one row per setting: count, median, …
-    scale.scale_pairs(db, where="family = 'pythia'")  # every pair with its KL and SE
+    db.scale()                                   # one row per setting: count, median, …
+    db.scale_pairs(where="family = 'pythia'")    # every pair with its KL and SE
+    scale.pairs(scale.models_from_keys([...]))   # the pairs alone, for keys not yet stored
+
+The pairs and their statistics are computed here from frames; ``Atlas.scale`` reads the models
+and the KL matrix they need.
 
 Pairs are oriented "from → to": key_a is the earlier checkpoint, the lower seed (none first), the
 smaller size, the unquantized model, the parent, layer l; random pairs go by key. The KL estimate
@@ -50,7 +53,6 @@ Statistics are over pairs: ``sd`` is the sample standard deviation (ddof=1, null
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -58,8 +60,8 @@ import numpy as np
 import polars as pl
 
 from atlas.errors import AtlasError
-from atlas.keys import ModelKey, step_of
-from atlas.queries import one_select
+from atlas.keys import ModelKey, size_value, step_of
+from atlas.kl import KLMatrix
 
 RANDOM_PAIRS = 500  # cap on pairs per random setting
 RANDOM_SEED = 0
@@ -156,17 +158,6 @@ def _pairs_within(models: pl.DataFrame, by: Sequence[str], differ: str,
     keep = ((pl.col("_rank") < pl.col("_rank_b"))
             & pl.col(differ).ne_missing(pl.col(f"{differ}_b")))
     return joined.filter(keep).select(key_a="key", key_b="key_b")
-
-
-def size_value(size: str) -> float | None:
-    """Parameter count a size label names (``70m`` → 7e7, ``1.4b`` → 1.4e9), None if it names none.
-
-    It orders ``sizes`` pairs small → large without needing n_params.
-    """
-    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([kmbt])", size.strip().lower())
-    if match is None:
-        return None
-    return float(match.group(1)) * 1e3 ** ("kmbt".index(match.group(2)) + 1)
 
 
 def final_variants(models: pl.DataFrame) -> pl.DataFrame:
@@ -401,47 +392,10 @@ def describe_settings() -> pl.DataFrame:
                          "description": [s.description for s in SETTINGS.values()]})
 
 
-def _textset(atlas, textset: str | None) -> str:
-    """The text set to measure on: the one given, else the only one holding vectors."""
-    if textset is not None:
-        atlas.store.textset(textset)  # raises with the names it has
-        return textset
-    names = atlas.vector_textsets()
-    if not names:
-        raise ScaleError(f"{atlas.path} holds no log-likelihood vectors yet: ingest models "
-                         "(atlas ingest) or import vectors (atlas import) first")
-    if len(names) > 1:
-        raise ScaleError("name a text set (textset=...): the atlas holds vectors on "
-                         + ", ".join(names))
-    return names[0]
-
-
-def selected_models(atlas, where: str | None, textset: str) -> pl.DataFrame:
-    """The model variants on ``textset`` that satisfy ``where`` (SQL over model_variants)."""
-    where = re.sub(r"^\s*where\s+", "", where or "", flags=re.IGNORECASE).strip()
-    query = "SELECT * FROM model_variants" + (f" WHERE ({where})" if where else "")
-    try:
-        one_select(query, ScaleError, "give one condition over model_variants columns, e.g. "
-                   "\"family = 'pythia' AND layer IS NULL\"")
-    except ScaleError as exc:
-        raise ScaleError(f"bad where clause {where!r}: {exc}") from None
-    try:
-        models = atlas.sql(query)
-    except AtlasError as exc:
-        raise ScaleError(f"bad where clause {where!r}: {exc}") from None
-    on_set = atlas.sql("SELECT key FROM loglik_vectors WHERE textset = ?", [textset])["key"]
-    return models.filter(pl.col("key").is_in(on_set.implode()))
-
-
-def scale_pairs(atlas, where: str | None = None, textset: str | None = None,
-                settings: Iterable[str | Setting] | None = None) -> pl.DataFrame:
-    """Every pair of every setting with its KL and SE (bits/byte): (setting, key_a, key_b, kl, se).
-
-    All KLs come from one ``kl_matrix`` over the keys involved (BLAS), not one query per pair.
-    """
-    textset = _textset(atlas, textset)
-    models = selected_models(atlas, where, textset)
-    scope = f"on text set '{textset}'" + (f" matching {where!r}" if where else "")
+def measured_pairs(models: pl.DataFrame, scope: str,
+                   settings: Iterable[str | Setting] | None = None) -> pl.DataFrame:
+    """The pairs to measure among ``models`` (the selection ``scope`` describes, e.g. "on text
+    set 'eval'"); an error says why there are none."""
     if models.height == 0:
         raise ScaleError(f"no model variant {scope}")
     chosen = pairs(models, settings)
@@ -450,8 +404,17 @@ def scale_pairs(atlas, where: str | None = None, textset: str | None = None,
             f"the {models.height} model variants {scope} form no pair in any setting: the "
             "settings need checkpoints of one run, seeds, sizes, quant or layer variants, "
             "parents, or several models")
-    keys = sorted(set(chosen["key_a"].to_list()) | set(chosen["key_b"].to_list()))
-    matrix = atlas.kl_matrix(keys, textset=textset)
+    return chosen
+
+
+def pair_keys(chosen: pl.DataFrame) -> list[str]:
+    """The keys the pairs involve, sorted: one ``kl_matrix`` over them gives every KL."""
+    return sorted(set(chosen["key_a"].to_list()) | set(chosen["key_b"].to_list()))
+
+
+def with_kl(chosen: pl.DataFrame, matrix: KLMatrix) -> pl.DataFrame:
+    """Every pair with its KL and SE (bits/byte) from ``matrix`` (BLAS, not one query per pair):
+    (setting, key_a, key_b, kl, se)."""
     index = {key: i for i, key in enumerate(matrix.keys)}
     rows = np.array([index[k] for k in chosen["key_a"].to_list()], dtype=np.int64)
     cols = np.array([index[k] for k in chosen["key_b"].to_list()], dtype=np.int64)
@@ -467,8 +430,3 @@ def summarise(scaled: pl.DataFrame) -> pl.DataFrame:
         q1=kl.quantile(0.25, interpolation="linear"),
         q3=kl.quantile(0.75, interpolation="linear"))
 
-
-def scale(atlas, where: str | None = None, textset: str | None = None,
-          settings: Iterable[str | Setting] | None = None) -> pl.DataFrame:
-    """The KL scale: one row per setting with pairs, statistics of their KL in bits/byte."""
-    return summarise(scale_pairs(atlas, where=where, textset=textset, settings=settings))

@@ -3,12 +3,13 @@
 Trajectory: KL between consecutive checkpoints against the step, on log–log axes.
 Diffusion: ln D against ln Δt for both spaces (D_q = KL in bits/byte, D_w = ‖ΔW‖² from the
 weight sketches) with lines of the fitted slopes, and c_q, c_w, α with bootstrap intervals
-per start t0 and overall (``Atlas.run_diffusion``).
+per start t0 and overall (``Atlas.diffusion``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import ClassVar
 
@@ -25,6 +26,14 @@ from atlas.api import Atlas, Run, RunResult
 from tui.render import estimate, fitted_line, log_axis, number
 from tui.screens.base import AtlasScreen
 from tui.widgets import ModeBar, Notice
+
+
+def on_a_shared_set(job: Callable[..., RunResult], atlas: Atlas, run: Run, textset: str | None,
+                    **options) -> RunResult:
+    """``job`` on ``textset`` where the run's checkpoints share it, else on the first set they
+    share: the screen keeps its text set from run to run where it can."""
+    sets = atlas.run_textsets(run)
+    return job(atlas, run, textset=textset if textset in sets else sets[0], **options)
 
 
 class RunScreen(AtlasScreen):
@@ -148,7 +157,8 @@ class TrajectoryScreen(RunScreen):
         # no `loading` overlay on the table: a loading widget cannot take the focus, which
         # would make the screen's initial focus depend on how fast the atlas answers
         self.query_one("#info", Static).update(f"loading {run.label}…")
-        self.start("trajectory", partial(Atlas.run_trajectory, run=run, textset=self.textset))
+        self.start("trajectory", partial(on_a_shared_set, Atlas.trajectory, run=run,
+                                         textset=self.textset))
 
     def loaded_trajectory(self, result: RunResult) -> None:
         self.took(result)
@@ -219,7 +229,7 @@ class DiffusionScreen(RunScreen):
         with self.prevent(Input.Changed):
             window_input.value = str(window)
         self.query_one("#info", Static).update(f"fitting {run.label}, window {window}…")
-        self.start("fit", partial(Atlas.run_diffusion, run=run, window=window,
+        self.start("fit", partial(on_a_shared_set, Atlas.diffusion, run=run, window=window,
                                   textset=self.textset))
 
     @on(Input.Submitted, "#window")

@@ -91,7 +91,7 @@ class ScaleScreen(AtlasScreen):
 
     def load(self) -> None:
         self.query_one("#chart", ScaleChart).set_rows([], "computing the KL scale…")
-        self.start("scale", partial(Atlas.kl_scale, textset=self.textset, where=self.where))
+        self.start("scale", partial(Atlas.scale, textset=self.textset, where=self.where))
 
     def loaded_scale(self, frame: pl.DataFrame) -> None:
         self.frame = frame
