@@ -590,7 +590,7 @@ def _overlay_current_sql(con: duckdb.DuckDBPyConnection) -> None:
     """A read-only session on an atlas written by an older version (its persisted macros and
     views are not this version's, and a read-only file cannot be migrated): define this
     version's macros and views as temporary ones, which DuckDB looks up first. Tables are not
-    touched; the file is not written."""
+    touched (a definition over a table the file lacks is skipped); the file is not written."""
     has_meta = first_row(con, "SELECT count(*) FROM duckdb_tables() "
                               "WHERE table_name = 'atlas_meta'")[0]
     if has_meta and Store._macros_current(con):
@@ -598,7 +598,10 @@ def _overlay_current_sql(con: duckdb.DuckDBPyConnection) -> None:
     for name in sql_files():
         for statement in duckdb.extract_statements(read_sql(name)):
             text = statement.query
-            if _DEFINITION.match(text):
+            if not _DEFINITION.match(text):
+                continue
+            with contextlib.suppress(duckdb.CatalogException, duckdb.BinderException):
+                # one over a table this older file lacks keeps the file's own (or none)
                 con.execute(_DEFINITION.sub(r"\1CREATE OR REPLACE TEMP \2", text, count=1))
 
 

@@ -32,8 +32,6 @@ def digest(path: Path) -> str:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
     """A ~7 MB atlas: 300 checkpoints of one run on 2,000 texts, with a stored PCA map."""
-    from atlas.analysis import maps
-
     root = tmp_path_factory.mktemp("template")
     rng = np.random.default_rng(5)
     walk = np.cumsum(rng.normal(0, 1, size=(N_VECTORS, N_TEXTS)), axis=0) - 500
@@ -46,7 +44,7 @@ def template(tmp_path_factory) -> Path:
         handle.import_textset(TextSet([f"text {i} " * (1 + i % 5) for i in range(N_TEXTS)]),
                               "eval")
         handle.import_vectors(vectors, "eval")
-        maps.fit_map(handle, method="pca", name="m")
+        handle.fit_map(method="pca", name="m")
     return path
 
 
