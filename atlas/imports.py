@@ -8,10 +8,12 @@ Formats:
   n_params) are refused rather than rounded; a quant of "none" or "" is unquantized
   (atlas.keys.quant_label); a parent must be a key of the atlas or of the same file (shorthands
   resolve to the stored key), and parents are written before their children.
-- The reference's pickle: a dict model name → list of N floats. It is read by an unpickler that
-  refuses every class and global, so only plain containers and numbers get through: a pickle can
-  otherwise run arbitrary code. Names that are not keys become ``FAMILY-na`` keys with the
-  non-key characters replaced by ``_`` (``EleutherAI/pythia-70m`` → ``EleutherAI_pythia-70m``).
+- The reference's pickle: a dict model name → N floats (a numpy array, a list of numpy scalars
+  or of plain floats). It is read by an unpickler that allows plain containers, numbers, dates
+  and what rebuilds numpy arrays, scalars and dtypes, and refuses every other class and global:
+  a pickle can otherwise run arbitrary code. Names that are not keys become ``FAMILY-na`` keys
+  with the non-key characters replaced by ``_``
+  (``EleutherAI/pythia-70m`` → ``EleutherAI_pythia-70m``).
 
 All rows are validated before anything is written; each vector is then written atomically, and
 re-importing the same values is a no-op.
@@ -19,6 +21,8 @@ re-importing the same values is a no-op.
 
 from __future__ import annotations
 
+import collections
+import datetime
 import hashlib
 import io
 import json
@@ -45,16 +49,65 @@ class ImportedVector:
     fields: dict = field(default_factory=dict)  # n_params, parent, source
 
 
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for bytes (an array's raw data), and
+    nothing else: another codec is refused."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise ImportFormatError(f"the pickle asks for _codecs.encode with {encoding!r}: only "
+                                "the latin1 bytes of plain data are accepted")
+    return text.encode("latin1")
+
+
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """What rebuilds numpy arrays, scalars and dtypes, under the module paths of numpy 1
+    (``numpy.core``) and numpy 2 (``numpy._core``), mapped to this numpy's objects (numpy 2's
+    ``numpy.core`` is a deprecated shim: nothing here imports it)."""
+    from numpy._core import multiarray, numeric
+
+    found: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray,
+                                            ("numpy", "dtype"): np.dtype}
+    for package in ("numpy.core", "numpy._core"):
+        found[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        found[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        found[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return found
+
+
+SAFE_GLOBALS: dict[tuple[str, str], object] = {
+    **_numpy_globals(), ("_codecs", "encode"): _latin1,
+    ("datetime", "datetime"): datetime.datetime, ("datetime", "date"): datetime.date,
+    ("datetime", "timedelta"): datetime.timedelta, ("datetime", "timezone"): datetime.timezone,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+}
+
+
 class _PlainUnpickler(pickle.Unpickler):
-    """Builds only dicts, lists, tuples, strings and numbers; any class or global is refused."""
+    """Builds plain containers, strings, numbers, dates and numpy arrays, scalars and dtypes
+    (``SAFE_GLOBALS``: constructors that run no code of the pickle's choosing); any other class
+    or global is refused, so a pickle cannot run a command while it is read."""
 
     def find_class(self, module: str, name: str):
-        raise ImportFormatError(
-            f"the pickle asks for {module}.{name}: only plain dicts, lists and numbers are "
-            "accepted (a pickle can run code). Re-save it as {name: [floats]} or as Parquet")
+        found = SAFE_GLOBALS.get((module, name))
+        if found is None:
+            raise ImportFormatError(
+                f"the pickle asks for {module}.{name}: only plain dicts, lists and numbers are "
+                "accepted (a pickle can run code). Re-save it as {name: [floats]} or as Parquet")
+        return found
 
     def persistent_load(self, pid):
         raise ImportFormatError("the pickle uses persistent ids; only plain data is accepted")
+
+
+def load_pickle(path: Path):
+    """The data of a pickle file, read by ``_PlainUnpickler``; errors name the file."""
+    try:
+        return _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
+    except ImportFormatError as exc:
+        raise ImportFormatError(f"{path}: {exc}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError) as exc:
+        raise ImportFormatError(f"{path}: not a readable pickle ({exc}); give a .parquet file "
+                                "or the reference pickle (dict name → list of floats)") from None
 
 
 def key_from_name(name: str) -> ModelKey:
@@ -88,13 +141,7 @@ def _as_vector(values, where: str, n_texts: int) -> np.ndarray:
 
 
 def read_pickle(path: Path, n_texts: int) -> list[ImportedVector]:
-    try:
-        data = _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
-    except ImportFormatError as exc:
-        raise ImportFormatError(f"{path}: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise ImportFormatError(f"{path}: not a readable pickle ({exc}); give a .parquet file "
-                                "or the reference pickle (dict name → list of floats)") from None
+    data = load_pickle(path)
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise ImportFormatError(f"{path}: expected a dict of model name → list of floats")
     return [ImportedVector(key_from_name(name), _as_vector(values, f"{path}: {name}", n_texts),

@@ -60,11 +60,29 @@ def test_malicious_pickle_is_refused_without_running_code(db, tmp_path, n):
     assert db.models().height == 0
 
 
-def test_numpy_pickles_are_refused_too(db, tmp_path, n):
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_numpy_pickles_import(db, tmp_path, n, protocol):
+    """Pickles written by numpy: float32/float64 arrays, lists of numpy scalars, plain floats."""
+    values = -np.arange(1, n + 1, dtype=np.float64) * 1.5
+    data = {"a-1b": values, "b-1b": values.astype(np.float32) * 2,
+            "c-1b": [np.float64(v) * 3 for v in values], "d-1b": [np.float32(v) for v in values],
+            "e-1b": [float(v) for v in values / 2]}
     path = tmp_path / "np.pkl"
-    path.write_bytes(pickle.dumps({"m-1b": np.zeros(n)}))
-    with pytest.raises(ImportFormatError, match="only plain dicts, lists and numbers"):
-        db.import_vectors(path, "eval")
+    path.write_bytes(pickle.dumps(data, protocol=protocol))
+    assert [k for k, written in db.import_vectors(path, "eval") if written] == list(data)
+    stored = db.sql("SELECT loglik FROM loglik_vectors WHERE key = 'c-1b'")["loglik"][0]
+    assert np.allclose(stored.to_list(), values * 3)
+
+
+def test_numpy_object_reducing_to_a_command_is_refused(db, tmp_path, n):
+    """Only the numpy constructors are allowed: a numpy-looking global that is not one is not."""
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"a-1b": np.zeros(n)}, protocol=2).replace(
+        b"cnumpy\ndtype\n", b"cnumpy\nload\n")
+    (tmp_path / "np.pkl").write_bytes(payload)
+    with pytest.raises(ImportFormatError, match=r"asks for numpy\.load"):
+        db.import_vectors(tmp_path / "np.pkl", "eval")
+    assert not marker.exists() and db.models().height == 0
 
 
 @pytest.mark.parametrize(("payload", "message"), [
