@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
+import numpy as np
 import polars as pl
 
-from atlas import queries
-from atlas.analysis import maps, scale, trajectory
+from atlas import extras, queries
+from atlas.analysis import maps, predict, scale, trajectory
 from atlas.analysis.maps import MapResult
+from atlas.analysis.predict import Prediction
 from atlas.analysis.scale import Setting
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.extras import require_scoring
@@ -52,6 +54,7 @@ from atlas.weights import DEFAULT_DIM as DEFAULT_SKETCH_DIM
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is ingested: readers
     from atlas.ingest import IngestResult  # (the TUI, SQL) start in a fraction of the time
+    from atlas.modelmap import ReleaseReport
     from atlas.specs import QuantSpec
 
 DEFAULT_DB = "atlas.duckdb"
@@ -182,10 +185,63 @@ class Atlas:
 
     def import_vectors(self, path: str | Path, textset: str,
                        force: bool = False) -> list[tuple[str, bool]]:
-        """Import precomputed vectors (Parquet or the reference pickle); see atlas.imports."""
+        """Import precomputed vectors: Parquet or the reference pickle (atlas.imports), or the
+        reference scorer's per-model JSONL files, a folder of them or one (atlas.modelmap)."""
+        path = Path(path)
+        if path.is_dir() or path.suffix == ".jsonl":
+            from atlas.modelmap import import_scorer_files
+
+            return import_scorer_files(self.store, path, textset, force=force)
         from atlas.imports import import_vectors
 
         return import_vectors(self.store, path, textset, force=force)
+
+    def import_release(self, folder: str | Path, textset: str | None = None,
+                       force: bool = False) -> ReleaseReport:
+        """Import the reference papers' published release (its folder or its data/, any subset
+        of its files): text set, vectors, hub metadata, lineage, scores, the clipping view."""
+        from atlas.modelmap import import_release
+
+        return import_release(self.store, folder, textset, force=force)
+
+    def import_metrics(self, path: str | Path, source: str | None = None) -> int:
+        """Store the metrics of a CSV or Parquet file (long: key/hub_id, metric, value; or wide:
+        one column per metric) under ``source`` (default: the file's name); returns the rows."""
+        queries._require_metric_tables(self)
+        return queries.save_metrics(self, queries.read_metrics(self, Path(path), source))
+
+    def add_domain_losses(self, textset: str | None = None) -> int:
+        """Each model's loss per domain of the text set (bits/byte, from its stored vector) as
+        metrics ``loss/DOMAIN``, source ``atlas-TEXTSET``; returns the rows stored."""
+        textset = queries.analysis_textset(self, textset)
+        keys, loglik, _ = self.store.matrix(None, textset)
+        domains, n_bytes = queries.domain_texts(self, textset)
+        losses = predict.domain_losses(loglik, domains, n_bytes)
+        rows = pl.DataFrame([{"key": key, "metric": f"loss/{domain}", "value": float(v[i]),
+                              "source": f"atlas-{textset}"}
+                             for domain, v in losses.items() for i, key in enumerate(keys)],
+                            schema={"key": pl.String, "metric": pl.String, "value": pl.Float64,
+                                    "source": pl.String})
+        return queries.save_metrics(self, rows) if rows.height else 0
+
+    def predict(self, metric: str, where: str | None = None, textset: str | None = None,
+                folds: int = 5, source: str | None = None, save: bool = True) -> Prediction:
+        """Predict ``metric`` from the vectors of the models on ``textset`` that satisfy
+        ``where`` (atlas.analysis.predict): cross-validated R², Pearson r and alpha, out-of-fold
+        predictions for models with the metric and predictions for those without; ``save``
+        stores them in ``metric_predictions`` (replacing that metric's)."""
+        extras.require("atlas predict", "sklearn")
+        values, source = queries.metric_values(self, metric, source)
+        chosen = queries.selection(self, where, textset)
+        keys, loglik, _ = self.store.matrix(sorted(chosen.models["key"].to_list()),
+                                            chosen.textset)
+        known = dict(values.iter_rows())
+        observed = np.array([known.get(k, np.nan) for k in keys], dtype=np.float64)
+        result = predict.predict_metric(metric, keys, loglik, observed, folds=folds,
+                                        bounds=queries.LEADERBOARD_BOUNDS.get(source))
+        if save:
+            queries.save_prediction(self, result, chosen.textset, chosen.where)
+        return result
 
     # queries -----------------------------------------------------------------------------------
     def sql(self, query: str, params: list | dict | None = None) -> pl.DataFrame:
@@ -249,8 +305,10 @@ class Atlas:
         return KL(a, b, *shared.row(0))
 
     def nearest(self, key: str, k: int = 10, textset: str | None = None) -> pl.DataFrame:
-        """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset), nearest first."""
-        found = self._keyed_sql("SELECT * FROM nearest(?, ?, ?)", [key, k, textset])
+        """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset, hub_id), nearest
+        first; hub_id is null for models not imported from a hub release."""
+        found = queries.with_hub_ids(
+            self, self._keyed_sql("SELECT * FROM nearest(?, ?, ?)", [key, k, textset]))
         if textset is not None and found.is_empty():
             self.store.textset(textset)  # an unknown name is named as such
             has = self.sql("SELECT textset FROM loglik_vectors WHERE key = ? ORDER BY 1",

@@ -249,7 +249,10 @@ def kl(ctx: click.Context, key_a: str, key_b: str, textset: str | None, fmt: str
 def nearest(ctx: click.Context, key: str, k: int, textset: str | None, fmt: str) -> None:
     """The K models nearest to KEY by KL (bits/byte)."""
     atlas = _atlas(ctx, read_only=True)
-    emit(atlas.nearest(key, k, textset), fmt, title=f"nearest to {atlas.resolve(key)}")
+    found = atlas.nearest(key, k, textset)
+    if found["hub_id"].null_count() == found.height:  # no hub models among them
+        found = found.drop("hub_id")
+    emit(found, fmt, title=f"nearest to {atlas.resolve(key)}")
 
 
 @main.command()
@@ -467,6 +470,64 @@ def import_vectors(ctx: click.Context, path: Path, textset: str, force: bool) ->
     written = sum(done for _, done in results)
     click.echo(f"imported {written} vectors ({len(results) - written} already stored) "
                f"into text set '{textset}'")
+
+
+@import_.command("modelmap")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--textset", default=None,
+              help="Name for the release's text set (default pile-10k); without its texts JSONL, "
+                   "the stored text set its vectors were scored on.")
+@click.option("--force", is_flag=True, help="Replace vectors that differ from stored ones.")
+@click.pass_context
+def import_modelmap(ctx: click.Context, folder: Path, textset: str | None, force: bool) -> None:
+    """Import the reference papers' 1,018-model release (its folder or data/, any subset)."""
+    report = _atlas(ctx).import_release(folder, textset, force=force)
+    click.echo(f"text set '{report.textset}' ({'new' if report.textset_new else 'already stored'})"
+               f"; imported {report.written} vectors ({report.skipped} already stored), "
+               f"{report.parents} with a fine-tune parent, {report.metrics} benchmark scores")
+    if report.clip:
+        click.echo(f"clipped file: the view '{report.textset}-clipped' (max(raw, "
+                   f"{report.clip['threshold']:.6g}), q = {report.clip['q']})")
+
+
+@import_.command("metrics")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--source", default=None, help="Where the values come from (default: file name).")
+@click.pass_context
+def import_metrics(ctx: click.Context, path: Path, source: str | None) -> None:
+    """Import metrics from CSV/Parquet: key or hub_id, then metric/value or one column each."""
+    rows = _atlas(ctx).import_metrics(path, source)
+    click.echo(f"stored {rows} metric values; query them in the model_metrics view")
+
+
+@main.command("domain-losses")
+@click.option("--textset", default=None, help="Text set, when the atlas holds several.")
+@click.pass_context
+def domain_losses(ctx: click.Context, textset: str | None) -> None:
+    """Store each model's loss per domain of the text set (bits/byte) as metrics loss/DOMAIN."""
+    rows = _atlas(ctx).add_domain_losses(textset)
+    click.echo(f"stored {rows} metric values (loss/DOMAIN, from the stored vectors)")
+
+
+@main.command()
+@click.argument("metric")
+@click.option("--where", default=None, help="SQL condition on model_variants.")
+@click.option("--textset", default=None, help="Text set, when the atlas holds several.")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option("--source", default=None, help="The metric's source, when it has several.")
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.pass_context
+def predict(ctx: click.Context, metric: str, where: str | None, textset: str | None, folds: int,
+            source: str | None, fmt: str) -> None:
+    """Predict METRIC from the atlas (ridge on the clipped double-centred vectors), stored."""
+    summary = _atlas(ctx).predict(metric, where=where, textset=textset, folds=folds,
+                                  source=source).summary()
+    if fmt == "json":
+        click.echo(json.dumps(summary, indent=1))
+    else:
+        emit(pl.DataFrame([{k: str(v) if isinstance(v, tuple) else v
+                            for k, v in summary.items() if k != "fold_alphas"}]), fmt,
+             title=f"{metric}: {folds}-fold cross-validated prediction from the atlas")
 
 
 @main.command()

@@ -122,7 +122,7 @@ def key_from_name(name: str) -> ModelKey:
             return ModelKey(family=cleaned, size="na")
 
 
-def _as_vector(values, where: str, n_texts: int) -> np.ndarray:
+def as_vector(values, where: str, n_texts: int) -> np.ndarray:
     if not isinstance(values, (list, tuple, np.ndarray)):
         raise ImportFormatError(f"{where}: expected a list of numbers, got {type(values).__name__}")
     try:
@@ -144,7 +144,7 @@ def read_pickle(path: Path, n_texts: int) -> list[ImportedVector]:
     data = load_pickle(path)
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise ImportFormatError(f"{path}: expected a dict of model name → list of floats")
-    return [ImportedVector(key_from_name(name), _as_vector(values, f"{path}: {name}", n_texts),
+    return [ImportedVector(key_from_name(name), as_vector(values, f"{path}: {name}", n_texts),
                            {"source": name})
             for name, values in data.items()]
 
@@ -233,7 +233,7 @@ def read_parquet(path: Path, n_texts: int) -> list[ImportedVector]:
         except InvalidKeyError as exc:
             raise ImportFormatError(f"{where}: {exc}") from None
         fields = _row_fields(row, f"{where} ({key})")
-        vectors.append(ImportedVector(key, _as_vector(row["loglik"], where, n_texts), fields))
+        vectors.append(ImportedVector(key, as_vector(row["loglik"], where, n_texts), fields))
     return vectors
 
 

@@ -240,6 +240,8 @@ class Detail:
     textset: str | None  # the set the KLs below are on
     nearest: pl.DataFrame
     related: list[Related] = field(default_factory=list)
+    metrics: pl.DataFrame = field(default_factory=pl.DataFrame)  # metric, value, source
+    predictions: pl.DataFrame = field(default_factory=pl.DataFrame)  # metric, predicted, …
 
 
 def model_detail(atlas: Atlas, key: str, textset: str | None = None,
@@ -251,16 +253,17 @@ def model_detail(atlas: Atlas, key: str, textset: str | None = None,
                       [key])["textset"].to_list()
     sets = atlas.textsets().filter(pl.col("name").is_in(names))
     textsets = sets.select("name", "n_texts", "mean_bytes").to_dicts()
+    metrics, predictions = model_metrics(atlas, key)
     if textset is None or textset not in names:
         textset = names[0] if names else None
     if textset is None:
         nearest = pl.DataFrame(schema={"key": pl.String, "kl": pl.Float64, "se": pl.Float64,
-                                       "textset": pl.String})
-        return Detail(key, info, textsets, None, nearest, [])
+                                       "textset": pl.String, "hub_id": pl.String})
+        return Detail(key, info, textsets, None, nearest, [], metrics, predictions)
     nearest = atlas.nearest(key, k=k, textset=textset)
     related = [_related_kl(atlas, key, relation, other, textset)
                for relation, other in related_variants(atlas, key).iter_rows()]
-    return Detail(key, info, textsets, textset, nearest, related)
+    return Detail(key, info, textsets, textset, nearest, related, metrics, predictions)
 
 
 def related_variants(atlas: Atlas, key: str) -> pl.DataFrame:
@@ -578,3 +581,152 @@ def drop_map(atlas: Atlas, name: str) -> bool:
 def _delete_map(con: duckdb.DuckDBPyConnection, name: str) -> None:
     con.execute("DELETE FROM map_coordinates WHERE map_name = ?", [name])
     con.execute("DELETE FROM maps WHERE name = ?", [name])
+
+
+# metrics and predictions -------------------------------------------------------------------------
+LEADERBOARD_BOUNDS = {"open-llm-leaderboard-v1": (0.0, 100.0)}  # scores a prediction clips to
+HUB_COLUMNS = ("hub_id", "model_name", "source")  # a metrics file may name models by hub id
+
+
+def _has_table(atlas: Atlas, name: str) -> bool:
+    return atlas.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = ?",
+                     [name])["n"][0] > 0
+
+
+def _require_metric_tables(atlas: Atlas) -> None:
+    if not _has_table(atlas, "metric_values"):
+        raise AtlasError(f"{atlas.path} predates metrics; open it writable once (e.g. `atlas "
+                         "init`) to upgrade it")
+
+
+def save_metrics(atlas: Atlas, rows: pl.DataFrame) -> int:
+    """Store (key, metric, value, source) rows, replacing equal (key, metric, source)."""
+    table = rows.select("key", "metric", pl.col("value").cast(pl.Float64), "source").to_arrow()
+    with atlas.store.transaction() as con:
+        con.register("new_metrics", table)
+        con.execute("INSERT OR REPLACE INTO metric_values BY NAME SELECT * FROM new_metrics")
+        con.unregister("new_metrics")
+    return rows.height
+
+
+def read_metrics(atlas: Atlas, path: Path, source: str | None) -> pl.DataFrame:
+    """A CSV or Parquet file of metrics as (key, metric, value, source) rows, every model found
+    in the atlas: long (a key or hub id column, metric, value) or wide (one column a metric)."""
+    frame = _metric_file(path)
+    name_column = next((c for c in ("key", *HUB_COLUMNS) if c in frame.columns), None)
+    if name_column is None:
+        raise AtlasError(f"{path}: needs a 'key' column (atlas keys) or a 'hub_id'/'model_name' "
+                         f"column (hub ids); it has {', '.join(frame.columns)}")
+    keys = _metric_keys(atlas, path, name_column, frame[name_column].cast(pl.String).to_list())
+    frame = frame.with_columns(pl.Series("key", keys))
+    if {"metric", "value"} <= set(frame.columns):
+        long = frame.select("key", pl.col("metric").cast(pl.String), "value")
+    else:
+        metrics = [c for c, t in frame.schema.items()
+                   if c not in ("key", *HUB_COLUMNS) and t.is_numeric()]
+        if not metrics:
+            raise AtlasError(f"{path}: no numeric metric columns (or 'metric' and 'value' "
+                             "columns); give one column per metric")
+        long = frame.unpivot(metrics, index="key", variable_name="metric", value_name="value")
+    long = long.with_columns(pl.col("value").cast(pl.Float64, strict=False)).filter(
+        pl.col("value").is_not_null() & pl.col("value").is_finite())
+    return long.with_columns(pl.lit(source or path.stem).alias("source"))
+
+
+def _metric_file(path: Path) -> pl.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise AtlasError(f"{path}: give a .csv or .parquet file of metrics")
+    try:
+        return pl.read_csv(path) if suffix == ".csv" else pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise AtlasError(f"{path}: cannot read it ({first_line(exc)}); give a readable .csv or "
+                         ".parquet file") from None
+
+
+def _metric_keys(atlas: Atlas, path: Path, column: str, names: list[str | None]) -> list[str]:
+    """The atlas key of each row's model (keys resolve; hub ids are looked up as sources)."""
+    if column == "key":
+        known = dict(atlas.sql("SELECT key, key FROM models").iter_rows())
+    else:
+        known = dict(atlas.sql("SELECT source, key FROM models WHERE source IS NOT NULL"
+                               ).iter_rows())
+    keys = []
+    for row, name in enumerate(names, start=2 if path.suffix.lower() == ".csv" else 0):
+        key = known.get(name)
+        if key is None and column == "key" and name:
+            try:
+                key = atlas.resolve(name)
+            except UnknownKeyError:
+                key = None
+        if key is None:
+            raise AtlasError(f"{path}: {'line' if row else 'row'} {row}: {column} {name!r} is not "
+                             "a model of the atlas; import its vector first or drop the row")
+        keys.append(key)
+    return keys
+
+
+def metric_values(atlas: Atlas, metric: str, source: str | None) -> tuple[pl.DataFrame, str]:
+    """(key, value) of one metric and its source; a metric from several sources needs one."""
+    _require_metric_tables(atlas)
+    sources = atlas.sql("SELECT DISTINCT source FROM model_metrics WHERE metric = ? ORDER BY 1",
+                        [metric])["source"].to_list()
+    if source is not None and source not in sources:
+        sources = []
+    if not sources:
+        known = atlas.sql("SELECT DISTINCT metric FROM model_metrics ORDER BY 1")["metric"]
+        raise AtlasError(f"no metric {metric!r}" + (f" from source {source!r}" if source else "")
+                         + f" in the atlas (metrics: {', '.join(known.to_list()) or 'none'}); "
+                         "import scores with `atlas import metrics FILE`")
+    if len(sources) > 1:
+        raise AtlasError(f"metric {metric!r} comes from several sources ({', '.join(sources)}); "
+                         "name one with --source")
+    values = atlas.sql("SELECT key, value FROM model_metrics WHERE metric = ? AND source = ?",
+                       [metric, sources[0]])
+    return values, sources[0]
+
+
+def save_prediction(atlas: Atlas, result, textset: str, where: str | None) -> None:
+    """Replace the stored predictions of ``result.metric`` (an analysis.predict.Prediction)."""
+    rows = pa.table({
+        "metric": [result.metric] * len(result.keys), "key": result.keys,
+        "predicted": pa.array(result.predicted, pa.float64()),
+        "observed": pa.array(result.observed, pa.float64(), from_pandas=True),
+        "out_of_fold": pa.array(result.out_of_fold), "textset": [textset] * len(result.keys),
+        "model_where": pa.array([where] * len(result.keys), pa.string()),
+        "alpha": [result.alpha] * len(result.keys), "r2": [result.r2] * len(result.keys)})
+    with atlas.store.transaction() as con:
+        con.execute("DELETE FROM metric_predictions WHERE metric = ?", [result.metric])
+        con.register("new_predictions", rows)
+        con.execute("INSERT INTO metric_predictions BY NAME SELECT * FROM new_predictions")
+        con.unregister("new_predictions")
+
+
+def domain_texts(atlas: Atlas, textset: str) -> tuple[list[str | None], list[int]]:
+    """The domain and UTF-8 length of every text of a set, in order."""
+    rows = atlas.sql("SELECT domain, n_bytes FROM texts JOIN textsets USING (textset_id) "
+                     "WHERE name = ? ORDER BY idx", [textset])
+    return rows["domain"].to_list(), rows["n_bytes"].to_list()
+
+
+def model_metrics(atlas: Atlas, key: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(metric, value, source) and (metric, predicted, out_of_fold) of one model; empty frames
+    for an atlas that predates metrics."""
+    if not _has_table(atlas, "metric_values"):
+        return pl.DataFrame(), pl.DataFrame()
+    metrics = atlas.sql("SELECT metric, value, source FROM model_metrics WHERE key = ? "
+                        "ORDER BY metric, source", [key])
+    predicted = atlas.sql("SELECT metric, predicted, out_of_fold, r2 FROM metric_predictions "
+                          "WHERE key = ? ORDER BY metric", [key])
+    return metrics, predicted
+
+
+def with_hub_ids(atlas: Atlas, frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` (with a key column) and the hub id of each key (null for models not imported
+    from a hub release), in the same order."""
+    ids: dict[str, str] = {}
+    if frame.height and _has_table(atlas, "hub_models"):
+        ids = dict(atlas.sql("SELECT key, hub_id FROM hub_models WHERE list_contains(?, key)",
+                             [frame["key"].to_list()]).iter_rows())
+    return frame.with_columns(pl.Series("hub_id", [ids.get(k) for k in frame["key"]],
+                                        pl.String))

@@ -60,6 +60,25 @@ def sql_files() -> list[str]:
     return first + sorted(p.name for p in sql_dir().glob("*.sql") if p.name not in first)
 
 
+@dataclass
+class VectorRecord:
+    """One complete vector and its variant's fields, for ``Store.write_vectors``."""
+
+    key: ModelKey
+    loglik: np.ndarray
+    config_id: str
+    provenance: dict
+    n_params: int | None = None
+    parent: str | None = None
+    source: str | None = None
+    revision: str | None = None
+    n_tokens: np.ndarray | None = None
+
+
+# Tables a batched write may fill beside the vectors (rows replaced by primary key).
+BATCH_TABLES = ("hub_models", "model_lineage", "metric_values", "views")
+
+
 @dataclass(frozen=True)
 class StoredTextSet:
     textset_id: int
@@ -398,6 +417,110 @@ class Store:
                  n_truncated, config_id, json.dumps(provenance)],
             )
         return True
+
+    def write_vectors(self, records: list[VectorRecord], *, textset_id: int,
+                      force: bool = False, also: dict[str, pa.Table] | None = None
+                      ) -> list[bool]:
+        """Write many vectors, their variant rows and rows of ``BATCH_TABLES`` (``also``) in
+        one transaction, the vectors as one Arrow insert: a batch is stored whole or not at all.
+
+        Per record, the rules of ``write_vector``: the same config stored already is skipped
+        (False), another one is refused unless ``force``. Variant rows are upserted for every
+        record (a later import may add a parent or source to a stored vector). A parent must be
+        stored or be a key of the batch."""
+        n_texts = self._n_texts(textset_id)
+        stored = [self._float32_row(r, n_texts) for r in records]
+        with self.transaction() as con:
+            pending = {str(r.key) for r in records}
+            for record in records:
+                if record.parent is not None:
+                    record.parent = self._resolve_parent(con, record.parent, str(record.key),
+                                                         pending)
+            written = [self._check_conflicts(con, str(r.key), textset_id, r.source, r.config_id,
+                                             force) for r in records]
+            self._upsert_models(con, records)
+            for record in records:
+                self._record_quantization(con, record.key, record.provenance.get("quantization"))
+            new = [(r, v) for r, v, w in zip(records, stored, written, strict=True) if w]
+            if new:
+                self._insert_vectors(con, textset_id, new)
+            for table, rows in (also or {}).items():
+                if table not in BATCH_TABLES:
+                    raise ValueError(f"write_vectors cannot fill table {table!r}")
+                con.register("batch_rows", rows)
+                con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM batch_rows")
+                con.unregister("batch_rows")
+        return written
+
+    def _n_texts(self, textset_id: int) -> int:
+        with self.connect() as con:
+            return first_row(con, "SELECT n_texts FROM textsets WHERE textset_id = ?",
+                             [textset_id])[0]
+
+    @staticmethod
+    def _float32_row(record: VectorRecord, n_texts: int) -> np.ndarray:
+        """The vector as stored (float32), checked finite and of the text set's length."""
+        values = np.asarray(record.loglik, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise StoreError(f"{record.key}: refusing to store a vector with NaN or inf values")
+        if values.size != n_texts:
+            raise StoreError(f"{record.key}: vector has {values.size} values, text set has "
+                             f"{n_texts}")
+        return values.astype(np.float32)
+
+    @staticmethod
+    def _upsert_models(con, records: list[VectorRecord]) -> None:
+        rows = pa.table({
+            "key": [str(r.key) for r in records], "family": [r.key.family for r in records],
+            "size": [r.key.size for r in records],
+            "n_params": pa.array([r.n_params for r in records], pa.int64()),
+            "seed": pa.array([r.key.seed for r in records], pa.int32()),
+            "quant": pa.array([r.key.quant for r in records], pa.string()),
+            "layer": pa.array([r.key.layer for r in records], pa.int32()),
+            "checkpoint": pa.array([r.key.checkpoint for r in records], pa.string()),
+            "step": pa.array([r.key.step for r in records], pa.int64()),
+            "parent": pa.array([r.parent for r in records], pa.string()),
+            "source": pa.array([r.source for r in records], pa.string()),
+            "revision": pa.array([r.revision for r in records], pa.string())})
+        con.register("batch_models", rows)
+        con.execute(
+            "INSERT INTO models (key, family, size, n_params, seed, quant, layer, checkpoint, "
+            "step, parent, source, revision) SELECT * FROM batch_models "
+            "ON CONFLICT (key) DO UPDATE SET n_params = coalesce(excluded.n_params, n_params), "
+            "parent = coalesce(excluded.parent, parent), "
+            "source = coalesce(excluded.source, source), "
+            "revision = coalesce(excluded.revision, revision)")
+        con.unregister("batch_models")
+
+    @staticmethod
+    def _insert_vectors(con, textset_id: int, new: list[tuple[VectorRecord, np.ndarray]]
+                        ) -> None:
+        """Replace the vectors of ``new`` on the text set with one Arrow insert."""
+        matrix = np.stack([values for _, values in new])
+        means = matrix.astype(np.float64).mean(axis=1)
+        centred = matrix.astype(np.float64) - means[:, None]
+        offsets = pa.array(np.arange(len(new) + 1, dtype=np.int32) * matrix.shape[1])
+        tokens = [r.n_tokens for r, _ in new]
+        rows = pa.table({
+            "key": [str(r.key) for r, _ in new],
+            "textset_id": pa.array([textset_id] * len(new), pa.int32()),
+            "loglik": pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel())),
+            "loglik_mean": pa.array(means),
+            "loglik_centred": pa.ListArray.from_arrays(offsets, pa.array(centred.ravel())),
+            "n_tokens": pa.array([None if t is None else np.asarray(t, np.int32) for t in tokens],
+                                 pa.list_(pa.int32())),
+            "total_tokens": pa.array([None if t is None else int(np.sum(t)) for t in tokens],
+                                     pa.int64()),
+            "n_truncated": pa.array([0] * len(new), pa.int32()),
+            "config_id": [r.config_id for r, _ in new],
+            "provenance": [json.dumps(r.provenance) for r, _ in new]})
+        con.execute("DELETE FROM vectors WHERE textset_id = ? AND list_contains(?, key)",
+                    [textset_id, rows.column("key").to_pylist()])
+        con.register("batch_vectors", rows)
+        con.execute("INSERT INTO vectors (key, textset_id, loglik, loglik_mean, "
+                    "loglik_centred, n_tokens, total_tokens, n_truncated, config_id, "
+                    "provenance) SELECT * FROM batch_vectors")
+        con.unregister("batch_vectors")
 
     @staticmethod
     def _check_conflicts(con, key: str, textset_id: int, source: str | None, config_id: str,
