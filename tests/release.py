@@ -36,7 +36,7 @@ def texts(n: int, rng: np.random.Generator) -> list[dict]:
 
 
 def write_release(folder: Path, n_models: int = 120, n_texts: int = 300, seed: int = 0,
-                  dtype=np.float64) -> Release:
+                  dtype=np.float32) -> Release:
     """Write the release under ``folder/data`` (and ``folder/models``) and return its truth."""
     rng = np.random.default_rng(seed)
     names = [f"org{i % 7}/model-{i}" for i in range(n_models)]
@@ -96,7 +96,7 @@ def _meta(i: int, name: str, names: list[str], parents: dict, scores: dict, vect
     elif i % 9 == 6:  # two fine-tune bases: no single parent
         tags += [f"base_model:finetune:{names[0]}", f"base_model:finetune:{names[1]}"]
     meta = {"model_name": name, "model_type": TYPES[i % 3], "model_size": SIZES[i % 3],
-            "created_at": datetime.datetime(2024, 1, 1 + i % 28, tzinfo=datetime.timezone.utc),
+            "created_at": datetime.datetime(2024, 1, 1 + i % 28, tzinfo=datetime.UTC),
             "downloads": np.int64(rng.integers(0, 10**6)), "tags": tags,
             "log-likelihood-10k": vectors[name], "mean_logp": np.float64(vectors[name].mean())}
     for task in (*TASKS, "6-taskmean"):
