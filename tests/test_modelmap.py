@@ -3,6 +3,7 @@ the scorer's JSONL files, metrics and benchmark prediction (P2)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
@@ -174,3 +175,30 @@ def test_partial_release_and_scorer_jsonl(release, tmp_path):
     kl = db.kl(*[k for k, _ in results]).value
     assert math.isfinite(kl) and db.models().height == len(release.names)
     db.close()
+
+
+def test_tui_detail_shows_hub_ids_scores_and_predictions(release, imported):
+    from test_tui import settle
+    from textual.widgets import DataTable, Static
+
+    from tui.app import AtlasApp
+
+    db, _ = imported
+    db.predict("MMLU")
+    keys = keys_by_hub(db)
+    unscored = next(name for name in release.names if name not in release.scores)
+    db.close()
+
+    async def scenario() -> tuple[str, list]:
+        app = AtlasApp(db.path)
+        async with app.run_test(size=(140, 40)) as pilot:
+            await settle(pilot)
+            app.open_model(keys[unscored])
+            await settle(pilot)
+            table = app.screen.query_one("#nearest", DataTable)
+            text = str(app.screen.query_one("#provenance", Static).render())
+            return text, [str(v) for v in table.get_row_at(0)]
+
+    text, first = asyncio.run(scenario())
+    assert "predicted MMLU" in text and unscored in text
+    assert first[-1] in release.names  # the hub id column

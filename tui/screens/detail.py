@@ -84,9 +84,16 @@ class DetailScreen(AtlasScreen):
             f"Nearest models{on_set} (KL bits/byte; ruler {scale.range_label()})")
         nearest = self.query_one("#nearest", DataTable)
         nearest.clear()
+        hub_ids = "hub_id" in detail.nearest.columns and detail.nearest["hub_id"].null_count() < (
+            detail.nearest.height)
+        if hub_ids and "hub_id" not in nearest.columns:  # models of a hub release: their ids
+            nearest.add_column("hub id", key="hub_id")
         for rank, row in enumerate(detail.nearest.iter_rows(named=True), start=1):
-            nearest.add_row(str(rank), row["key"], number(row["kl"]), number(row["se"], 2),
-                            scale.bar(row["kl"], "cyan"), key=row["key"])
+            cells = [str(rank), row["key"], number(row["kl"]), number(row["se"], 2),
+                     scale.bar(row["kl"], "cyan")]
+            if "hub_id" in nearest.columns:
+                cells.append(escape(row.get("hub_id") or ""))
+            nearest.add_row(*cells, key=row["key"])
         related = self.query_one("#related", DataTable)
         related.clear()
         for item in detail.related:
@@ -131,7 +138,22 @@ class DetailScreen(AtlasScreen):
         sets = ", ".join(f"{s['name']} (N={s['n_texts']}, B̄={s['mean_bytes']:.1f})"
                          for s in detail.textsets)
         lines.append(f"text sets {escape(sets) or 'none'}")
+        lines.extend(DetailScreen._metrics(detail))
         return "\n".join(lines)
+
+    @staticmethod
+    def _metrics(detail: Detail) -> list[str]:
+        """Its metrics (benchmark scores …) and what `atlas predict` predicted for it."""
+        lines = []
+        if detail.metrics.height:
+            lines.append("metrics " + "  ".join(
+                f"{escape(m)} [b]{v:.4g}[/b]" for m, v in
+                detail.metrics.select("metric", "value").iter_rows()))
+        if detail.predictions.height:
+            lines.append("predicted " + "  ".join(
+                f"{escape(m)} [b]{p:.4g}[/b]{' (out of fold)' if oof else ''}" for m, p, oof in
+                detail.predictions.select("metric", "predicted", "out_of_fold").iter_rows()))
+        return lines
 
     # actions ------------------------------------------------------------------------------------
     @on(DataTable.RowSelected)
