@@ -203,6 +203,7 @@ def run_demo(db: str | Path, *, quick: bool = False, n_texts: int | None = None,
     mark = time.perf_counter()
     with Atlas(db) as atlas:  # the map the TUI and `atlas plot map` show; refitted on re-runs
         atlas.fit_map(method="tsne", textset=name, name=map_name(n_texts))
+        atlas.add_domain_losses(name)  # a metric per model: `atlas predict loss/bible` works
     seconds["map"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - started
     return DemoReport(name, stored.n_texts, runs, ingested=statuses.count("stored"),

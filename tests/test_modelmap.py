@@ -200,5 +200,21 @@ def test_tui_detail_shows_hub_ids_scores_and_predictions(release, imported):
             return text, [str(v) for v in table.get_row_at(0)]
 
     text, first = asyncio.run(scenario())
-    assert "predicted MMLU" in text and unscored in text
+    predicted = next(line for line in text.splitlines() if line.startswith("predicted"))
+    assert "MMLU" in predicted and unscored in text
     assert first[-1] in release.names  # the hub id column
+
+
+def test_domain_losses_are_metrics_prediction_works_on(release, imported):
+    db, _ = imported
+    assert db.add_domain_losses() == 4 * len(release.names)
+    keys = keys_by_hub(db)
+    rows = [json.loads(line) for line in
+            (release.folder / "data/text/texts-10k-pile.jsonl").read_text().splitlines()]
+    mask = np.array([r["pile_set_name"] == "Github" for r in rows])
+    size = sum(len(r["text"].encode()) for r, m in zip(rows, mask, strict=True) if m)
+    expected = -release.raw[0, mask].sum() / (math.log(2) * size)
+    stored = db.sql("SELECT value FROM model_metrics WHERE metric = 'loss/Github' AND key = ?",
+                    [keys[release.names[0]]]).item()
+    assert stored == pytest.approx(expected, rel=1e-6)
+    assert math.isfinite(db.predict("loss/Github", save=False).r2)
