@@ -9,13 +9,13 @@ next run (or ``atlas bulk merge``), and the plan skips everything stored or scor
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import socket
 import threading
 import time
+import uuid
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +25,7 @@ from atlas.bulk.merge import MergeReport, merge_ready
 from atlas.bulk.plan import Plan, make_plan
 from atlas.bulk.shards import ShardDir, default_shard_dir
 from atlas.bulk.worker import Outcome, Task, run_task
+from atlas.processes import guarded_pool
 from atlas.progress import progress_bar
 from atlas.store import Store
 
@@ -73,8 +74,9 @@ class ProcessBackend:
         self._start()
 
     def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")  # never fork a process holding torch
-        self.executor = ProcessPoolExecutor(self.workers, mp_context=context)
+        """Workers that die with the runner (a kill of the runner alone must not leave them
+        writing shards); started by the thread that submits, which outlives them."""
+        self.executor = guarded_pool(self.workers)
 
     def submit(self, task: Task) -> Future:
         return self.executor.submit(run_task, replace(task, threads=self.threads))
@@ -150,8 +152,10 @@ def tasks_of(plan: Plan, shards: ShardDir, db_path: Path, retry_failed: bool) ->
         shards.export_texts(stored.content_hash, store.texts(stored.textset_id))
         hashes[name] = stored.content_hash
     store.release()
+    run_id = uuid.uuid4().hex[:12]
     return [Task(unit, tuple(variants), hashes, str(shards.path),
-                 attempt=1 if retry_failed else plan.failures.get(unit.id, 0) + 1)
+                 attempt=1 if retry_failed else plan.failures.get(unit.id, 0) + 1,
+                 run_id=run_id)
             for unit, variants in plan.work(retry_failed)]
 
 
