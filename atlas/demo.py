@@ -25,7 +25,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,6 +34,7 @@ import polars as pl
 from atlas import caching
 from atlas.api import Atlas
 from atlas.extras import require_scoring
+from atlas.processes import guarded_pool
 from atlas.progress import progress_bar
 from atlas.realmodels import PACKAGED, locate
 from atlas.suite import Checkpoint, FineTune, Run, Suite, SuiteSpec
@@ -118,9 +119,7 @@ class _Pool:
     def __init__(self, workers: int, suite: Suite | None) -> None:
         context = multiprocessing.get_context("spawn")  # never fork a process holding torch
         self.counter = context.Value("q", 0)
-        self.executor = ProcessPoolExecutor(workers, mp_context=context,
-                                            initializer=_init_worker,
-                                            initargs=(self.counter, suite))
+        self.executor = guarded_pool(workers, _init_worker, (self.counter, suite))
 
     def run(self, futures: Iterable[Future], progress, task) -> list:
         futures = list(futures)

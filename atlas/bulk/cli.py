@@ -15,12 +15,22 @@ SHARD_DIR = click.option("--shard-dir", type=click.Path(file_okay=False, path_ty
                          "cluster).")
 MAX_ATTEMPTS = click.option("--max-attempts", type=click.IntRange(min=1), default=3,
                             show_default=True, help="Attempts per model before it is failed.")
+MAX_LOADS = click.option("--max-loads", type=click.IntRange(min=1), default=20_000,
+                         show_default=True, help="Refuse a manifest that expands to more model "
+                         "loads (a mistyped steps schedule would plan for minutes).")
 ALL = click.option("--all", "show_all", is_flag=True,
                    help="List every model, not only those with work or problems.")
 
 
-def _db(ctx: click.Context) -> Path:
-    return ctx.find_root().obj["db"]
+def _db(ctx: click.Context, exists: bool = True) -> Path:
+    """The atlas; one that does not exist is an error, not a new file (``exists``)."""
+    path = ctx.find_root().obj["db"]
+    if exists and not path.exists():
+        from atlas.errors import AtlasError
+
+        raise AtlasError(f"{path}: no atlas here; create it with `atlas init` and import a "
+                         "text set, or point --db at an existing atlas")
+    return path
 
 
 @click.group("bulk")
@@ -32,14 +42,16 @@ def bulk() -> None:
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @SHARD_DIR
 @MAX_ATTEMPTS
+@MAX_LOADS
 @ALL
 @click.pass_context
 def plan_command(ctx: click.Context, manifest: Path, shard_dir: Path | None, max_attempts: int,
-                 show_all: bool) -> None:
+                 max_loads: int, show_all: bool) -> None:
     """Expand MANIFEST and show what is new, done, scored, failed; estimate tokens and time."""
     from atlas.bulk.run import prepare
 
-    plan, _ = prepare(manifest, _db(ctx), shard_dir, max_attempts, merge=False)
+    plan, _ = prepare(manifest, _db(ctx), shard_dir, max_attempts, merge=False,
+                      max_loads=max_loads)
     emit(plan.table(show_all), title=f"plan of {manifest.name}: one row per model load")
     for line in plan.summary():
         click.echo(line)
@@ -55,11 +67,12 @@ def plan_command(ctx: click.Context, manifest: Path, shard_dir: Path | None, max
               "instance, or on the cluster at ADDRESS (pip install 'lm-atlas[ray]').")
 @SHARD_DIR
 @MAX_ATTEMPTS
+@MAX_LOADS
 @click.option("--retry-failed", is_flag=True, help="Try again models that used all attempts.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
 def run_command(ctx: click.Context, manifest: Path, workers: int, ray_address: str | None,
-                shard_dir: Path | None, max_attempts: int, retry_failed: bool,
+                shard_dir: Path | None, max_attempts: int, max_loads: int, retry_failed: bool,
                 progress: bool) -> None:
     """Score every variant of MANIFEST not yet in the atlas; shards are merged as they land."""
     from atlas.bulk.run import run_bulk
@@ -68,7 +81,7 @@ def run_command(ctx: click.Context, manifest: Path, workers: int, ray_address: s
         workers = 0  # Ray: as many tasks as the cluster has GPUs (or CPUs)
     report = run_bulk(manifest, _db(ctx), workers=workers, ray_address=ray_address,
                       shard_dir=shard_dir, max_attempts=max_attempts, retry_failed=retry_failed,
-                      progress=progress)
+                      progress=progress, max_loads=max_loads)
     merge = report.merge
     click.echo(f"scored {report.written}/{report.variants} vectors from {report.units} model "
                f"loads in {duration(report.seconds)} ({report.tokens_per_second:,.0f} tok/s); "
@@ -100,7 +113,7 @@ def status_command(ctx: click.Context, shard_dir: Path | None, show_all: bool) -
     from atlas.bulk.shards import ShardDir, default_shard_dir
     from atlas.bulk.status import read_status
 
-    status = read_status(ShardDir(shard_dir or default_shard_dir(_db(ctx))))
+    status = read_status(ShardDir(shard_dir or default_shard_dir(_db(ctx, exists=False))))
     if status.started is None:
         click.echo("no bulk run recorded here yet (`atlas bulk run MANIFEST`)")
         return

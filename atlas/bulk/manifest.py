@@ -34,6 +34,8 @@ PLACEHOLDERS = ("size", "seed", "step", "checkpoint")
 PYTHIA = {"log_until": 512, "every": 1000, "stop": 143000}
 SCHEDULE_FIELDS = ("start", "stop", "every", "log_until")
 NO_QUANTIZATION = "none"  # or "": atlas.keys.quant_label
+MAX_LOADS = 20_000  # model loads a manifest may plan (--max-loads): a typo in a schedule
+# (every = 1 for every = 1000) would otherwise plan for minutes and gigabytes
 
 
 class ManifestError(AtlasError, ValueError):
@@ -124,9 +126,9 @@ class _Checker:
     """Collects every error of one table with its line."""
 
     def __init__(self, path: Path, lines: _Lines, table: str, index: int, where: str,
-                 errors: list[str]) -> None:
+                 errors: list[str], max_loads: int = MAX_LOADS) -> None:
         self.path, self.lines, self.table, self.index = path, lines, table, index
-        self.where, self.errors = where, errors
+        self.where, self.errors, self.max_loads = where, errors, max_loads
 
     def line(self, key: str | None = None) -> int:
         return self.lines.of(self.table, self.index, key)
@@ -162,7 +164,7 @@ class _Checker:
         return self.unique(key, value)
 
     def unique(self, key: str, values: list) -> tuple | None:
-        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        repeated = sorted(str(v) for v, n in Counter(values).items() if n > 1)
         if repeated:
             self.error(key, f"'{key}' lists {', '.join(repeated)} more than once")
             return None
@@ -180,13 +182,11 @@ class _Checker:
         return self.unique(key, value)
 
 
-def read_manifest(path: str | Path) -> Manifest:
-    """Parse and validate a manifest; raises ``ManifestError`` listing every problem."""
+def read_manifest(path: str | Path, max_loads: int = MAX_LOADS) -> Manifest:
+    """Parse and validate a manifest; raises ``ManifestError`` listing every problem.
+    ``max_loads`` bounds the model loads (grid points and models) it may expand to."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror})") from None
+    text = _read_text(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -209,9 +209,13 @@ def read_manifest(path: str | Path) -> Manifest:
             top.error(table, f"write each {table} as a [[{table}]] table")
             continue
         for index, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                top.error(table, f"{table} entry #{index + 1} is {entry!r}: write each {table} "
+                                 f"as a [[{table}]] table")
+                continue
             name = entry.get("name") or entry.get("key") or ""
             where = f"[[{table}]] #{index + 1}" + (f" '{name}'" if name else "")
-            checker = _Checker(path, lines, table, index, where, errors)
+            checker = _Checker(path, lines, table, index, where, errors, max_loads)
             checker.unknown(entry, TABLES[table])
             parsed = reader(checker, entry, defaults)
             if parsed is not None:
@@ -220,9 +224,29 @@ def read_manifest(path: str | Path) -> Manifest:
         errors.append(f"{path.name}: no [[family]] or [[model]] entries: nothing to do")
     _check_duplicates(manifest, path, errors)
     errors.extend(_missing_textsets(manifest))
+    if not errors and (loads := _loads(manifest)) > max_loads:
+        errors.append(f"{path.name}: {loads:,} model loads (sizes × seeds × steps of every "
+                      f"family, and the models), more than the limit of {max_loads:,}; "
+                      + TOO_MANY)
     if errors:
         raise ManifestError(f"{len(errors)} problem(s) in {path}:\n  " + "\n  ".join(errors))
     return manifest
+
+
+def _read_text(path: Path) -> str:
+    """The manifest's text; a file that is not UTF-8 is named with the line of its first bad
+    byte (TOML is UTF-8 by definition)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror}); check the "
+                            "path") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ManifestError(f"{path} line {line}: not UTF-8 (byte {data[exc.start]:#04x} at "
+                            f"offset {exc.start}); save the manifest as UTF-8") from None
 
 
 def _settings(check: _Checker, data: dict, base: Settings) -> Settings:
@@ -294,7 +318,7 @@ def _template(check: _Checker, data: dict, key: str, allowed: tuple[str, ...],
         check.error(key, f"'{key}' uses {{{name}}}: "
                     + (f"placeholders here are {', '.join('{' + a + '}' for a in allowed)}"
                        if allowed else "a single model's fields have no placeholders"))
-    return value
+    return None if names - set(allowed) else value
 
 
 def _steps(check: _Checker, value) -> tuple[int, ...] | str | None:
@@ -315,6 +339,10 @@ def _steps(check: _Checker, value) -> tuple[int, ...] | str | None:
         if value["every"] < 1:
             check.error("steps", "steps schedule: 'every' must be at least 1")
             return None
+        if (length := schedule_length(**value)) > check.max_loads:
+            check.error("steps", f"steps schedule {value!r} has {length:,} steps, more than "
+                                 f"the limit of {check.max_loads:,} model loads; " + TOO_MANY)
+            return None
         return schedule(**value)
     if isinstance(value, list):
         return check.int_list({"steps": value}, "steps")
@@ -322,6 +350,24 @@ def _steps(check: _Checker, value) -> tuple[int, ...] | str | None:
                          "(the revisions or folders that exist) or a schedule table "
                          "{every = N, stop = M, log_until = L}")
     return None
+
+
+TOO_MANY = ("check the steps, or raise the limit with `--max-loads N` "
+            "(atlas bulk plan/run)")
+
+
+def schedule_length(stop: int, every: int, start: int = 0, log_until: int = 0) -> int:
+    """How many steps ``schedule`` gives, counted without making them."""
+    regular = range(start, stop + 1, every)
+    early = {0} | {2**k for k in range(64) if 2**k <= log_until}
+    return len(regular) + sum(step not in regular for step in early)
+
+
+def _loads(manifest: Manifest) -> int:
+    """Model loads of the manifest ("available" steps count once: they are listed later)."""
+    return len(manifest.models) + sum(
+        len(f.sizes) * len(f.seeds) * (len(f.steps) if isinstance(f.steps, tuple) else 1)
+        for f in manifest.families)
 
 
 def schedule(stop: int, every: int, start: int = 0, log_until: int = 0) -> tuple[int, ...]:
@@ -356,7 +402,8 @@ def _family(check: _Checker, data: dict, defaults: Settings) -> Family | None:
         checkpoint = "step{step}"
     family = Family(name, source, revision, sizes, seeds or (None,), steps, checkpoint,
                     quant_label(quant), parent, settings, check.line())
-    return family if _grid_fits(check, family) and _key_fields_valid(check, family) else None
+    return family if (_grid_fits(check, family) and _key_fields_valid(check, family)
+                      and _templates_format(check, family)) else None
 
 
 def _names(template: str | None) -> set[str]:
@@ -389,6 +436,24 @@ def _grid_fits(check: _Checker, family: Family) -> bool:
                                      "be quantized again (drop 'quantizations')")
         ok = False
     return ok
+
+
+def _templates_format(check: _Checker, family: Family) -> bool:
+    """Each template formats with the grid's first point (a format spec such as {size:d} fails
+    on a string): found here, not while planning."""
+    step = family.steps[0] if isinstance(family.steps, tuple) else 0
+    point = {"size": family.sizes[0], "seed": family.seeds[0], "step": step}
+    point["checkpoint"] = family.checkpoint.format(**point) if family.checkpoint else None
+    for key in ("checkpoint", "source", "revision", "parent"):
+        template = getattr(family, key)
+        try:
+            template.format(**point) if template else None
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+            check.error(key, f"'{key}' {template!r} does not format with size "
+                             f"{point['size']!r}, seed {point['seed']!r}, step {step!r} ({exc}); "
+                             "use plain placeholders such as {size}")
+            return False
+    return True
 
 
 def _key_fields_valid(check: _Checker, family: Family) -> bool:

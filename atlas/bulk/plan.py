@@ -269,7 +269,7 @@ def make_plan(manifest: Manifest, store: Store, shards: ShardDir, *,
     units = _parents_checked(manifest, store, expand(manifest))
     textsets = _textsets(manifest, store, units)
     failures = _failures(shards)
-    ready = shards.ready_names()
+    ready = shards.ready_variants()
     rows = []
     for unit in units:
         missing = "" if Path(unit.source).exists() or not looks_local(unit.source) else (

@@ -9,22 +9,23 @@ next run (or ``atlas bulk merge``), and the plan skips everything stored or scor
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import socket
 import threading
 import time
+import uuid
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from atlas.bulk.manifest import read_manifest
+from atlas.bulk.manifest import MAX_LOADS, read_manifest
 from atlas.bulk.merge import MergeReport, merge_ready
 from atlas.bulk.plan import Plan, make_plan
 from atlas.bulk.shards import ShardDir, default_shard_dir
 from atlas.bulk.worker import Outcome, Task, run_task
+from atlas.processes import guarded_pool
 from atlas.progress import progress_bar
 from atlas.store import Store
 
@@ -73,8 +74,9 @@ class ProcessBackend:
         self._start()
 
     def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")  # never fork a process holding torch
-        self.executor = ProcessPoolExecutor(self.workers, mp_context=context)
+        """Workers that die with the runner (a kill of the runner alone must not leave them
+        writing shards); started by the thread that submits, which outlives them."""
+        self.executor = guarded_pool(self.workers)
 
     def submit(self, task: Task) -> Future:
         return self.executor.submit(run_task, replace(task, threads=self.threads))
@@ -131,10 +133,10 @@ class Merger(threading.Thread):
 
 # the run -------------------------------------------------------------------------------------
 def prepare(manifest_path: Path, db_path: Path, shard_dir: Path | None, max_attempts: int,
-            merge: bool = True) -> tuple[Plan, ShardDir]:
+            merge: bool = True, max_loads: int = MAX_LOADS) -> tuple[Plan, ShardDir]:
     """Read, merge what earlier runs left (unless ``merge`` is off: a read-only look), plan;
     the store is released afterwards."""
-    manifest = read_manifest(manifest_path)
+    manifest = read_manifest(manifest_path, max_loads)
     shards = ShardDir(shard_dir or default_shard_dir(db_path)).create()
     store = Store(db_path, read_only=not merge)
     if merge:
@@ -150,19 +152,22 @@ def tasks_of(plan: Plan, shards: ShardDir, db_path: Path, retry_failed: bool) ->
         shards.export_texts(stored.content_hash, store.texts(stored.textset_id))
         hashes[name] = stored.content_hash
     store.release()
+    run_id = uuid.uuid4().hex[:12]
     return [Task(unit, tuple(variants), hashes, str(shards.path),
-                 attempt=1 if retry_failed else plan.failures.get(unit.id, 0) + 1)
+                 attempt=1 if retry_failed else plan.failures.get(unit.id, 0) + 1,
+                 run_id=run_id)
             for unit, variants in plan.work(retry_failed)]
 
 
 def run_bulk(manifest_path: str | Path, db_path: str | Path, *, workers: int = 1,
              ray_address: str | None = None, shard_dir: str | Path | None = None,
              max_attempts: int = 3, retry_failed: bool = False, progress: bool = True,
-             backoff: float = BACKOFF_SECONDS) -> RunReport:
+             backoff: float = BACKOFF_SECONDS, max_loads: int = MAX_LOADS) -> RunReport:
     """Score every variant of the manifest not yet in the atlas, and merge it."""
     db_path = Path(db_path)
     plan, shards = prepare(Path(manifest_path), db_path,
-                           Path(shard_dir) if shard_dir else None, max_attempts)
+                           Path(shard_dir) if shard_dir else None, max_attempts,
+                           max_loads=max_loads)
     tasks = tasks_of(plan, shards, db_path, retry_failed)
     report = RunReport(units=len(tasks), variants=sum(len(t.variants) for t in tasks))
     shards.write_run({"started": time.time(), "manifest": str(Path(manifest_path).resolve()),

@@ -5,14 +5,19 @@ Layout (a shared folder when workers run on several machines)::
     SHARDS/textsets/HASH.json        the texts workers score (exported once; no DB access)
     SHARDS/ready/NAME.parquet        one finished vector (+ weight sketch), then NAME.json:
     SHARDS/ready/NAME.json           its manifest with the Parquet's sha256 — written last, so
-                                     a shard without one is unfinished and never merged
+                                     a shard without one is unfinished and never merged.
+                                     NAME is VARIANT~TAG, TAG unique per run and attempt: two
+                                     attempts (a killed run's orphan and its re-run) never
+                                     write one file, and a second shard of a vector already
+                                     stored merges as "present"
     SHARDS/merged/NAME.{parquet,json}    folded into the atlas (merge is idempotent)
     SHARDS/rejected/NAME.{parquet,json}  refused by the atlas or corrupt; the reason is in .json
     SHARDS/log/HOST-PID.jsonl        one line per attempt event (start, done, failed) per
                                      process, so appends never interleave, even over NFS
     SHARDS/run.json                  the current run: its units and variants, for status/ETA
 
-Every file appears by an atomic rename, so a killed worker leaves at most a ``*.tmp`` file.
+Every file appears by an atomic rename, so a killed worker leaves at most a hidden
+``.NAME.HOST-PID.tmp`` file, which ``tidy`` deletes once that process is gone.
 """
 
 from __future__ import annotations
@@ -41,12 +46,24 @@ def default_shard_dir(db_path: Path) -> Path:
     return db_path.parent / f"{db_path.name}.shards"
 
 
+TAG_SEPARATOR = "~"  # between a variant's name and its attempt's tag (never in a safe name)
+
+
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
+def variant_name(shard_name: str) -> str:
+    """The variant a shard (VARIANT~TAG) holds."""
+    return shard_name.split(TAG_SEPARATOR)[0]
+
+
+def _writer() -> str:
+    return f"{safe_name(socket.gethostname())}-{os.getpid()}"
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{_writer()}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -112,8 +129,9 @@ class ShardDir:
         return texts
 
     # shards ------------------------------------------------------------------------------------
-    def write(self, name: str, parquet: bytes, meta: dict) -> Shard:
+    def write(self, variant: str, tag: str, parquet: bytes, meta: dict) -> Shard:
         """Parquet first, manifest (with its checksum) last: the manifest marks it finished."""
+        name = f"{variant}{TAG_SEPARATOR}{tag}"
         parquet_path = self.ready / f"{name}.parquet"
         _atomic_write(parquet_path, parquet)
         meta = {**meta, "sha256": hashlib.sha256(parquet).hexdigest(), "bytes": len(parquet),
@@ -129,8 +147,9 @@ class ShardDir:
                 shards.append(Shard(path, json.loads(path.read_text())))
         return shards
 
-    def ready_names(self) -> set[str]:
-        return {path.stem for path in self.ready.glob("*.json")}
+    def ready_variants(self) -> set[str]:
+        """The variants with a finished shard waiting to be merged."""
+        return {variant_name(path.stem) for path in self.ready.glob("*.json")}
 
     def verified_parquet(self, shard: Shard) -> Path:
         """The shard's Parquet, after checking it is the one its manifest describes."""
@@ -157,10 +176,16 @@ class ShardDir:
         shard.manifest_path.unlink(missing_ok=True)
 
     def tidy(self) -> None:
-        """Move Parquet files whose manifest is already merged (a merger killed mid-move)."""
+        """Move Parquet files whose manifest is already merged (a merger killed mid-move);
+        delete the temporary files of writers on this host that were killed."""
         for path in self.ready.glob("*.parquet"):
             if (self.merged / f"{path.stem}.json").exists():
                 os.replace(path, self.merged / path.name)
+        host = f"{safe_name(socket.gethostname())}-"
+        for path in self.path.rglob(".*.tmp"):
+            writer = path.name.rsplit(".", 2)[-2]
+            if writer.startswith(host) and not _alive(writer.removeprefix(host)):
+                path.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def merge_lock(self) -> Iterator[None]:
@@ -183,7 +208,7 @@ class ShardDir:
         self.logs.mkdir(parents=True, exist_ok=True)
         record = {"event": event, "time": time.time(), "host": socket.gethostname(),
                   "pid": os.getpid(), **fields}
-        path = self.logs / f"{safe_name(socket.gethostname())}-{os.getpid()}.jsonl"
+        path = self.logs / f"{_writer()}.jsonl"
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -207,3 +232,14 @@ class ShardDir:
             return json.loads(path.read_text())
         except (OSError, ValueError):
             return None
+
+
+def _alive(pid: str) -> bool:
+    """Whether process ``pid`` of this host runs (True when it cannot be told)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True

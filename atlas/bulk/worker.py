@@ -41,6 +41,11 @@ class Task:
     shard_dir: str
     attempt: int = 1
     threads: int | None = None  # torch threads in this worker
+    run_id: str = ""  # unique per run: with the attempt, it names this attempt's shards
+
+    @property
+    def tag(self) -> str:
+        return f"{self.run_id}-a{self.attempt}"
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ def _score_unit(task: Task, shards: ShardDir) -> tuple[int, int, float]:
                 if variant.key.layer is None and sketch is None and note is None:
                     sketch, note = sketch_weights(model.model, unit.settings.sketch_dim,
                                                   quantized=provenance["quantization"] is not None)
-                shards.write(variant.shard_name, shard_parquet(
+                shards.write(variant.shard_name, task.tag, shard_parquet(
                     variant, scores[variant.key.layer], provenance, spec, unit, model.n_params,
                     sketch if variant.key.layer is None else None), {
                     "key": str(variant.key), "textset": textset,
