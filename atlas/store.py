@@ -38,7 +38,7 @@ from atlas.weights import WeightSketch
 SCHEMA_VERSION = "2"  # 2: no DOUBLE centred copy; sketches and their bases (vector_bases)
 SKETCH_DIM = 64  # the FLOAT[64] of vectors.sketch
 BASIS_MIN = 128  # vectors a text set holds before its sketch basis is fitted
-BASIS_SAMPLE = 2048  # vectors the basis is fitted on, at most
+BASIS_SAMPLE = 512  # vectors the basis is fitted on, at most (its cost: BASIS_SAMPLE² × N)
 LOCK_RETRY_SECONDS = 10.0
 PARENT_FIX = "store the parent first (atlas ingest, atlas import vectors), or drop the parent"
 _LOCK_RE = re.compile(r"(Could not set lock|Conflicting lock)", re.IGNORECASE)
