@@ -35,7 +35,10 @@ from atlas.keys import ModelKey
 from atlas.textsets import TextSet, check_name
 from atlas.weights import WeightSketch
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: no DOUBLE centred copy; sketches and their bases (vector_bases)
+SKETCH_DIM = 64  # the FLOAT[64] of vectors.sketch
+BASIS_MIN = 128  # vectors a text set holds before its sketch basis is fitted
+BASIS_SAMPLE = 512  # vectors the basis is fitted on, at most (its cost: BASIS_SAMPLE² × N)
 LOCK_RETRY_SECONDS = 10.0
 PARENT_FIX = "store the parent first (atlas ingest, atlas import vectors), or drop the parent"
 _LOCK_RE = re.compile(r"(Could not set lock|Conflicting lock)", re.IGNORECASE)
@@ -86,6 +89,106 @@ class StoredTextSet:
     content_hash: str
     n_texts: int
     mean_bytes: float
+
+
+@dataclass
+class VectorRecord:
+    """One vector to store and its variant's fields (``Store.write_vectors``)."""
+
+    key: ModelKey
+    loglik: np.ndarray
+    config_id: str
+    provenance: dict
+    n_tokens: np.ndarray | None = None
+    n_truncated: int = 0
+    n_params: int | None = None
+    parent: str | None = None
+    source: str | None = None
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class SketchBasis:
+    """A text set's sketch basis: μ and orthonormal rows B, so s = B(c − μ) (c centred ℓ)."""
+
+    mean: np.ndarray  # N
+    basis: np.ndarray  # SKETCH_DIM × N
+
+    @classmethod
+    def fit(cls, loglik: np.ndarray, seed: int = 0) -> SketchBasis:
+        """Top principal directions of the row-centred vectors (at most BASIS_SAMPLE of them,
+        sampled with a fixed seed), padded with random orthonormal directions when the sample
+        has fewer than SKETCH_DIM: PCA keeps the structure models share (family, size,
+        training), which is what separates near neighbours from far ones."""
+        rng = np.random.default_rng(seed)
+        if len(loglik) > BASIS_SAMPLE:
+            loglik = loglik[np.sort(rng.choice(len(loglik), BASIS_SAMPLE, replace=False))]
+        centred = loglik - loglik.mean(axis=1, keepdims=True)
+        mean = centred.mean(axis=0)
+        x = centred - mean
+        values, vectors = np.linalg.eigh(x @ x.T)
+        top = np.argsort(values)[::-1][:SKETCH_DIM]
+        top = top[values[top] > values.max() * 1e-12]
+        rows = (vectors[:, top].T @ x) / np.sqrt(values[top])[:, None]
+        extra = rng.normal(size=(SKETCH_DIM - len(rows), x.shape[1]))
+        q, _ = np.linalg.qr(np.vstack([rows, extra]).T)  # orthonormal, the PCA rows first
+        return cls(mean=mean, basis=q.T[:SKETCH_DIM])
+
+
+def vector_columns(loglik: np.ndarray, basis: SketchBasis | None) -> dict[str, np.ndarray]:
+    """The stored columns of K vectors (K × N, float64 in): float32 ℓ, its mean (of the float32
+    values, in float64), and with a basis the sketch (float32) and its residual norm. Every
+    writer of vectors builds them here, so a vector and its sketch always agree."""
+    stored = np.asarray(loglik).astype(np.float32)
+    wide = stored.astype(np.float64)
+    mean = wide.mean(axis=1)
+    columns = {"loglik": stored, "loglik_mean": mean}
+    if basis is not None:
+        x = wide - mean[:, None] - basis.mean
+        sketch = x @ basis.basis.T
+        resid = np.einsum("ij,ij->i", x, x) - np.einsum("ij,ij->i", sketch, sketch)
+        columns["sketch"] = sketch.astype(np.float32)
+        columns["sketch_resid"] = np.sqrt(np.maximum(resid, 0.0))
+    return columns
+
+
+def _list_array(matrix: np.ndarray) -> pa.ListArray:
+    rows, width = matrix.shape
+    offsets = pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel()))
+
+
+def _sketch_array(sketch: np.ndarray | None, rows: int) -> pa.Array:
+    kind = pa.list_(pa.float32(), SKETCH_DIM)
+    if sketch is None:
+        return pa.nulls(rows, kind)
+    return pa.FixedSizeListArray.from_arrays(pa.array(sketch.ravel()), SKETCH_DIM)
+
+
+def _model_row(record: VectorRecord) -> dict:
+    key = record.key
+    return {"key": str(key), "family": key.family, "size": key.size,
+            "n_params": record.n_params, "seed": key.seed, "quant": key.quant,
+            "layer": key.layer, "checkpoint": key.checkpoint, "step": key.step,
+            "parent": record.parent, "source": record.source, "revision": record.revision}
+
+
+def _conflict(key: str, source: str | None, config_id: str, force: bool,
+              stored_source: str | None, stored_config: str | None) -> bool:
+    """Whether to write ``key``'s vector given what is stored; raises on a conflict."""
+    if stored_source and source and stored_source != source and not force:
+        raise StoreError(
+            f"key {key} is already taken by a model loaded from {stored_source!r}, not "
+            f"{source!r}; give this model another key (seed, checkpoint, quant …) or pass "
+            "--force to replace it")
+    if stored_config is not None and not force:
+        if stored_config == config_id:
+            return False
+        raise StoreError(
+            f"{key} is already scored on this text set with another scoring config "
+            f"({stored_config} vs {config_id}: dtype, max length or source differ); pass "
+            "--force to replace it, or store it as another variant (e.g. --quant)")
+    return True
 
 
 # A read-only session reads its own file and nothing else: no other file (COPY TO, read_csv,
@@ -291,12 +394,39 @@ class Store:
             row = first_row(con, "SELECT value FROM atlas_meta WHERE name = 'schema_version'")
             if row and row[0] == SCHEMA_VERSION and self._macros_current(con):
                 return
-        for name in sql_files():
-            con.execute(read_sql(name))
-        con.execute(
-            "INSERT OR REPLACE INTO atlas_meta VALUES ('schema_version', ?), ('macros_sha', ?)",
-            [SCHEMA_VERSION, _macros_sha()],
-        )
+        con.begin()
+        try:
+            self._upgrade_vectors(con)
+            for name in sql_files():
+                con.execute(read_sql(name))
+            self._sketch_unsketched(con)
+            con.execute(
+                "INSERT OR REPLACE INTO atlas_meta VALUES ('schema_version', ?), "
+                "('macros_sha', ?)", [SCHEMA_VERSION, _macros_sha()])
+        except BaseException:
+            con.rollback()
+            raise
+        con.commit()
+
+    @staticmethod
+    def _upgrade_vectors(con: duckdb.DuckDBPyConnection) -> None:
+        """Schema 1 → 2: drop the DOUBLE centred copy, add the sketch columns."""
+        columns = {row[0] for row in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'vectors' "
+            "AND database_name = current_database()").fetchall()}
+        if "loglik_centred" in columns:
+            con.execute("ALTER TABLE vectors DROP COLUMN loglik_centred")
+        if columns and "sketch" not in columns:
+            con.execute(f"ALTER TABLE vectors ADD COLUMN sketch FLOAT[{SKETCH_DIM}]")
+            con.execute("ALTER TABLE vectors ADD COLUMN sketch_resid DOUBLE")
+
+    def _sketch_unsketched(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Fit the basis of every text set that has enough vectors but none (an upgraded file)."""
+        for (textset_id,) in con.execute(
+                "SELECT textset_id FROM vectors WHERE textset_id NOT IN "
+                "(SELECT textset_id FROM vector_bases) GROUP BY textset_id "
+                "HAVING count(*) >= ?", [BASIS_MIN]).fetchall():
+            self._basis(con, textset_id, np.empty((0, 0)))
 
     @staticmethod
     def _macros_current(con: duckdb.DuckDBPyConnection) -> bool:
@@ -375,7 +505,11 @@ class Store:
                      force: bool = False) -> bool:
         """Whether a vector must be (re)written; raises on conflicts, as ``write_vector`` does."""
         with self.connect() as con:
-            return self._check_conflicts(con, key, textset_id, source, config_id, force)
+            model = first_row(con, "SELECT source FROM models WHERE key = ?", [key])
+            vector = first_row(con, "SELECT config_id FROM vectors WHERE key = ? "
+                                    "AND textset_id = ?", [key, textset_id])
+        return _conflict(key, source, config_id, force, model and model[0],
+                         vector and vector[0])
 
     def write_vector(self, key: ModelKey, *, textset_id: int, loglik: np.ndarray,
                      n_tokens: np.ndarray | None, n_truncated: int, config_id: str,
@@ -387,36 +521,113 @@ class Store:
         Returns False (and writes nothing) when the same variant, text set and config is stored
         already; raises when a different one is, unless ``force``.
         """
-        loglik = np.asarray(loglik, dtype=np.float64)
-        if not np.isfinite(loglik).all():
-            raise StoreError(f"{key}: refusing to store a vector with NaN or inf values")
-        stored = loglik.astype(np.float32)
-        mean = float(stored.astype(np.float64).mean())
+        record = VectorRecord(key, loglik, config_id, provenance, n_tokens, n_truncated,
+                              n_params, parent, source, revision)
+        return self.write_vectors([record], textset_id=textset_id, force=force)[0]
+
+    def write_vectors(self, records: list[VectorRecord], *, textset_id: int,
+                      force: bool = False) -> list[bool]:
+        """Write many vectors (and their variant rows and sketches) in one transaction, as one
+        Arrow insert: the whole batch or nothing. Per record, False where the same vector and
+        config is stored already (written as a no-op); a conflict refuses the whole batch.
+        Parents must be stored or earlier in ``records``."""
+        if not records:
+            return []
+        matrix = np.stack([np.asarray(r.loglik, dtype=np.float64) for r in records])
+        bad = [str(r.key) for r, ok in zip(records, np.isfinite(matrix).all(axis=1), strict=True)
+               if not ok]
+        if bad:
+            raise StoreError(f"{bad[0]}: refusing to store a vector with NaN or inf values")
         with self.transaction() as con:
-            if parent is not None:  # a dangling parent would break kl(key, parent) queries
-                parent = self._resolve_parent(con, parent, str(key))
             n_texts = first_row(con, "SELECT n_texts FROM textsets WHERE textset_id = ?",
-                                  [textset_id])[0]
-            if stored.size != n_texts:
-                raise StoreError(f"{key}: vector has {stored.size} values, text set has {n_texts}")
-            if not self._check_conflicts(con, str(key), textset_id, source, config_id, force):
-                return False
-            self._upsert_model(con, key, n_params=n_params, parent=parent, source=source,
-                               revision=revision)
-            self._record_quantization(con, key, provenance.get("quantization"))
-            con.execute("DELETE FROM vectors WHERE key = ? AND textset_id = ?",
-                        [str(key), textset_id])
-            con.execute(
-                "INSERT INTO vectors (key, textset_id, loglik, loglik_mean, loglik_centred, "
-                "n_tokens, total_tokens, n_truncated, config_id, provenance) "
-                "VALUES (?, ?, ?::FLOAT[], ?, ?::DOUBLE[], ?::INTEGER[], ?, ?, ?, ?)",
-                [str(key), textset_id, stored.tolist(), mean,
-                 (stored.astype(np.float64) - mean).tolist(),
-                 None if n_tokens is None else np.asarray(n_tokens).tolist(),
-                 None if n_tokens is None else int(np.sum(n_tokens)),
-                 n_truncated, config_id, json.dumps(provenance)],
-            )
-        return True
+                                [textset_id])[0]
+            if matrix.shape[1] != n_texts:
+                raise StoreError(f"{records[0].key}: vector has {matrix.shape[1]} values, text "
+                                 f"set has {n_texts}")
+            written = self._to_write(con, records, textset_id, force)
+            chosen = [r for r, w in zip(records, written, strict=True) if w]
+            if chosen:
+                self._insert(con, chosen, matrix[np.flatnonzero(written)], textset_id)
+        return written
+
+    def _to_write(self, con, records: list[VectorRecord], textset_id: int,
+                  force: bool) -> list[bool]:
+        """Which records to write (conflicts raise), their parents resolved in place."""
+        keys = [str(r.key) for r in records]
+        sources = dict(con.execute("SELECT key, source FROM models WHERE list_contains(?, key)",
+                                   [keys]).fetchall())
+        configs = dict(con.execute("SELECT key, config_id FROM vectors WHERE textset_id = ? "
+                                   "AND list_contains(?, key)", [textset_id, keys]).fetchall())
+        written = []
+        for i, record in enumerate(records):
+            if record.parent is not None:  # a dangling parent would break kl(key, parent)
+                record.parent = self._resolve_parent(con, record.parent, keys[i], keys[:i])
+            written.append(_conflict(keys[i], record.source, record.config_id, force,
+                                     sources.get(keys[i]), configs.get(keys[i])))
+        return written
+
+    def _insert(self, con, records: list[VectorRecord], matrix: np.ndarray,
+                textset_id: int) -> None:
+        """Models, quantizations and vectors (with sketches) of the records, Arrow inserts."""
+        keys = [str(r.key) for r in records]
+        models = pa.Table.from_pylist([_model_row(r) for r in records])
+        con.register("atlas_new_models", models)
+        con.execute(f"INSERT INTO models ({', '.join(models.column_names)}) "
+                    "SELECT * FROM atlas_new_models ON CONFLICT (key) DO UPDATE SET "
+                    "n_params = coalesce(excluded.n_params, n_params), "
+                    "parent = coalesce(excluded.parent, parent), "
+                    "source = coalesce(excluded.source, source), "
+                    "revision = coalesce(excluded.revision, revision)")
+        for record in records:
+            self._record_quantization(con, record.key, record.provenance.get("quantization"))
+        con.execute("DELETE FROM vectors WHERE textset_id = ? AND list_contains(?, key)",
+                    [textset_id, keys])
+        basis = self._basis(con, textset_id, matrix)
+        columns = vector_columns(matrix, basis)
+        table = pa.table({
+            "key": keys, "textset_id": pa.array([textset_id] * len(keys), pa.int32()),
+            "loglik": _list_array(columns["loglik"]), "loglik_mean": columns["loglik_mean"],
+            "n_tokens": pa.array([None if r.n_tokens is None else
+                                  np.asarray(r.n_tokens, dtype=np.int32) for r in records],
+                                 pa.list_(pa.int32())),
+            "total_tokens": pa.array([None if r.n_tokens is None else int(np.sum(r.n_tokens))
+                                      for r in records], pa.int64()),
+            "n_truncated": pa.array([r.n_truncated for r in records], pa.int32()),
+            "config_id": [r.config_id for r in records],
+            "provenance": [json.dumps(r.provenance) for r in records],
+            "sketch": _sketch_array(columns.get("sketch"), len(keys)),
+            "sketch_resid": pa.array(columns.get("sketch_resid", [None] * len(keys)),
+                                     pa.float64()),
+        })
+        con.register("atlas_new_vectors", table)
+        con.execute(f"INSERT INTO vectors ({', '.join(table.column_names)}) "
+                    "SELECT * FROM atlas_new_vectors")
+        con.unregister("atlas_new_vectors")
+        con.unregister("atlas_new_models")
+
+    def _basis(self, con, textset_id: int, new: np.ndarray) -> SketchBasis | None:
+        """The text set's sketch basis; fitted (and the stored vectors sketched) the first time
+        the set holds BASIS_MIN vectors, from a sample of them."""
+        table = con.sql("SELECT dim, mean, basis FROM vector_bases WHERE textset_id = ?",
+                        params=[textset_id]).to_arrow_table()
+        if len(table):
+            flat = table.column("basis").combine_chunks().flatten().to_numpy()
+            return SketchBasis(table.column("mean").combine_chunks().flatten().to_numpy(),
+                               flat.astype(np.float64).reshape(table["dim"][0].as_py(), -1))
+        stored = first_row(con, "SELECT count(*) FROM vectors WHERE textset_id = ?",
+                           [textset_id])[0]
+        if stored + len(new) < BASIS_MIN:
+            return None
+        parts = ([self._stored(con, textset_id)] if stored else []) + ([new] if len(new) else [])
+        sample = np.vstack(parts)
+        basis = SketchBasis.fit(sample)
+        con.execute("INSERT INTO vector_bases (textset_id, dim, n_fit, mean, basis) "
+                    "VALUES (?, ?, ?, ?, ?::FLOAT[])",
+                    [textset_id, basis.basis.shape[0], len(sample), basis.mean.tolist(),
+                     basis.basis.ravel().tolist()])
+        if stored:
+            self._sketch_stored(con, textset_id, basis)
+        return basis
 
     def write_vectors(self, records: list[VectorRecord], *, textset_id: int,
                       force: bool = False, also: dict[str, pa.Table] | None = None
@@ -523,24 +734,24 @@ class Store:
         con.unregister("batch_vectors")
 
     @staticmethod
-    def _check_conflicts(con, key: str, textset_id: int, source: str | None, config_id: str,
-                         force: bool) -> bool:
-        model = first_row(con, "SELECT source FROM models WHERE key = ?", [key])
-        if model and source and model[0] and model[0] != source and not force:
-            raise StoreError(
-                f"key {key} is already taken by a model loaded from {model[0]!r}, not {source!r}; "
-                "give this model another key (seed, checkpoint, quant …) or pass --force to "
-                "replace it")
-        vector = first_row(con, "SELECT config_id FROM vectors WHERE key = ? AND textset_id = ?",
-                             [key, textset_id])
-        if vector and not force:
-            if vector[0] == config_id:
-                return False
-            raise StoreError(
-                f"{key} is already scored on this text set with another scoring config "
-                f"({vector[0]} vs {config_id}: dtype, max length or source differ); pass "
-                "--force to replace it, or store it as another variant (e.g. --quant)")
-        return True
+    def _stored(con, textset_id: int) -> np.ndarray:
+        table = con.sql("SELECT loglik FROM vectors WHERE textset_id = ? ORDER BY key",
+                        params=[textset_id]).to_arrow_table()
+        flat = table.column("loglik").combine_chunks().flatten().to_numpy()
+        return flat.reshape(len(table), -1).astype(np.float64)
+
+    def _sketch_stored(self, con, textset_id: int, basis: SketchBasis) -> None:
+        """Sketch every stored vector of the set (a new basis), as one Arrow update."""
+        keys = [row[0] for row in con.execute(
+            "SELECT key FROM vectors WHERE textset_id = ? ORDER BY key", [textset_id]).fetchall()]
+        columns = vector_columns(self._stored(con, textset_id), basis)
+        table = pa.table({"key": keys, "sketch": _sketch_array(columns["sketch"], len(keys)),
+                          "sketch_resid": columns["sketch_resid"]})
+        con.register("atlas_sketches", table)
+        con.execute("UPDATE vectors SET sketch = s.sketch, sketch_resid = s.sketch_resid "
+                    "FROM atlas_sketches s WHERE vectors.key = s.key "
+                    "AND vectors.textset_id = ?", [textset_id])
+        con.unregister("atlas_sketches")
 
     @staticmethod
     def _record_quantization(con, key: ModelKey, record: dict | None) -> None:
@@ -553,19 +764,6 @@ class Store:
             f"INSERT OR REPLACE INTO quantizations (key, {', '.join(columns)}) "
             f"VALUES (?{', ?' * len(columns)})",
             [str(key), *(record.get(column) for column in columns)])
-
-    @staticmethod
-    def _upsert_model(con, key: ModelKey, **fields) -> None:
-        con.execute(
-            "INSERT INTO models (key, family, size, n_params, seed, quant, layer, checkpoint, "
-            "step, parent, source, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET n_params = coalesce(excluded.n_params, n_params), "
-            "parent = coalesce(excluded.parent, parent), "
-            "source = coalesce(excluded.source, source), "
-            "revision = coalesce(excluded.revision, revision)",
-            [str(key), key.family, key.size, fields["n_params"], key.seed, key.quant, key.layer,
-             key.checkpoint, key.step, fields["parent"], fields["source"], fields["revision"]],
-        )
 
     def resolve_parent(self, parent: str, key: ModelKey | str, pending: Collection[str] = (),
                        fix: str = PARENT_FIX) -> str:

@@ -78,7 +78,8 @@ chosen AS MATERIALIZED (
     END AS textset_id
     FROM runs r LEFT JOIN sets s ON true)
 SELECT row_number() OVER (ORDER BY run.step, run.key) AS i, run.key, run.step, v.textset_id,
-       s.set_name AS textset, s.mean_bytes, v.loglik_centred, w.sketch,
+       s.set_name AS textset, s.mean_bytes,
+       centred_loglik(v.loglik, v.loglik_mean) AS loglik_centred, w.sketch,
        weight_sketch_settings(w) AS sketch_settings
 FROM run
 JOIN vectors v ON v.key = run.key

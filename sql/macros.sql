@@ -6,6 +6,7 @@
 --   kl_bpb(vec_a, vec_b, mean_bytes)    KL on raw vectors: Var(a − b) / (2 B̄ ln 2)
 --   kl_se_bpb(vec_a, vec_b, mean_bytes) its standard error
 --   nearest(key, k [, textset])         table (key, kl, se, textset), nearest first
+--   centred_loglik(loglik, mean)        ℓ − mean(ℓ) as DOUBLE[] (the file stores only ℓ)
 --   resolve_key(text)                   canonical key of a key or unambiguous shorthand
 --   model_variants, loglik_vectors      public views (stable columns)
 
@@ -96,13 +97,17 @@ CREATE OR REPLACE MACRO kl_se_bpb(vec_a, vec_b, mean_bytes) AS delta_se(
 CREATE OR REPLACE MACRO kl_centred(c_a, c_b, mean_bytes) AS
     pow(list_distance(c_a, c_b), 2) / len(c_a) * bpb_scale(mean_bytes);
 
+-- c = ℓ − mean(ℓ) in DOUBLE, from the stored float32 ℓ (the file keeps no centred copy).
+CREATE OR REPLACE MACRO centred_loglik(loglik, loglik_mean) AS
+    list_transform(loglik, lambda x: x::DOUBLE - loglik_mean);
+
 -- The vectors of two variants on each text set they share (optionally one named set).
 CREATE OR REPLACE MACRO shared_vectors(key_a, key_b, textset_name := NULL) AS TABLE
-WITH va AS MATERIALIZED (SELECT textset_id, loglik_centred FROM vectors
-                         WHERE key = resolve_key(key_a)),
-     vb AS MATERIALIZED (SELECT textset_id, loglik_centred FROM vectors
-                         WHERE key = resolve_key(key_b))
-SELECT t.name AS textset, t.mean_bytes, va.loglik_centred AS c_a, vb.loglik_centred AS c_b
+WITH va AS MATERIALIZED (SELECT textset_id, centred_loglik(loglik, loglik_mean) AS c
+                         FROM vectors WHERE key = resolve_key(key_a)),
+     vb AS MATERIALIZED (SELECT textset_id, centred_loglik(loglik, loglik_mean) AS c
+                         FROM vectors WHERE key = resolve_key(key_b))
+SELECT t.name AS textset, t.mean_bytes, va.c AS c_a, vb.c AS c_b
 FROM va JOIN vb USING (textset_id) JOIN textsets t USING (textset_id)
 WHERE textset_name IS NULL OR t.name = textset_name;
 
@@ -128,23 +133,50 @@ CREATE OR REPLACE MACRO kl_se(key_a, key_b, textset_name := NULL) AS (
                 ELSE no_single_textset(key_a, key_b, count(*), textset_name := textset_name) END
     FROM shared_vectors(key_a, key_b, textset_name));
 
+-- ‖c_a − c_b‖² from raw vectors, vectorised: ‖ℓ_a − ℓ_b‖² − N (mean_a − mean_b)², in DOUBLE.
+CREATE OR REPLACE MACRO centred_sq_distance(l_a, mean_a, l_b, mean_b) AS
+    pow(list_distance(l_a::DOUBLE[], l_b::DOUBLE[]), 2) - len(l_a) * pow(mean_a - mean_b, 2);
+
+-- How many candidates per text set the sketch pass keeps, for each of its two orderings.
+CREATE OR REPLACE MACRO nearest_candidates(k) AS greatest(4 * k, 32);
+
 -- The k variants nearest to a key by KL on each text set of the key (one named set if given).
--- The query vector is not carried through the ranking (it would be copied once per row).
+-- Two passes: the sketches (64 floats per vector) pick candidates, then the candidates' raw
+-- vectors give the exact ranking, KL and SE. Candidates are the best by the lower bound
+-- ‖s_q − s_v‖² + (r_q − r_v)² (right for variants that share what the sketch leaves out:
+-- fine-tunes, quantizations, checkpoints) and the best by ‖s_q − s_v‖² + r_q² + r_v² (right when
+-- the left-out parts are unrelated noise); vectors without a sketch are always candidates.
 CREATE OR REPLACE MACRO nearest(query_key, k, textset_name := NULL) AS TABLE
 WITH query AS MATERIALIZED (
-    SELECT v.textset_id, v.key, v.loglik_centred AS c_q, t.mean_bytes, t.name AS textset
+    SELECT v.textset_id, v.key, v.loglik AS l_q, v.loglik_mean AS m_q, v.sketch AS s_q,
+           v.sketch_resid AS r_q, t.mean_bytes, t.name AS textset
     FROM vectors v JOIN textsets t USING (textset_id)
     WHERE v.key = resolve_key(query_key)
       AND (textset_name IS NULL OR t.name = textset_name)),
+bounds AS (
+    SELECT v.key, v.textset_id, pow(array_distance(v.sketch, q.s_q), 2) AS near,
+           near + pow(v.sketch_resid - q.r_q, 2) AS lower,
+           near + pow(v.sketch_resid, 2) + pow(q.r_q, 2) AS guess
+    FROM query q JOIN vectors v ON v.textset_id = q.textset_id AND v.key <> q.key),
+picked AS (
+    SELECT textset_id,
+           list_distinct(coalesce(min_by(key, lower, nearest_candidates(k)), [])
+                         || coalesce(min_by(key, guess, nearest_candidates(k)), [])
+                         || coalesce(list(key) FILTER (WHERE lower IS NULL), [])) AS keys
+    FROM bounds GROUP BY textset_id),
+candidates AS MATERIALIZED (SELECT textset_id, unnest(keys) AS key FROM picked),
 ranked AS (
-    SELECT v.key, v.textset_id, v.loglik_centred AS c_v,
-           kl_centred(q.c_q, v.loglik_centred, q.mean_bytes) AS kl
-    FROM query q JOIN vectors v ON v.textset_id = q.textset_id AND v.key <> q.key
-    ORDER BY kl, v.key
-    LIMIT k)
-SELECT r.key, r.kl, kl_se_bpb(q.c_q, r.c_v, q.mean_bytes) AS se, q.textset
-FROM ranked r JOIN query q ON q.textset_id = r.textset_id
-ORDER BY r.kl, r.key;
+    SELECT v.key, v.textset_id, v.loglik AS l_v,
+           centred_sq_distance(q.l_q, q.m_q, v.loglik, v.loglik_mean) / len(q.l_q)
+               * bpb_scale(q.mean_bytes) AS approx
+    FROM candidates c JOIN vectors v USING (textset_id, key) JOIN query q USING (textset_id)
+    ORDER BY approx, v.key
+    LIMIT k + 2)  -- exact values below may reorder near-ties: keep a margin
+SELECT r.key, kl_bpb(q.l_q, r.l_v, q.mean_bytes) AS kl, kl_se_bpb(q.l_q, r.l_v, q.mean_bytes) AS se,
+       q.textset
+FROM ranked r JOIN query q USING (textset_id)
+ORDER BY kl, r.key
+LIMIT k;
 
 -- Weight space (method.md §5): ‖S(a) − S(b)‖², the sketch estimate of ‖W_a − W_b‖², from the
 -- stored weight sketches of two variants of the same architecture (atlas.weights).

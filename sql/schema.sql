@@ -46,20 +46,37 @@ CREATE TABLE IF NOT EXISTS models (
     created_at TIMESTAMP DEFAULT current_timestamp
 );
 
--- One complete vector per (variant, text set), written in one transaction.
+-- One complete vector per (variant, text set), written in one transaction with its sketch.
+-- The raw float32 ℓ is the only full copy (the centred vector is derived where needed: a DOUBLE
+-- copy made the file 4.8× the raw size). sketch/sketch_resid make `nearest` sublinear: sketch is
+-- B(c − μ) for the text set's PCA basis B (vector_bases; NULL until the set has one), so
+-- ‖s_a − s_b‖² + (r_a − r_b)² ≤ ‖c_a − c_b‖² with r = ‖(I − BᵀB)(c − μ)‖, c = ℓ − mean(ℓ).
 CREATE TABLE IF NOT EXISTS vectors (
     key            VARCHAR NOT NULL,
     textset_id     INTEGER NOT NULL,
     loglik         FLOAT[]  NOT NULL,       -- ℓ in nats, text-set order
     loglik_mean    DOUBLE   NOT NULL,
-    loglik_centred DOUBLE[] NOT NULL,       -- ℓ − mean(ℓ): derived cache for fast KL/nearest
     n_tokens       INTEGER[],
     total_tokens   BIGINT,
     n_truncated    INTEGER,
     config_id      VARCHAR NOT NULL,        -- hash of what makes two scorings the same
     provenance     JSON NOT NULL,           -- tokenizer, special tokens, dtype, max length, versions
     scored_at      TIMESTAMP DEFAULT current_timestamp,
+    sketch         FLOAT[64],               -- B(c − μ): PCA coordinates (NULL: no basis yet)
+    sketch_resid   DOUBLE,                  -- r = ‖(I − BᵀB)(c − μ)‖, what the sketch leaves out
     PRIMARY KEY (key, textset_id)
+);
+
+-- The sketch basis of a text set: the top principal directions of its centred vectors, fitted
+-- once when the set first holds enough vectors (atlas.store.BASIS_MIN). Rows of basis are
+-- orthonormal, so every sketch distance is a lower bound of the true one, whatever the fit.
+CREATE TABLE IF NOT EXISTS vector_bases (
+    textset_id INTEGER PRIMARY KEY,
+    dim        INTEGER NOT NULL,
+    n_fit      INTEGER NOT NULL,            -- vectors the basis was fitted on
+    mean       DOUBLE[] NOT NULL,           -- μ, N values
+    basis      FLOAT[]  NOT NULL,           -- B, dim × N values, row-major
+    created_at TIMESTAMP DEFAULT current_timestamp
 );
 
 CREATE TABLE IF NOT EXISTS ingest_runs (

@@ -1,0 +1,148 @@
+"""The sketch-backed nearest, the batched vector write and the schema-2 upgrade."""
+
+import duckdb
+import numpy as np
+import pytest
+
+import atlas
+from atlas.errors import StoreError
+from atlas.keys import ModelKey
+from atlas.kl import kl_bpb, kl_se_bpb
+from atlas.store import BASIS_MIN, SKETCH_DIM, VectorRecord
+from atlas.textsets import TextSet
+
+N = 200
+K = BASIS_MIN + 72
+
+
+def synthetic(k: int, seed: int = 0) -> np.ndarray:
+    """Low-rank structure plus per-model noise, with close pairs (fine-tune-like)."""
+    rng = np.random.default_rng(seed)
+    loglik = (rng.normal(-900, 150, N) + rng.normal(0, 30, (k, 1))
+              + rng.normal(0, 1, (k, 8)) @ rng.normal(0, 4, (8, N))
+              + rng.normal(0, 5, (k, N)) * rng.uniform(0.5, 1.5, (k, 1)))
+    loglik[1::7] = loglik[0::7][:len(loglik[1::7])] + rng.normal(0, 1, (len(loglik[1::7]), N))
+    return loglik.astype(np.float32)
+
+
+def records(loglik: np.ndarray, prefix: str = "m") -> list[VectorRecord]:
+    return [VectorRecord(ModelKey(prefix, str(i)), row, config_id=f"c{i}", provenance={})
+            for i, row in enumerate(loglik)]
+
+
+@pytest.fixture
+def db(tmp_path):
+    handle = atlas.open(tmp_path / "a.duckdb")
+    handle.import_textset(TextSet([f"text {i} " * (1 + i % 9) for i in range(N)]), "eval")
+    return handle
+
+
+def textset_id(db) -> int:
+    return db.store.textset("eval").textset_id
+
+
+def brute_force(loglik: np.ndarray, query: int, k: int) -> list[str]:
+    centred = loglik.astype(np.float64)
+    centred -= centred.mean(axis=1, keepdims=True)
+    d2 = ((centred - centred[query]) ** 2).sum(axis=1)
+    order = [i for i in np.lexsort((np.array([f"m-{i}" for i in range(len(d2))]), d2))
+             if i != query]
+    return [f"m-{i}" for i in order[:k]]
+
+
+def test_nearest_with_sketches_is_brute_force_with_exact_values(db):
+    loglik = synthetic(K)
+    assert db.store.write_vectors(records(loglik), textset_id=textset_id(db)) == [True] * K
+    assert db.sql("SELECT count(sketch) AS n FROM vectors")["n"][0] == K
+    b = db.store.textset("eval").mean_bytes
+    for query in range(0, K, 23):
+        found = db.nearest(f"m-{query}", 10)
+        assert found["key"].to_list() == brute_force(loglik, query, 10)
+        for key, kl, se in found.select("key", "kl", "se").iter_rows():
+            other = loglik[int(key[2:])]
+            assert kl == pytest.approx(kl_bpb(loglik[query], other, b), rel=1e-9)
+            assert se == pytest.approx(kl_se_bpb(loglik[query], other, b), rel=1e-9)
+
+
+def test_sketch_is_a_lower_bound(db):
+    loglik = synthetic(K)
+    db.store.write_vectors(records(loglik), textset_id=textset_id(db))
+    frame = db.sql("SELECT a.key AS a, b.key AS b, pow(array_distance(a.sketch, b.sketch), 2) "
+                   "+ pow(a.sketch_resid - b.sketch_resid, 2) AS lower, "
+                   "centred_sq_distance(a.loglik, a.loglik_mean, b.loglik, b.loglik_mean) AS d2 "
+                   "FROM vectors a JOIN vectors b ON a.key < b.key WHERE a.key LIKE 'm-1%'")
+    assert (frame["lower"] <= frame["d2"] * (1 + 1e-5) + 1e-3).all()
+
+
+def test_basis_is_fitted_once_enough_vectors_are_stored_one_by_one(db):
+    loglik = synthetic(BASIS_MIN)
+    for record in records(loglik)[:-1]:
+        db.store.write_vectors([record], textset_id=textset_id(db))
+    assert db.sql("SELECT count(sketch) AS n FROM vectors")["n"][0] == 0
+    assert db.nearest("m-3", 5)["key"].to_list() == brute_force(loglik[:-1], 3, 5)
+    db.store.write_vectors(records(loglik)[-1:], textset_id=textset_id(db))
+    assert db.sql("SELECT count(sketch) AS n FROM vectors")["n"][0] == BASIS_MIN
+    assert db.nearest("m-3", 5)["key"].to_list() == brute_force(loglik, 3, 5)
+
+
+def test_a_refused_record_writes_nothing_of_its_batch(db):
+    loglik = synthetic(BASIS_MIN + 10)
+    db.store.write_vectors(records(loglik)[:5], textset_id=textset_id(db))
+    before = db.sql("SELECT key, loglik FROM vectors ORDER BY key").rows()
+    clash = records(loglik)
+    clash[3].config_id = "another"  # m-3 stored with c3: a conflict without --force
+    with pytest.raises(StoreError, match="another scoring config"):
+        db.store.write_vectors(clash, textset_id=textset_id(db))
+    assert db.sql("SELECT key, loglik FROM vectors ORDER BY key").rows() == before
+    assert db.sql("SELECT count(*) AS n FROM models")["n"][0] == 5
+    assert db.sql("SELECT count(*) AS n FROM vector_bases")["n"][0] == 0
+
+
+def test_rewriting_a_batch_is_a_no_op(db):
+    loglik = synthetic(BASIS_MIN + 10)
+    db.store.write_vectors(records(loglik), textset_id=textset_id(db))
+    before = db.sql("SELECT * FROM vectors ORDER BY key").rows()
+    again = db.store.write_vectors(records(loglik), textset_id=textset_id(db))
+    assert again == [False] * len(loglik)
+    assert db.sql("SELECT * FROM vectors ORDER BY key").rows() == before
+
+
+def downgrade(path) -> None:
+    """Turn a schema-2 file into what version 1 wrote: a DOUBLE centred copy, no sketches."""
+    con = duckdb.connect(str(path))
+    con.execute("ALTER TABLE vectors ADD COLUMN loglik_centred DOUBLE[]")
+    con.execute("UPDATE vectors SET loglik_centred = "
+                "list_transform(loglik, lambda x: x::DOUBLE - loglik_mean)")
+    con.execute("ALTER TABLE vectors DROP COLUMN sketch")
+    con.execute("ALTER TABLE vectors DROP COLUMN sketch_resid")
+    con.execute("DROP TABLE vector_bases")
+    con.execute("DROP MACRO TABLE nearest")
+    con.execute("CREATE MACRO nearest(query_key, k, textset_name := NULL) AS TABLE "
+                "SELECT v.key, 0.0 AS kl, 0.0 AS se, 'eval' AS textset FROM vectors v "
+                "WHERE v.key <> query_key ORDER BY list_distance(v.loglik_centred, "
+                "(SELECT loglik_centred FROM vectors WHERE key = query_key)) LIMIT k")
+    con.execute("UPDATE atlas_meta SET value = '1' WHERE name = 'schema_version'")
+    con.close()
+
+
+def test_older_file_read_only_keeps_its_nearest_and_is_upgraded_when_writable(db, tmp_path):
+    loglik = synthetic(K)
+    db.store.write_vectors(records(loglik), textset_id=textset_id(db))
+    db.close()
+    path = tmp_path / "a.duckdb"
+    downgrade(path)
+    old = atlas.open(path, read_only=True)  # the file's own nearest: no sketch columns
+    assert old.nearest("m-5", 10)["key"].to_list() == brute_force(loglik, 5, 10)
+    b = old.store.textset("eval").mean_bytes
+    assert old.kl("m-1", "m-2").value == pytest.approx(kl_bpb(loglik[1], loglik[2], b), rel=1e-9)
+    old.close()
+    upgraded = atlas.open(path)
+    columns = upgraded.sql("SELECT column_name FROM duckdb_columns() "
+                           "WHERE table_name = 'vectors'")["column_name"].to_list()
+    assert "loglik_centred" not in columns and "sketch" in columns
+    assert upgraded.sql("SELECT count(sketch) AS n FROM vectors")["n"][0] == K
+    found = upgraded.nearest("m-5", 10)
+    assert found["key"].to_list() == brute_force(loglik, 5, 10)
+    assert found["kl"][0] == pytest.approx(
+        kl_bpb(loglik[5], loglik[int(found["key"][0][2:])], b), rel=1e-9)
+    assert upgraded.sql("SELECT len(sketch) AS d FROM vectors LIMIT 1")["d"][0] == SKETCH_DIM
