@@ -63,21 +63,6 @@ def sql_files() -> list[str]:
     return first + sorted(p.name for p in sql_dir().glob("*.sql") if p.name not in first)
 
 
-@dataclass
-class VectorRecord:
-    """One complete vector and its variant's fields, for ``Store.write_vectors``."""
-
-    key: ModelKey
-    loglik: np.ndarray
-    config_id: str
-    provenance: dict
-    n_params: int | None = None
-    parent: str | None = None
-    source: str | None = None
-    revision: str | None = None
-    n_tokens: np.ndarray | None = None
-
-
 # Tables a batched write may fill beside the vectors (rows replaced by primary key).
 BATCH_TABLES = ("hub_models", "model_lineage", "metric_values", "views")
 
@@ -526,11 +511,14 @@ class Store:
         return self.write_vectors([record], textset_id=textset_id, force=force)[0]
 
     def write_vectors(self, records: list[VectorRecord], *, textset_id: int,
-                      force: bool = False) -> list[bool]:
-        """Write many vectors (and their variant rows and sketches) in one transaction, as one
-        Arrow insert: the whole batch or nothing. Per record, False where the same vector and
-        config is stored already (written as a no-op); a conflict refuses the whole batch.
-        Parents must be stored or earlier in ``records``."""
+                      force: bool = False, also: dict[str, pa.Table] | None = None
+                      ) -> list[bool]:
+        """Write many vectors (with their sketches), their variant rows and rows of
+        ``BATCH_TABLES`` (``also``) in one transaction, the vectors as one Arrow insert: the
+        whole batch or nothing. Per record, False where the same vector and config is stored
+        already; a conflict refuses the whole batch. Variant rows are upserted for every record
+        (a later import may add a parent or source to a stored vector). A parent must be stored
+        or be a key of the batch."""
         if not records:
             return []
         matrix = np.stack([np.asarray(r.loglik, dtype=np.float64) for r in records])
@@ -545,9 +533,17 @@ class Store:
                 raise StoreError(f"{records[0].key}: vector has {matrix.shape[1]} values, text "
                                  f"set has {n_texts}")
             written = self._to_write(con, records, textset_id, force)
+            self._upsert_models(con, records)
             chosen = [r for r, w in zip(records, written, strict=True) if w]
             if chosen:
                 self._insert(con, chosen, matrix[np.flatnonzero(written)], textset_id)
+            for table, rows in (also or {}).items():
+                if table not in BATCH_TABLES:
+                    raise ValueError(f"write_vectors cannot fill table {table!r}")
+                con.register("atlas_batch_rows", rows)
+                con.execute(f"INSERT OR REPLACE INTO {table} BY NAME "
+                            "SELECT * FROM atlas_batch_rows")
+                con.unregister("atlas_batch_rows")
         return written
 
     def _to_write(self, con, records: list[VectorRecord], textset_id: int,
@@ -561,15 +557,14 @@ class Store:
         written = []
         for i, record in enumerate(records):
             if record.parent is not None:  # a dangling parent would break kl(key, parent)
-                record.parent = self._resolve_parent(con, record.parent, keys[i], keys[:i])
+                record.parent = self._resolve_parent(con, record.parent, keys[i], keys)
             written.append(_conflict(keys[i], record.source, record.config_id, force,
                                      sources.get(keys[i]), configs.get(keys[i])))
         return written
 
-    def _insert(self, con, records: list[VectorRecord], matrix: np.ndarray,
-                textset_id: int) -> None:
-        """Models, quantizations and vectors (with sketches) of the records, Arrow inserts."""
-        keys = [str(r.key) for r in records]
+    @staticmethod
+    def _upsert_models(con, records: list[VectorRecord]) -> None:
+        """The variant rows of ``records``: new ones inserted, known ones completed."""
         models = pa.Table.from_pylist([_model_row(r) for r in records])
         con.register("atlas_new_models", models)
         con.execute(f"INSERT INTO models ({', '.join(models.column_names)}) "
@@ -578,6 +573,12 @@ class Store:
                     "parent = coalesce(excluded.parent, parent), "
                     "source = coalesce(excluded.source, source), "
                     "revision = coalesce(excluded.revision, revision)")
+        con.unregister("atlas_new_models")
+
+    def _insert(self, con, records: list[VectorRecord], matrix: np.ndarray,
+                textset_id: int) -> None:
+        """Quantizations and vectors (with sketches) of the records, one Arrow insert."""
+        keys = [str(r.key) for r in records]
         for record in records:
             self._record_quantization(con, record.key, record.provenance.get("quantization"))
         con.execute("DELETE FROM vectors WHERE textset_id = ? AND list_contains(?, key)",
@@ -603,7 +604,6 @@ class Store:
         con.execute(f"INSERT INTO vectors ({', '.join(table.column_names)}) "
                     "SELECT * FROM atlas_new_vectors")
         con.unregister("atlas_new_vectors")
-        con.unregister("atlas_new_models")
 
     def _basis(self, con, textset_id: int, new: np.ndarray) -> SketchBasis | None:
         """The text set's sketch basis; fitted (and the stored vectors sketched) the first time
@@ -628,110 +628,6 @@ class Store:
         if stored:
             self._sketch_stored(con, textset_id, basis)
         return basis
-
-    def write_vectors(self, records: list[VectorRecord], *, textset_id: int,
-                      force: bool = False, also: dict[str, pa.Table] | None = None
-                      ) -> list[bool]:
-        """Write many vectors, their variant rows and rows of ``BATCH_TABLES`` (``also``) in
-        one transaction, the vectors as one Arrow insert: a batch is stored whole or not at all.
-
-        Per record, the rules of ``write_vector``: the same config stored already is skipped
-        (False), another one is refused unless ``force``. Variant rows are upserted for every
-        record (a later import may add a parent or source to a stored vector). A parent must be
-        stored or be a key of the batch."""
-        n_texts = self._n_texts(textset_id)
-        stored = [self._float32_row(r, n_texts) for r in records]
-        with self.transaction() as con:
-            pending = {str(r.key) for r in records}
-            for record in records:
-                if record.parent is not None:
-                    record.parent = self._resolve_parent(con, record.parent, str(record.key),
-                                                         pending)
-            written = [self._check_conflicts(con, str(r.key), textset_id, r.source, r.config_id,
-                                             force) for r in records]
-            self._upsert_models(con, records)
-            for record in records:
-                self._record_quantization(con, record.key, record.provenance.get("quantization"))
-            new = [(r, v) for r, v, w in zip(records, stored, written, strict=True) if w]
-            if new:
-                self._insert_vectors(con, textset_id, new)
-            for table, rows in (also or {}).items():
-                if table not in BATCH_TABLES:
-                    raise ValueError(f"write_vectors cannot fill table {table!r}")
-                con.register("batch_rows", rows)
-                con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM batch_rows")
-                con.unregister("batch_rows")
-        return written
-
-    def _n_texts(self, textset_id: int) -> int:
-        with self.connect() as con:
-            return first_row(con, "SELECT n_texts FROM textsets WHERE textset_id = ?",
-                             [textset_id])[0]
-
-    @staticmethod
-    def _float32_row(record: VectorRecord, n_texts: int) -> np.ndarray:
-        """The vector as stored (float32), checked finite and of the text set's length."""
-        values = np.asarray(record.loglik, dtype=np.float64)
-        if not np.isfinite(values).all():
-            raise StoreError(f"{record.key}: refusing to store a vector with NaN or inf values")
-        if values.size != n_texts:
-            raise StoreError(f"{record.key}: vector has {values.size} values, text set has "
-                             f"{n_texts}")
-        return values.astype(np.float32)
-
-    @staticmethod
-    def _upsert_models(con, records: list[VectorRecord]) -> None:
-        rows = pa.table({
-            "key": [str(r.key) for r in records], "family": [r.key.family for r in records],
-            "size": [r.key.size for r in records],
-            "n_params": pa.array([r.n_params for r in records], pa.int64()),
-            "seed": pa.array([r.key.seed for r in records], pa.int32()),
-            "quant": pa.array([r.key.quant for r in records], pa.string()),
-            "layer": pa.array([r.key.layer for r in records], pa.int32()),
-            "checkpoint": pa.array([r.key.checkpoint for r in records], pa.string()),
-            "step": pa.array([r.key.step for r in records], pa.int64()),
-            "parent": pa.array([r.parent for r in records], pa.string()),
-            "source": pa.array([r.source for r in records], pa.string()),
-            "revision": pa.array([r.revision for r in records], pa.string())})
-        con.register("batch_models", rows)
-        con.execute(
-            "INSERT INTO models (key, family, size, n_params, seed, quant, layer, checkpoint, "
-            "step, parent, source, revision) SELECT * FROM batch_models "
-            "ON CONFLICT (key) DO UPDATE SET n_params = coalesce(excluded.n_params, n_params), "
-            "parent = coalesce(excluded.parent, parent), "
-            "source = coalesce(excluded.source, source), "
-            "revision = coalesce(excluded.revision, revision)")
-        con.unregister("batch_models")
-
-    @staticmethod
-    def _insert_vectors(con, textset_id: int, new: list[tuple[VectorRecord, np.ndarray]]
-                        ) -> None:
-        """Replace the vectors of ``new`` on the text set with one Arrow insert."""
-        matrix = np.stack([values for _, values in new])
-        means = matrix.astype(np.float64).mean(axis=1)
-        centred = matrix.astype(np.float64) - means[:, None]
-        offsets = pa.array(np.arange(len(new) + 1, dtype=np.int32) * matrix.shape[1])
-        tokens = [r.n_tokens for r, _ in new]
-        rows = pa.table({
-            "key": [str(r.key) for r, _ in new],
-            "textset_id": pa.array([textset_id] * len(new), pa.int32()),
-            "loglik": pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel())),
-            "loglik_mean": pa.array(means),
-            "loglik_centred": pa.ListArray.from_arrays(offsets, pa.array(centred.ravel())),
-            "n_tokens": pa.array([None if t is None else np.asarray(t, np.int32) for t in tokens],
-                                 pa.list_(pa.int32())),
-            "total_tokens": pa.array([None if t is None else int(np.sum(t)) for t in tokens],
-                                     pa.int64()),
-            "n_truncated": pa.array([0] * len(new), pa.int32()),
-            "config_id": [r.config_id for r, _ in new],
-            "provenance": [json.dumps(r.provenance) for r, _ in new]})
-        con.execute("DELETE FROM vectors WHERE textset_id = ? AND list_contains(?, key)",
-                    [textset_id, rows.column("key").to_pylist()])
-        con.register("batch_vectors", rows)
-        con.execute("INSERT INTO vectors (key, textset_id, loglik, loglik_mean, "
-                    "loglik_centred, n_tokens, total_tokens, n_truncated, config_id, "
-                    "provenance) SELECT * FROM batch_vectors")
-        con.unregister("batch_vectors")
 
     @staticmethod
     def _stored(con, textset_id: int) -> np.ndarray:
