@@ -305,8 +305,8 @@ class Atlas:
         return KL(a, b, *shared.row(0))
 
     def nearest(self, key: str, k: int = 10, textset: str | None = None) -> pl.DataFrame:
-        """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset, hub_id), nearest
-        first; hub_id is null for models not imported from a hub release."""
+        """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset), nearest first,
+        and hub_id when some of them were imported from a hub release."""
         found = queries.with_hub_ids(
             self, self._keyed_sql("SELECT * FROM nearest(?, ?, ?)", [key, k, textset]))
         if textset is not None and found.is_empty():

@@ -249,10 +249,7 @@ def kl(ctx: click.Context, key_a: str, key_b: str, textset: str | None, fmt: str
 def nearest(ctx: click.Context, key: str, k: int, textset: str | None, fmt: str) -> None:
     """The K models nearest to KEY by KL (bits/byte)."""
     atlas = _atlas(ctx, read_only=True)
-    found = atlas.nearest(key, k, textset)
-    if found["hub_id"].null_count() == found.height:  # no hub models among them
-        found = found.drop("hub_id")
-    emit(found, fmt, title=f"nearest to {atlas.resolve(key)}")
+    emit(atlas.nearest(key, k, textset), fmt, title=f"nearest to {atlas.resolve(key)}")
 
 
 @main.command()

@@ -722,11 +722,14 @@ def model_metrics(atlas: Atlas, key: str) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def with_hub_ids(atlas: Atlas, frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` (with a key column) and the hub id of each key (null for models not imported
-    from a hub release), in the same order."""
+    """``frame`` (with a key column) and, when any of its keys was imported from a hub
+    release, a hub_id column (null for the others): frames of other atlases keep their
+    columns."""
     ids: dict[str, str] = {}
     if frame.height and _has_table(atlas, "hub_models"):
         ids = dict(atlas.sql("SELECT key, hub_id FROM hub_models WHERE list_contains(?, key)",
                              [frame["key"].to_list()]).iter_rows())
+    if not ids:
+        return frame
     return frame.with_columns(pl.Series("hub_id", [ids.get(k) for k in frame["key"]],
                                         pl.String))
