@@ -30,10 +30,11 @@ import numpy as np
 import polars as pl
 
 from atlas import extras, queries
-from atlas.analysis import maps, predict, scale, trajectory
+from atlas.analysis import maps, predict, protocol, scale, trajectory, views
 from atlas.analysis.maps import MapResult
 from atlas.analysis.predict import Prediction
 from atlas.analysis.scale import Setting
+from atlas.analysis.views import View, ViewError
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.extras import require_scoring
 from atlas.keys import ModelKey, quant_label
@@ -329,13 +330,14 @@ class Atlas:
             raise
 
     def kl_matrix(self, keys: list[str] | None = None, textset: str | None = None,
-                  with_se: bool = True) -> KLMatrix:
-        """All-pairs KL (bits/byte) and SEs with BLAS, for ``keys`` or every vector on the set."""
+                  with_se: bool = True, view: str | View | None = None) -> KLMatrix:
+        """All-pairs KL (bits/byte) and SEs with BLAS, for ``keys`` or every vector on the set,
+        through ``view`` (a stored view's name; None: the raw vectors)."""
         if keys is not None:
             keys = [self.resolve(k) for k in keys]
         if textset is None:
             textset = self.only_textset()
-        found, matrix, mean_bytes = self.store.matrix(keys, textset)
+        found, matrix, mean_bytes = self.viewed_matrix(keys, textset, view)
         return kl_matrix(matrix, mean_bytes, found, with_se=with_se)
 
     def vector_textsets(self) -> list[str]:
@@ -412,18 +414,96 @@ class Atlas:
         return RunResult(result, chosen, sets)
 
     def scale_pairs(self, where: str | None = None, textset: str | None = None,
-                    settings: Iterable[str | Setting] | None = None) -> pl.DataFrame:
+                    settings: Iterable[str | Setting] | None = None,
+                    protocol: str | None = None, view: str | View | None = None
+                    ) -> pl.DataFrame:
         """Every pair of every setting (atlas.analysis.scale) among the variants on ``textset``
-        that satisfy ``where`` (SQL over model_variants), with its KL and SE in bits/byte."""
+        that satisfy ``where`` (SQL over model_variants), with its KL and SE in bits/byte.
+
+        ``protocol="kishino2026"`` takes P1's settings instead (atlas.analysis.protocol): its
+        early, later, seeds and sizes on ``view`` (default: P1's clip + drop-texts view fitted
+        on the fly, not stored, over the selection's pretraining runs), the others raw.
+        Without a protocol, ``view`` (a stored view's name) applies to every setting."""
         chosen = queries.selection(self, where, textset)
-        found = scale.measured_pairs(chosen.models, chosen.scope, settings)
-        matrix = self.kl_matrix(scale.pair_keys(found), textset=chosen.textset)
-        return scale.with_kl(found, matrix)
+        if protocol is None:
+            found = scale.measured_pairs(chosen.models, chosen.scope, settings)
+            matrix = self.kl_matrix(scale.pair_keys(found), textset=chosen.textset, view=view)
+            return scale.with_kl(found, matrix)
+        return self._protocol_pairs(chosen, protocol, view)
+
+    def _protocol_pairs(self, chosen: queries.Selection, name: str,
+                        view: str | View | None) -> pl.DataFrame:
+        params = protocol.protocol_params(name)
+        found = protocol.kishino2026_pairs(
+            chosen.models, params, queries.protocol_context(self, chosen.textset))
+        if found.height == 0:
+            raise scale.ScaleError(f"no pair of {name}'s settings among the model variants "
+                                   f"{chosen.scope}")
+        pretraining = found.filter(pl.col("setting").is_in(protocol.PRETRAINING))
+        if view is None and pretraining.height:
+            view = self._fit_view(f"{name}-pretraining", chosen.textset, views.STAGES,
+                                  protocol.pretraining_keys(chosen.models, params))
+        parts = [(pretraining, view), (found.filter(~pl.col("setting").is_in(
+            protocol.PRETRAINING)), None)]
+        measured = [scale.with_kl(part, self.kl_matrix(scale.pair_keys(part), chosen.textset,
+                                                       view=part_view))
+                    for part, part_view in parts if part.height]
+        order = {setting: i for i, setting in enumerate(protocol.SETTINGS)}
+        return pl.concat(measured).sort(pl.col("setting").replace_strict(order), "key_a",
+                                        "key_b")
 
     def scale(self, where: str | None = None, textset: str | None = None,
-              settings: Iterable[str | Setting] | None = None) -> pl.DataFrame:
-        """The KL scale: per setting, the count, median, mean, sd and quartiles of its pairs."""
-        return scale.summarise(self.scale_pairs(where, textset, settings))
+              settings: Iterable[str | Setting] | None = None,
+              protocol: str | None = None, view: str | View | None = None) -> pl.DataFrame:
+        """The KL scale: per setting, the count, median, mean, sd and quartiles of its pairs
+        (``protocol`` and ``view`` as in ``scale_pairs``)."""
+        return scale.summarise(self.scale_pairs(where, textset, settings, protocol, view))
+
+    # views (atlas.analysis.views) ---------------------------------------------------------------
+    def create_view(self, name: str, kinds: Sequence[str] = views.STAGES,
+                    where: str | None = None, textset: str | None = None, *, q: float = 0.02,
+                    fraction: float = 0.03, warmup: int = 2_000, replace: bool = False) -> View:
+        """Fit a view (clip, drop-texts, or both composed) on the variants on ``textset`` that
+        satisfy ``where`` and store it as ``name``; models added later get the stored result."""
+        check_name(name)
+        chosen = queries.selection(self, where, textset)
+        if chosen.models.height == 0:
+            raise ViewError(f"no model variant {chosen.scope} to fit view {name!r} on; widen "
+                            "--where")
+        fitted = self._fit_view(name, chosen.textset, kinds, chosen.models, q=q,
+                                fraction=fraction, warmup=warmup, run_set=chosen.where or "all")
+        queries.save_view(self, fitted, chosen.models["key"].to_list(), replace)
+        return fitted
+
+    def _fit_view(self, name: str, textset: str, kinds: Sequence[str], models: pl.DataFrame,
+                  q: float = 0.02, fraction: float = 0.03, warmup: int = 2_000,
+                  run_set: str = "all") -> View:
+        keys = sorted(models["key"].to_list())
+        _, loglik, _ = self.store.matrix(keys, textset)
+        runs = views.run_rows(protocol.runs_of(models), keys, warmup)
+        return views.fit(name, textset, kinds, loglik, runs, q=q, fraction=fraction,
+                         warmup=warmup, run_set=run_set)
+
+    def views(self) -> pl.DataFrame:
+        """The stored views: (name, kind, textset, model_set_hash, params, created_at)."""
+        return queries.views(self)
+
+    def view(self, name: str) -> View:
+        """One stored view, fitted params included."""
+        return queries.load_view(self, name)
+
+    def viewed_matrix(self, keys: list[str] | None, textset: str,
+                      view: str | View | None = None) -> tuple[list[str], np.ndarray, float]:
+        """(keys, K × N matrix, B̄) of ``keys`` on ``textset`` through ``view`` (None: raw)."""
+        found, loglik, mean_bytes = self.store.matrix(keys, textset)
+        if view is None:
+            return found, loglik, mean_bytes
+        fitted = view if isinstance(view, View) else queries.load_view(self, view)
+        if fitted.textset != textset:
+            raise ViewError(f"view {fitted.name!r} is fitted on text set '{fitted.textset}', "
+                            f"not '{textset}'; measure on '{fitted.textset}' or fit a view on "
+                            f"'{textset}'")
+        return (found, *views.apply(fitted, loglik, queries.text_bytes(self, textset)))
 
     def fit_map(self, method: str = "umap", where: str | None = None,
                 textset: str | None = None, name: str | None = None, seed: int = 42,

@@ -285,12 +285,72 @@ def _one_statement(query: str) -> None:
 @main.command()
 @click.option("--where", default=None, help="SQL condition on model_variants (family = 'x' …).")
 @click.option("--textset", default=None, help="Text set, when the atlas holds several.")
+@click.option("--protocol", default=None, type=click.Choice(["kishino2026"]),
+              help="A paper's settings exactly (kishino2026: P1's early, later, seeds, sizes, "
+                   "quant-8bit, quant-4bit, fine-tune, intra-type, random, layers) instead of "
+                   "the general registry.")
+@click.option("--view", default=None, help="A stored view (atlas view list) to measure on; with "
+              "--protocol, for its pretraining settings (default: P1's, fitted on the fly).")
+@click.option("--pairs", "every_pair", is_flag=True,
+              help="Print every pair (setting, key_a, key_b, kl, se), not the summary.")
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
-def scale(ctx: click.Context, where: str | None, textset: str | None, fmt: str) -> None:
+def scale(ctx: click.Context, where: str | None, textset: str | None, protocol: str | None,
+          view: str | None, every_pair: bool, fmt: str) -> None:
     """The KL scale: KL distribution per setting (consecutive checkpoints, seeds, sizes …)."""
-    frame = _atlas(ctx, read_only=True).scale(where=where, textset=textset)
+    db = _atlas(ctx, read_only=True)
+    if every_pair:
+        frame = db.scale_pairs(where=where, textset=textset, protocol=protocol, view=view)
+        emit(frame, fmt, title="every pair of the KL scale (bits/byte)")
+        return
+    frame = db.scale(where=where, textset=textset, protocol=protocol, view=view)
     emit(frame, fmt, title="the KL scale (bits/byte), over pairs of each setting")
+
+
+@main.group()
+def view() -> None:
+    """Views: derived, versioned transforms of the vectors (clip, drop-texts), never stored in
+    them; --view NAME measures through one."""
+
+
+@view.command("create")
+@click.argument("name")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["clip", "drop-texts"]),
+              help="A stage (repeat to compose; clip runs first). Default: both, as P1.")
+@click.option("--where", default=None, help="The model set to fit on (SQL over model_variants).")
+@click.option("--textset", default=None, help="Text set, when the atlas holds several.")
+@click.option("--q", type=float, default=0.02, show_default=True, help="Clip quantile.")
+@click.option("--fraction", type=float, default=0.03, show_default=True,
+              help="Share of texts drop-texts removes.")
+@click.option("--warmup", type=int, default=2_000, show_default=True,
+              help="drop-texts: steps below this do not count.")
+@click.option("--replace", is_flag=True, help="Replace a view of that name.")
+@click.pass_context
+def view_create(ctx: click.Context, name: str, kinds: tuple[str, ...], where: str | None,
+                textset: str | None, q: float, fraction: float, warmup: int,
+                replace: bool) -> None:
+    """Fit a view on a model set and store it."""
+    fitted = _atlas(ctx).create_view(name, kinds or ("clip", "drop-texts"), where, textset,
+                                     q=q, fraction=fraction, warmup=warmup, replace=replace)
+    click.echo(f"stored view {fitted.name} ({fitted.kind}) on text set '{fitted.textset}'")
+
+
+@view.command("list")
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.pass_context
+def view_list(ctx: click.Context, fmt: str) -> None:
+    """The stored views."""
+    emit(_atlas(ctx, read_only=True).views().drop("params"), fmt, title="views")
+
+
+@view.command("show")
+@click.argument("name")
+@click.pass_context
+def view_show(ctx: click.Context, name: str) -> None:
+    """One view's fitted parameters (threshold, dropped texts …) as JSON."""
+    fitted = _atlas(ctx, read_only=True).view(name)
+    click.echo(json.dumps({"name": fitted.name, "kind": fitted.kind, "textset": fitted.textset,
+                           "params": fitted.params}, indent=1))
 
 
 def _run_options(command):

@@ -1,0 +1,191 @@
+"""P1's protocol (atlas.analysis.protocol) and views (atlas.analysis.views) on a synthetic atlas
+with Pythia's exact schedule: every pair checked one by one, every KL against numpy."""
+
+import json
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+import atlas
+from atlas.analysis import protocol
+from atlas.analysis.scale import ScaleError
+from atlas.cli import main
+from atlas.textsets import TextSet
+
+SIZES = ("410m", "1b", "1.4b", "2.8b", "6.9b")
+STEPS = [0, 1, *(2 ** i for i in range(1, 10)), *range(1_000, 143_001, 1_000)]
+SEED_STEPS = (1_000, 2_000, 3_000, 143_000)
+N_TEXTS = 200
+TYPES = {"llama-7b": "llama", "vicuna-7b": "llama", "alpaca-7b": "llama", "mistral-7b": "mistral",
+         "zephyr-7b": "mistral"}
+PARENTS = {"vicuna-7b": "llama-7b", "alpaca-7b": "llama-7b", "zephyr-7b": "mistral-7b",
+           "merged-7b": "llama-7b"}
+
+
+def _schedule(size: str) -> list[int]:
+    return [s for s in STEPS if not (size == "1b" and s == 116_000)]
+
+
+def _keys() -> list[tuple[str, str | None]]:
+    """(key, parent) of every model of the synthetic atlas."""
+    rows = [(f"pythia-{size}@step{step}", None) for size in SIZES for step in _schedule(size)]
+    rows += [(f"pythia-410m/s{seed}@step{step}", None) for seed in range(1, 10)
+             for step in SEED_STEPS]
+    rows += [("pythia-410m+bnb-int8@step143000", None), ("pythia-410m+bnb-nf4@step143000", None)]
+    rows += [(f"pythia-410m#{layer}", None) for layer in range(3)]
+    rows += [(key, PARENTS.get(key)) for key in [*TYPES, "merged-7b"]]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The atlas, its float32 vectors by key, and the texts' byte lengths."""
+    root = tmp_path_factory.mktemp("protocol")
+    texts = [f"text {i} " + "abc " * (1 + i % 7) for i in range(N_TEXTS)]
+    db = atlas.open(root / "atlas.duckdb")
+    db.import_textset(TextSet(texts, source="tests"), "eval")
+    rng = np.random.default_rng(0)
+    base = -rng.gamma(2.0, 50.0, N_TEXTS)
+    rows = _keys()
+    vectors = {}
+    for key, _ in rows:
+        values = base + rng.normal(0, 2.0, N_TEXTS)
+        values[:10] += rng.normal(0, 40.0, 10)  # the outlier texts
+        vectors[key] = values.astype(np.float32)
+    provenance = json.dumps({"dtype": "float16", "tokenizer_fingerprint": "abc"})
+    pl.DataFrame({"key": [k for k, _ in rows], "parent": [p for _, p in rows],
+                  "loglik": [vectors[k].tolist() for k, _ in rows],
+                  "provenance": [provenance] * len(rows)}).write_parquet(root / "v.parquet")
+    db.import_vectors(root / "v.parquet", "eval")
+    db.sql("INSERT INTO model_lineage VALUES ('merged-7b', 'merge', 'llama', 'llama-7b'), "
+           "('merged-7b', 'merge', 'mistral', 'mistral-7b')")
+    db.sql("INSERT INTO hub_models (key, hub_id, model_type) SELECT * FROM (VALUES "
+           + ", ".join(f"('{k}', 'org/{k}', '{t}')" for k, t in TYPES.items()) + ")")
+    n_bytes = np.array([len(t.encode()) for t in texts], dtype=np.float64)
+    yield db, {k: v.astype(np.float64) for k, v in vectors.items()}, n_bytes, root
+    db.close()
+
+
+@pytest.fixture(scope="module")
+def found(world):
+    db = world[0]
+    return db.scale_pairs(protocol="kishino2026")
+
+
+def _pairs(found: pl.DataFrame, name: str) -> list[tuple[str, str]]:
+    return [tuple(r) for r in found.filter(pl.col("setting") == name)
+            .select("key_a", "key_b").iter_rows()]
+
+
+def _interval(size: str, end: int) -> tuple[str, str]:
+    return f"pythia-{size}@step{end - 1000}", f"pythia-{size}@step{end}"
+
+
+def test_early_and_later_are_p1s_250_intervals_each(found):
+    early = {_interval(size, end) for size in SIZES for end in range(3_000, 52_001, 1_000)}
+    later = {_interval(size, end) for size in SIZES if size != "1b"
+             for end in range(94_000, 143_001, 1_000)}
+    later |= {_interval("1b", end) for end in [*range(92_000, 116_000, 1_000),
+                                               *range(118_000, 143_001, 1_000)]}
+    assert len(early) == len(later) == 250
+    assert set(_pairs(found, "early")) == early and len(_pairs(found, "early")) == 250
+    assert set(_pairs(found, "later")) == later and len(_pairs(found, "later")) == 250
+
+
+def test_seeds_sizes_quant_fine_tune_and_baselines(found):
+    seeds = [1, 2, 5, 6, 7, 8, 9]  # 3 and 4 excluded; the unseeded run is not a seed
+    assert set(_pairs(found, "seeds")) == {
+        (f"pythia-410m/s{a}@step143000", f"pythia-410m/s{b}@step143000")
+        for i, a in enumerate(seeds) for b in seeds[i + 1:]}
+    assert len(_pairs(found, "seeds")) == 21
+    assert _pairs(found, "sizes") == [("pythia-410m@step143000", f"pythia-{s}@step143000")
+                                      for s in ("1.4b", "1b", "2.8b", "6.9b")]
+    assert _pairs(found, "quant-8bit") == [("pythia-410m@step143000",
+                                            "pythia-410m+bnb-int8@step143000")]
+    assert _pairs(found, "quant-4bit") == [("pythia-410m@step143000",
+                                            "pythia-410m+bnb-nf4@step143000")]
+    # merged-7b has two base models: dropped from fine-tune and from the pool
+    assert _pairs(found, "fine-tune") == [("llama-7b", "alpaca-7b"), ("llama-7b", "vicuna-7b"),
+                                          ("mistral-7b", "zephyr-7b")]
+    pool = sorted(TYPES)
+    assert set(_pairs(found, "random")) == {(a, b) for a in pool for b in pool if a < b}
+    assert set(_pairs(found, "intra-type")) == {(a, b) for a in pool for b in pool
+                                                if a < b and TYPES[a] == TYPES[b]}
+    assert _pairs(found, "layers") == [("pythia-410m#0", "pythia-410m#1"),
+                                       ("pythia-410m#1", "pythia-410m#2")]
+    assert found["setting"].unique(maintain_order=True).to_list() == list(protocol.SETTINGS)
+
+
+def _p1_view(vectors: dict[str, np.ndarray]) -> tuple[float, list[int]]:
+    """P1's clip threshold and dropped texts, re-implemented from method.md §8."""
+    runs = {size: [f"pythia-{size}@step{s}" for s in _schedule(size)] for size in SIZES}
+    runs |= {f"s{seed}": [f"pythia-410m/s{seed}@step{s}" for s in SEED_STEPS]
+             for seed in (1, 2, 5, 6, 7, 8, 9)}
+    every = np.stack([vectors[k] for run in runs.values() for k in run])
+    threshold = float(np.quantile(every, 0.02))
+    score = np.zeros(N_TEXTS)
+    for run in runs.values():
+        kept = [np.maximum(vectors[k], threshold) for k in run
+                if int(k.rsplit("step", 1)[1]) >= 2_000]
+        score = np.maximum(score, np.abs(np.diff(np.stack(kept), axis=0)).max(axis=0))
+    return threshold, sorted(np.argsort(-score, kind="stable")[:6].tolist())
+
+
+def _kl(a: np.ndarray, b: np.ndarray, mean_bytes: float) -> float:
+    return float(np.var(a - b) / (2 * mean_bytes * math.log(2)))
+
+
+def test_kls_use_p1s_view_for_pretraining_and_raw_otherwise(world, found):
+    _, vectors, n_bytes, _ = world
+    threshold, dropped = _p1_view(vectors)
+    assert set(dropped) <= set(range(10))
+    keep = np.setdiff1d(np.arange(N_TEXTS), dropped)
+    viewed = {k: np.maximum(v, threshold)[keep] for k, v in vectors.items()}
+    for _, a, b, kl, _ in found.filter(pl.col("setting").is_in(["early", "seeds"])
+                                             ).head(30).iter_rows():
+        assert kl == pytest.approx(_kl(viewed[a], viewed[b], n_bytes[keep].mean()), rel=1e-6)
+    for _, a, b, kl, _ in found.filter(~pl.col("setting").is_in(
+            protocol.PRETRAINING)).iter_rows():
+        assert kl == pytest.approx(_kl(vectors[a], vectors[b], n_bytes.mean()), rel=1e-6)
+
+
+def test_stored_view_keeps_its_threshold_for_later_models(world):
+    db, vectors, n_bytes, _ = world
+    fitted = db.create_view("p1", where="family = 'pythia' AND seed IS NULL AND quant IS NULL "
+                            "AND layer IS NULL", replace=True)
+    chosen = [k for k in vectors if k.startswith("pythia-") and "/" not in k and "+" not in k
+              and "#" not in k]
+    assert fitted.params["clip"]["threshold"] == pytest.approx(
+        float(np.quantile(np.stack([vectors[k] for k in chosen]), 0.02)), rel=1e-12)
+    assert db.view("p1").params == json.loads(json.dumps(fitted.params))
+    keep = np.setdiff1d(np.arange(N_TEXTS), fitted.params["drop-texts"]["dropped"])
+    threshold = fitted.params["clip"]["threshold"]
+    matrix = db.kl_matrix(["llama-7b", "vicuna-7b"], view="p1")  # not in the fitted set
+    a, b = (np.maximum(vectors[k], threshold)[keep] for k in ("llama-7b", "vicuna-7b"))
+    assert matrix.kl[0, 1] == pytest.approx(_kl(a, b, n_bytes[keep].mean()), rel=1e-6)
+    clip_only = db.create_view("clip", kinds=["clip"], replace=True)
+    assert clip_only.kind == "clip" and db.views()["name"].to_list() == ["clip", "p1"]
+
+
+def test_quantized_model_against_a_base_of_another_dtype_is_refused():
+    models = protocol.scale.models_from_keys(["m-1b", "m-1b+bnb-int8"])
+    provenance = pl.DataFrame({"key": ["m-1b", "m-1b+bnb-int8"], "dtype": ["float32", "float16"],
+                               "tokenizer_fingerprint": ["x", "x"]})
+    with pytest.raises(ScaleError, match=r"differ in dtype \(float16 vs float32\)"):
+        protocol.kishino2026_pairs(models, context=protocol.Context(provenance=provenance))
+
+
+def test_cli_prints_every_pair(world):
+    db, _, _, root = world
+    db.close()
+    result = CliRunner().invoke(main, ["--db", str(root / "atlas.duckdb"), "scale", "--protocol",
+                                       "kishino2026", "--pairs", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "setting,key_a,key_b,kl,se"
+    assert sum(line.startswith("early,") for line in lines) == 250
+    shown = CliRunner().invoke(main, ["--db", str(root / "atlas.duckdb"), "view", "show", "p1"])
+    assert shown.exit_code == 0 and '"dropped"' in shown.output
