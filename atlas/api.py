@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -293,9 +293,15 @@ class Atlas:
     def resolve(self, key: str) -> str:
         return self.store.resolve(key)
 
-    def kl(self, key_a: str, key_b: str, textset: str | None = None) -> KL:
-        """KL(a, b) in bits/byte with its SE, on the one text set both share (or ``textset``)."""
+    def kl(self, key_a: str, key_b: str, textset: str | None = None,
+           view: str | View | None = None) -> KL:
+        """KL(a, b) in bits/byte with its SE, on the one text set both share (or ``textset``);
+        through ``view`` (a stored view), on the view's text set."""
         a, b = self.resolve(key_a), self.resolve(key_b)  # in order: the first unknown is named
+        if view is not None:
+            fitted = self._view(view)
+            matrix = self.kl_matrix([a, b], textset or fitted.textset, view=fitted)
+            return KL(a, b, float(matrix.kl[0, 1]), float(matrix.se[0, 1]), fitted.textset)
         if textset is not None:
             self.store.textset(textset)  # a missing set is named as such, with the stored ones
         shared = self._keyed_sql(
@@ -305,9 +311,13 @@ class Atlas:
             self._keyed_sql("SELECT kl(?, ?, ?)", [a, b, textset])  # raises the SQL's message
         return KL(a, b, *shared.row(0))
 
-    def nearest(self, key: str, k: int = 10, textset: str | None = None) -> pl.DataFrame:
+    def nearest(self, key: str, k: int = 10, textset: str | None = None,
+                view: str | View | None = None) -> pl.DataFrame:
         """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset, hub_id), nearest
-        first; hub_id is null for models not imported from a hub release."""
+        first; hub_id is null for models not imported from a hub release. Through ``view``
+        (a stored view), the vectors of the view's text set are read and viewed in numpy."""
+        if view is not None:
+            return queries.with_hub_ids(self, self._nearest_viewed(key, k, textset, view))
         found = queries.with_hub_ids(
             self, self._keyed_sql("SELECT * FROM nearest(?, ?, ?)", [key, k, textset]))
         if textset is not None and found.is_empty():
@@ -319,6 +329,20 @@ class Atlas:
                                  f"(it has: {', '.join(has) or 'none'}); choose one of those "
                                  "with --textset")
         return found
+
+    def _nearest_viewed(self, key: str, k: int, textset: str | None,
+                        view: str | View) -> pl.DataFrame:
+        fitted = self._view(view)
+        textset = textset or fitted.textset
+        key = self.resolve(key)
+        keys, loglik, mean_bytes = self.viewed_matrix(None, textset, fitted)
+        if key not in keys:
+            raise UnknownKeyError(f"{key} has no vector on text set '{textset}', the text set "
+                                  f"of view {fitted.name!r}; measure it on that set first")
+        rows = views.nearest(keys, loglik, mean_bytes, key, k)
+        return pl.DataFrame([(*row, textset) for row in rows], orient="row",
+                            schema={"key": pl.String, "kl": pl.Float64, "se": pl.Float64,
+                                    "textset": pl.String})
 
     def _keyed_sql(self, query: str, params: list) -> pl.DataFrame:
         """SQL whose macros resolve keys: their lookup failures become ``UnknownKeyError``."""
@@ -394,24 +418,39 @@ class Atlas:
         """The text sets holding a vector of every checkpoint of the run, sorted."""
         return queries.run_textsets(self, run)
 
-    def trajectory(self, run: Run, textset: str | None = None) -> RunResult:
+    def trajectory(self, run: Run, textset: str | None = None,
+                   view: str | View | None = None) -> RunResult:
         """KL (bits/byte, with SE) and weight distance between consecutive checkpoints.
 
-        ``textset`` may be left out when the run's checkpoints share one set only."""
-        path, chosen, sets = queries.load_trajectory(self, run, textset)
+        ``textset`` may be left out when the run's checkpoints share one set only; ``view``
+        (a stored view) measures the KLs through it."""
+        path, chosen, sets = self._run_path(run, textset, view)
         return RunResult(trajectory.consecutive(path), chosen, sets)
 
     def diffusion(self, run: Run, window: int = 10, *, t0: float | None = None,
                   textset: str | None = None, n_boot: int = 200,
-                  save: bool = False) -> RunResult:
+                  save: bool = False, view: str | View | None = None) -> RunResult:
         """c_q, c_w and α of a run with bootstrap intervals (c_q alone without weight sketches);
-        ``save`` stores the fit in ``diffusion_fits``, replacing one of the same settings."""
-        path, chosen, sets = queries.load_trajectory(self, run, textset)
+        ``save`` stores the fit in ``diffusion_fits``, replacing one of the same settings.
+        ``view`` (a stored view) measures D_q through it; such a fit is not stored."""
+        if save and view is not None:
+            raise ViewError("a diffusion fit through a view is not stored (diffusion_fits has "
+                            "no view column yet); pass --no-save (save=False) with --view")
+        path, chosen, sets = self._run_path(run, textset, view)
         result = trajectory.fit(path, window=window, t0=t0, n_boot=n_boot)
         if save:
             queries.save_fit(self, trajectory.fit_row(
                 (run.family, run.size, run.seed, chosen, t0), result, run.quant))
         return RunResult(result, chosen, sets)
+
+    def _run_path(self, run: Run, textset: str | None, view: str | View | None
+                  ) -> tuple[trajectory.Trajectory, str, list[str]]:
+        """A run's trajectory on its text set, its vectors through ``view`` when given."""
+        path, chosen, sets = queries.load_trajectory(self, run, textset)
+        if view is None:
+            return path, chosen, sets
+        _, loglik, mean_bytes = self.viewed_matrix(path.keys, chosen, view)
+        return replace(path, loglik=loglik, mean_bytes=mean_bytes), chosen, sets
 
     def scale_pairs(self, where: str | None = None, textset: str | None = None,
                     settings: Iterable[str | Setting] | None = None,
@@ -492,13 +531,16 @@ class Atlas:
         """One stored view, fitted params included."""
         return queries.load_view(self, name)
 
+    def _view(self, view: str | View) -> View:
+        return view if isinstance(view, View) else queries.load_view(self, view)
+
     def viewed_matrix(self, keys: list[str] | None, textset: str,
                       view: str | View | None = None) -> tuple[list[str], np.ndarray, float]:
         """(keys, K × N matrix, B̄) of ``keys`` on ``textset`` through ``view`` (None: raw)."""
         found, loglik, mean_bytes = self.store.matrix(keys, textset)
         if view is None:
             return found, loglik, mean_bytes
-        fitted = view if isinstance(view, View) else queries.load_view(self, view)
+        fitted = self._view(view)
         if fitted.textset != textset:
             raise ViewError(f"view {fitted.name!r} is fitted on text set '{fitted.textset}', "
                             f"not '{textset}'; measure on '{fitted.textset}' or fit a view on "
@@ -507,17 +549,19 @@ class Atlas:
 
     def fit_map(self, method: str = "umap", where: str | None = None,
                 textset: str | None = None, name: str | None = None, seed: int = 42,
-                save: bool = True, **params) -> MapResult:
+                save: bool = True, view: str | View | None = None, **params) -> MapResult:
         """Fit a 2-D map (atlas.analysis.maps) of the variants on ``textset`` that satisfy
         ``where`` and store it as ``name`` (default ``{method}-{textset}``), replacing a map of
         that name; ``save=False`` fits without storing (e.g. on a read-only atlas)."""
         method = maps.check_request(method, params)
         chosen = queries.selection(self, where, textset)
         maps.require_models(chosen.models.height, chosen.scope)
-        keys, loglik, mean_bytes = self.store.matrix(sorted(chosen.models["key"].to_list()),
-                                                     chosen.textset)
+        keys, loglik, mean_bytes = self.viewed_matrix(sorted(chosen.models["key"].to_list()),
+                                                      chosen.textset, view)
         result = maps.fit_map(keys, loglik, mean_bytes, method=method, textset=chosen.textset,
                               where=chosen.where, name=name, seed=seed, **params)
+        if view is not None:
+            result.notes.append(f"through view {self._view(view).name}")
         if save:
             queries.save_map(self, result)
         return result

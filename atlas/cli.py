@@ -228,11 +228,13 @@ def models(ctx: click.Context, fmt: str) -> None:
 @click.argument("key_a")
 @click.argument("key_b")
 @click.option("--textset", default=None, help="Text set, when the two share several.")
+@click.option("--view", default=None, help="Measure through a stored view (atlas view list).")
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
-def kl(ctx: click.Context, key_a: str, key_b: str, textset: str | None, fmt: str) -> None:
+def kl(ctx: click.Context, key_a: str, key_b: str, textset: str | None, view: str | None,
+       fmt: str) -> None:
     """KL(KEY_A, KEY_B) in bits/byte with its standard error."""
-    result = _atlas(ctx, read_only=True).kl(key_a, key_b, textset)
+    result = _atlas(ctx, read_only=True).kl(key_a, key_b, textset, view=view)
     if fmt == "table":
         click.echo(f"KL({result.key_a}, {result.key_b}) = {result.value:.6g} ± {result.se:.2g} "
                    f"bits/byte  [text set {result.textset}]")
@@ -244,12 +246,14 @@ def kl(ctx: click.Context, key_a: str, key_b: str, textset: str | None, fmt: str
 @click.argument("key")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--textset", default=None)
+@click.option("--view", default=None, help="Measure through a stored view (atlas view list).")
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
-def nearest(ctx: click.Context, key: str, k: int, textset: str | None, fmt: str) -> None:
+def nearest(ctx: click.Context, key: str, k: int, textset: str | None, view: str | None,
+            fmt: str) -> None:
     """The K models nearest to KEY by KL (bits/byte)."""
     atlas = _atlas(ctx, read_only=True)
-    found = atlas.nearest(key, k, textset)
+    found = atlas.nearest(key, k, textset, view=view)
     if found["hub_id"].null_count() == found.height:  # no hub models among them
         found = found.drop("hub_id")
     emit(found, fmt, title=f"nearest to {atlas.resolve(key)}")
@@ -368,14 +372,15 @@ def _run_options(command):
 
 @main.command()
 @_run_options
+@click.option("--view", default=None, help="Measure through a stored view (atlas view list).")
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
 def trajectory(ctx: click.Context, family: str, size: str, seed: int | None, quant: str | None,
-               textset: str | None, fmt: str) -> None:
+               textset: str | None, view: str | None, fmt: str) -> None:
     """Consecutive-checkpoint KL (and weight distance) against step for one run."""
     atlas = _atlas(ctx, read_only=True)
     run = atlas.run(family, size, seed, quant)
-    frame = atlas.trajectory(run, textset).value
+    frame = atlas.trajectory(run, textset, view=view).value
     if fmt == "table":  # the keys are in csv/json; on screen the steps say it
         frame = frame.drop("key", "next_key")
     emit(frame, fmt, title=f"{run.label}: KL between consecutive checkpoints (bits/byte)")

@@ -189,3 +189,23 @@ def test_cli_prints_every_pair(world):
     assert sum(line.startswith("early,") for line in lines) == 250
     shown = CliRunner().invoke(main, ["--db", str(root / "atlas.duckdb"), "view", "show", "p1"])
     assert shown.exit_code == 0 and '"dropped"' in shown.output
+
+
+def test_kl_nearest_and_trajectory_through_a_view(world):
+    db, vectors, n_bytes, _ = world
+    fitted = db.create_view("p1-all", replace=True)
+    threshold, keep = fitted.params["clip"]["threshold"], np.setdiff1d(
+        np.arange(N_TEXTS), fitted.params["drop-texts"]["dropped"])
+    viewed = {k: np.maximum(v, threshold)[keep] for k, v in vectors.items()}
+    mean_bytes = n_bytes[keep].mean()
+    a, b = "pythia-1b@step1000", "pythia-1b@step2000"
+    assert db.kl(a, b, view="p1-all").value == pytest.approx(
+        _kl(viewed[a], viewed[b], mean_bytes), rel=1e-6)
+    near = db.nearest(a, k=3, view="p1-all")
+    expected = sorted((_kl(viewed[a], v, mean_bytes), k) for k, v in viewed.items() if k != a)
+    assert near["key"].to_list() == [k for _, k in expected[:3]]
+    assert near["kl"].to_list() == pytest.approx([d for d, _ in expected[:3]], rel=1e-6)
+    path = db.trajectory(db.run("pythia", "1b"), view="p1-all").value
+    assert path["kl"][-1] == pytest.approx(_kl(viewed["pythia-1b@step142000"],
+                                               viewed["pythia-1b@step143000"], mean_bytes),
+                                           rel=1e-6)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from atlas.errors import AtlasError
+from atlas.kl import bpb_scale
 
 STAGES = ("clip", "drop-texts")
 
@@ -140,3 +141,18 @@ def run_rows(runs: Sequence[tuple[Sequence[str], Sequence[int]]], keys: Sequence
                       if s >= warmup and k in index)
         found.append(np.array([i for _, i in kept], dtype=np.int64))
     return found
+
+
+def nearest(keys: Sequence[str], loglik: np.ndarray, mean_bytes: float, key: str,
+            k: int) -> list[tuple[str, float, float]]:
+    """(key, kl, se) of the ``k`` rows nearest to ``key`` by KL (ties by key), as the SQL
+    ``nearest`` ranks the raw vectors: for a matrix that went through a view."""
+    i = list(keys).index(key)
+    diff = loglik - loglik[i]
+    centred = diff - diff.mean(axis=1, keepdims=True)
+    m2 = np.mean(centred ** 2, axis=1)
+    scale = bpb_scale(mean_bytes)
+    se = np.sqrt(np.maximum(np.mean(centred ** 4, axis=1) - m2 ** 2, 0.0) / diff.shape[1]) * scale
+    ranked = sorted((float(m2[j] * scale), keys[j], float(se[j]))
+                    for j in range(len(keys)) if j != i)
+    return [(name, kl, err) for kl, name, err in ranked[:k]]
