@@ -429,18 +429,21 @@ class Atlas:
 
     def diffusion(self, run: Run, window: int = 10, *, t0: float | None = None,
                   textset: str | None = None, n_boot: int = 200,
-                  save: bool = False, view: str | View | None = None) -> RunResult:
+                  save: bool = False, view: str | View | None = None,
+                  min_t0: float | None = None) -> RunResult:
         """c_q, c_w and α of a run with bootstrap intervals (c_q alone without weight sketches);
         ``save`` stores the fit in ``diffusion_fits``, replacing one of the same settings.
+        Starts are the checkpoints at step ≥ ``min_t0`` (default: the evenly spaced tail's first
+        step, Pythia's 1,000, as P1; atlas.analysis.diffusion says what the intervals cover).
         ``view`` (a stored view) measures D_q through it; such a fit is not stored."""
         if save and view is not None:
             raise ViewError("a diffusion fit through a view is not stored (diffusion_fits has "
                             "no view column yet); pass --no-save (save=False) with --view")
         path, chosen, sets = self._run_path(run, textset, view)
-        result = trajectory.fit(path, window=window, t0=t0, n_boot=n_boot)
+        result = trajectory.fit(path, window=window, t0=t0, n_boot=n_boot, min_t0=min_t0)
         if save:
             queries.save_fit(self, trajectory.fit_row(
-                (run.family, run.size, run.seed, chosen, t0), result, run.quant))
+                (run.family, run.size, run.seed, chosen, t0), result, run.quant, min_t0))
         return RunResult(result, chosen, sets)
 
     def _run_path(self, run: Run, textset: str | None, view: str | View | None

@@ -391,19 +391,24 @@ def trajectory(ctx: click.Context, family: str, size: str, seed: int | None, qua
 @click.option("--window", type=click.IntRange(min=3), default=10, show_default=True,
               help="Checkpoints after each start used as lags.")
 @click.option("--t0", type=float, default=None, help="Fit one start step only.")
+@click.option("--min-t0", type=float, default=None,
+              help="First start step (default: the evenly spaced tail's first, 1000 for Pythia).")
 @click.option("--boot", "n_boot", type=click.IntRange(min=0), default=200, show_default=True,
               help="Bootstrap draws for the intervals (0: none).")
-@click.option("--save/--no-save", default=True, show_default=True,
-              help="Store the fit in the diffusion_fits table (--no-save opens read-only).")
+@click.option("--view", default=None, help="Measure D_q through a stored view (not saved).")
+@click.option("--save/--no-save", default=None,
+              help="Store the fit in the diffusion_fits table (default: yes, but not with "
+                   "--view; --no-save opens read-only).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
 def diffusion(ctx: click.Context, family: str, size: str, seed: int | None, quant: str | None,
-              textset: str | None, window: int, t0: float | None, n_boot: int, save: bool,
-              fmt: str) -> None:
+              textset: str | None, window: int, t0: float | None, min_t0: float | None,
+              n_boot: int, view: str | None, save: bool | None, fmt: str) -> None:
     """Diffusion exponents c_q, c_w and alpha = c_q/c_w of one run, with bootstrap intervals."""
+    save = view is None if save is None else save
     atlas = _atlas(ctx, read_only=not save)
     result = atlas.diffusion(atlas.run(family, size, seed, quant), window, t0=t0, textset=textset,
-                             n_boot=n_boot, save=save).value
+                             n_boot=n_boot, save=save, view=view, min_t0=min_t0).value
     fitted = result.to_dict()
     if fmt == "json":
         click.echo(json.dumps(fitted, indent=1))

@@ -209,3 +209,35 @@ def test_kl_nearest_and_trajectory_through_a_view(world):
     assert path["kl"][-1] == pytest.approx(_kl(viewed["pythia-1b@step142000"],
                                                viewed["pythia-1b@step143000"], mean_bytes),
                                            rel=1e-6)
+
+
+def test_diffusion_starts_are_p1s_by_default(world):
+    db = world[0]
+    fit = db.diffusion(db.run("pythia", "410m"), n_boot=20).value
+    assert [row.t0 for row in fit.per_t0] == list(range(1_000, 133_001, 1_000))
+    assert fit.window == 10 and fit.min_t0 == 1_000 and fit.to_dict()["min_t0"] == 1_000
+    later = db.diffusion(db.run("pythia", "1b"), n_boot=0, min_t0=100_000).value
+    assert [row.t0 for row in later.per_t0] == [*range(100_000, 116_000, 1_000),
+                                                *range(117_000, 133_001, 1_000)]
+
+
+def test_starts_are_resampled_in_blocks_of_a_window():
+    from atlas.analysis.diffusion import _block_picks
+
+    picks = _block_picks(np.random.default_rng(0), 25, 10, 50)
+    assert picks.shape == (50, 25)
+    for row in picks:
+        for block in (row[:10], row[10:20], row[20:]):
+            assert np.array_equal(np.diff(block), np.ones(block.size - 1))
+
+
+def test_a_schedule_whose_tail_has_no_full_window_starts_earlier_with_a_note():
+    from atlas.analysis.diffusion import DiffusionError, diffusion
+
+    steps = [0, 1, 2, 4, 8, 40, 80, 120, 160, 200]  # the quick demo's: a 5-checkpoint tail
+    loglik = np.random.default_rng(0).normal(0, 1, (len(steps), 50)).cumsum(axis=0)
+    fit = diffusion(steps, loglik, 10.0, window=5, n_boot=0)
+    assert [row.t0 for row in fit.per_t0] == [0, 1, 2, 4, 8]
+    assert "no full window" in fit.notes[0] and "--min-t0" in fit.notes[0]
+    with pytest.raises(DiffusionError, match="smaller --min-t0"):
+        diffusion(steps, loglik, 10.0, window=5, n_boot=0, min_t0=40)
