@@ -483,8 +483,13 @@ class Atlas:
                                    f"{chosen.scope}")
         pretraining = found.filter(pl.col("setting").is_in(protocol.PRETRAINING))
         if view is None and pretraining.height:
-            view = self._fit_view(f"{name}-pretraining", chosen.textset, views.STAGES,
-                                  protocol.pretraining_keys(chosen.models, params))
+            try:
+                view = self._fit_view(f"{name}-pretraining", chosen.textset, views.STAGES,
+                                      protocol.pretraining_keys(chosen.models, params))
+            except ViewError as exc:
+                raise ViewError(f"{name}'s view of its pretraining settings cannot be fitted on "
+                                f"the model variants {chosen.scope} ({exc}); fit one with `atlas "
+                                "view create NAME --warmup S` and pass --view NAME") from None
         parts = [(pretraining, view), (found.filter(~pl.col("setting").is_in(
             protocol.PRETRAINING)), None)]
         measured = [scale.with_kl(part, self.kl_matrix(scale.pair_keys(part), chosen.textset,

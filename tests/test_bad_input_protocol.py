@@ -12,7 +12,8 @@ import atlas
 from atlas.textsets import TextSet
 
 N = 30
-KEYS = [f"toy-s@step{s}" for s in (1_000, 2_000, 3_000, 4_000)]
+KEYS = [f"toy-s@step{s}" for s in (1_000, 2_000, 3_000, 4_000)] + [
+    f"toy-s/s{seed}@step4000" for seed in (1, 2)]
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +57,10 @@ def test_out_of_range_view_parameters_are_refused(db, option, value, what):
 def test_drop_texts_without_a_run_after_warm_up_is_refused(db):
     refused(db, ["view", "create", "w", "--textset", "eval", "--warmup", "5000"],
             what="drop-texts needs a run", where="--warmup", fix="lower --warmup")
+
+
+def test_p1s_view_that_cannot_be_fitted_says_how_to_give_one(db):
+    refused(db, ["scale", "--protocol", "kishino2026", "--textset", "eval", "--where",
+                 "seed IS NOT NULL"],
+            what="view of its pretraining settings cannot be fitted",
+            where="text set 'eval'", fix="atlas view create NAME --warmup S")
