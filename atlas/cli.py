@@ -431,13 +431,14 @@ def diffusion(ctx: click.Context, family: str, size: str, seed: int | None, quan
 @click.option("--textset", default=None, help="Text set, when the atlas holds several.")
 @click.option("--name", default=None, help="Store it under this name (default METHOD-TEXTSET).")
 @click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--view", default=None, help="Map the vectors through a stored view.")
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
 def map_(ctx: click.Context, method: str, where: str | None, textset: str | None,
-         name: str | None, seed: int, fmt: str) -> None:
+         name: str | None, seed: int, view: str | None, fmt: str) -> None:
     """Fit a 2-D map of the models' q̃ and store it (SQL: SELECT * FROM map_points(NAME))."""
     result = _atlas(ctx).fit_map(method=method, where=where, textset=textset, name=name,
-                                 seed=seed)
+                                 seed=seed, view=view)
     emit(result.to_polars(), fmt, title=f"map '{result.name}': {result.n_models} models, "
          f"{result.method} in {result.seconds:.1f} s")
     for note in result.notes:

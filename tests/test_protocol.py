@@ -241,3 +241,20 @@ def test_a_schedule_whose_tail_has_no_full_window_starts_earlier_with_a_note():
     assert "no full window" in fit.notes[0] and "--min-t0" in fit.notes[0]
     with pytest.raises(DiffusionError, match="smaller --min-t0"):
         diffusion(steps, loglik, 10.0, window=5, n_boot=0, min_t0=40)
+
+
+def test_a_map_through_a_view_is_the_map_of_the_viewed_vectors(world):
+    from atlas.analysis import maps
+
+    db, vectors, n_bytes, _ = world
+    fitted = db.create_view("clip-only", kinds=["clip"], replace=True)
+    keys = [f"pythia-1b@step{s}" for s in range(140_000, 143_001, 1_000)]
+    where = "key IN (" + ", ".join(f"'{k}'" for k in keys) + ")"
+    viewed = db.fit_map("pca", where=where, save=False, view="clip-only")
+    clipped = np.stack([np.maximum(vectors[k], fitted.params["clip"]["threshold"])
+                        for k in viewed.keys])
+    expected = maps.fit_map(viewed.keys, clipped, n_bytes.mean(), method="pca",
+                             textset="eval", where=where)
+    assert np.allclose(viewed.coords, expected.coords, rtol=1e-6, atol=1e-9)
+    assert "through view clip-only" in viewed.notes
+    assert not np.allclose(db.fit_map("pca", where=where, save=False).coords, viewed.coords)
