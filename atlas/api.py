@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,10 +30,11 @@ import numpy as np
 import polars as pl
 
 from atlas import extras, queries
-from atlas.analysis import maps, predict, scale, trajectory
+from atlas.analysis import maps, predict, protocol, scale, trajectory, views
 from atlas.analysis.maps import MapResult
 from atlas.analysis.predict import Prediction
 from atlas.analysis.scale import Setting
+from atlas.analysis.views import View, ViewError
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.extras import require_scoring
 from atlas.keys import ModelKey, quant_label
@@ -292,9 +293,15 @@ class Atlas:
     def resolve(self, key: str) -> str:
         return self.store.resolve(key)
 
-    def kl(self, key_a: str, key_b: str, textset: str | None = None) -> KL:
-        """KL(a, b) in bits/byte with its SE, on the one text set both share (or ``textset``)."""
+    def kl(self, key_a: str, key_b: str, textset: str | None = None,
+           view: str | View | None = None) -> KL:
+        """KL(a, b) in bits/byte with its SE, on the one text set both share (or ``textset``);
+        through ``view`` (a stored view), on the view's text set."""
         a, b = self.resolve(key_a), self.resolve(key_b)  # in order: the first unknown is named
+        if view is not None:
+            fitted = self._view(view)
+            matrix = self.kl_matrix([a, b], textset or fitted.textset, view=fitted)
+            return KL(a, b, float(matrix.kl[0, 1]), float(matrix.se[0, 1]), fitted.textset)
         if textset is not None:
             self.store.textset(textset)  # a missing set is named as such, with the stored ones
         shared = self._keyed_sql(
@@ -304,9 +311,13 @@ class Atlas:
             self._keyed_sql("SELECT kl(?, ?, ?)", [a, b, textset])  # raises the SQL's message
         return KL(a, b, *shared.row(0))
 
-    def nearest(self, key: str, k: int = 10, textset: str | None = None) -> pl.DataFrame:
+    def nearest(self, key: str, k: int = 10, textset: str | None = None,
+                view: str | View | None = None) -> pl.DataFrame:
         """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset), nearest first,
-        and hub_id when some of them were imported from a hub release."""
+        and hub_id when some of them were imported from a hub release. Through ``view`` (a
+        stored view), the vectors of the view's text set are read and viewed in numpy."""
+        if view is not None:
+            return queries.with_hub_ids(self, self._nearest_viewed(key, k, textset, view))
         found = queries.with_hub_ids(
             self, self._keyed_sql("SELECT * FROM nearest(?, ?, ?)", [key, k, textset]))
         if textset is not None and found.is_empty():
@@ -319,6 +330,20 @@ class Atlas:
                                  "with --textset")
         return found
 
+    def _nearest_viewed(self, key: str, k: int, textset: str | None,
+                        view: str | View) -> pl.DataFrame:
+        fitted = self._view(view)
+        textset = textset or fitted.textset
+        key = self.resolve(key)
+        keys, loglik, mean_bytes = self.viewed_matrix(None, textset, fitted)
+        if key not in keys:
+            raise UnknownKeyError(f"{key} has no vector on text set '{textset}', the text set "
+                                  f"of view {fitted.name!r}; measure it on that set first")
+        rows = views.nearest(keys, loglik, mean_bytes, key, k)
+        return pl.DataFrame([(*row, textset) for row in rows], orient="row",
+                            schema={"key": pl.String, "kl": pl.Float64, "se": pl.Float64,
+                                    "textset": pl.String})
+
     def _keyed_sql(self, query: str, params: list) -> pl.DataFrame:
         """SQL whose macros resolve keys: their lookup failures become ``UnknownKeyError``."""
         try:
@@ -329,13 +354,14 @@ class Atlas:
             raise
 
     def kl_matrix(self, keys: list[str] | None = None, textset: str | None = None,
-                  with_se: bool = True) -> KLMatrix:
-        """All-pairs KL (bits/byte) and SEs with BLAS, for ``keys`` or every vector on the set."""
+                  with_se: bool = True, view: str | View | None = None) -> KLMatrix:
+        """All-pairs KL (bits/byte) and SEs with BLAS, for ``keys`` or every vector on the set,
+        through ``view`` (a stored view's name; None: the raw vectors)."""
         if keys is not None:
             keys = [self.resolve(k) for k in keys]
         if textset is None:
             textset = self.only_textset()
-        found, matrix, mean_bytes = self.store.matrix(keys, textset)
+        found, matrix, mean_bytes = self.viewed_matrix(keys, textset, view)
         return kl_matrix(matrix, mean_bytes, found, with_se=with_se)
 
     def vector_textsets(self) -> list[str]:
@@ -392,52 +418,158 @@ class Atlas:
         """The text sets holding a vector of every checkpoint of the run, sorted."""
         return queries.run_textsets(self, run)
 
-    def trajectory(self, run: Run, textset: str | None = None) -> RunResult:
+    def trajectory(self, run: Run, textset: str | None = None,
+                   view: str | View | None = None) -> RunResult:
         """KL (bits/byte, with SE) and weight distance between consecutive checkpoints.
 
-        ``textset`` may be left out when the run's checkpoints share one set only."""
-        path, chosen, sets = queries.load_trajectory(self, run, textset)
+        ``textset`` may be left out when the run's checkpoints share one set only; ``view``
+        (a stored view) measures the KLs through it."""
+        path, chosen, sets = self._run_path(run, textset, view)
         return RunResult(trajectory.consecutive(path), chosen, sets)
 
     def diffusion(self, run: Run, window: int = 10, *, t0: float | None = None,
                   textset: str | None = None, n_boot: int = 200,
-                  save: bool = False) -> RunResult:
+                  save: bool = False, view: str | View | None = None,
+                  min_t0: float | None = None) -> RunResult:
         """c_q, c_w and α of a run with bootstrap intervals (c_q alone without weight sketches);
-        ``save`` stores the fit in ``diffusion_fits``, replacing one of the same settings."""
-        path, chosen, sets = queries.load_trajectory(self, run, textset)
-        result = trajectory.fit(path, window=window, t0=t0, n_boot=n_boot)
+        ``save`` stores the fit in ``diffusion_fits``, replacing one of the same settings.
+        Starts are the checkpoints at step ≥ ``min_t0`` (default: the evenly spaced tail's first
+        step, Pythia's 1,000, as P1; atlas.analysis.diffusion says what the intervals cover).
+        ``view`` (a stored view) measures D_q through it; such a fit is not stored."""
+        if save and view is not None:
+            raise ViewError("a diffusion fit through a view is not stored (diffusion_fits has "
+                            "no view column yet); pass --no-save (save=False) with --view")
+        path, chosen, sets = self._run_path(run, textset, view)
+        result = trajectory.fit(path, window=window, t0=t0, n_boot=n_boot, min_t0=min_t0)
         if save:
             queries.save_fit(self, trajectory.fit_row(
-                (run.family, run.size, run.seed, chosen, t0), result, run.quant))
+                (run.family, run.size, run.seed, chosen, t0), result, run.quant, min_t0))
         return RunResult(result, chosen, sets)
 
+    def _run_path(self, run: Run, textset: str | None, view: str | View | None
+                  ) -> tuple[trajectory.Trajectory, str, list[str]]:
+        """A run's trajectory on its text set, its vectors through ``view`` when given."""
+        path, chosen, sets = queries.load_trajectory(self, run, textset)
+        if view is None:
+            return path, chosen, sets
+        _, loglik, mean_bytes = self.viewed_matrix(path.keys, chosen, view)
+        return replace(path, loglik=loglik, mean_bytes=mean_bytes), chosen, sets
+
     def scale_pairs(self, where: str | None = None, textset: str | None = None,
-                    settings: Iterable[str | Setting] | None = None) -> pl.DataFrame:
+                    settings: Iterable[str | Setting] | None = None,
+                    protocol: str | None = None, view: str | View | None = None
+                    ) -> pl.DataFrame:
         """Every pair of every setting (atlas.analysis.scale) among the variants on ``textset``
-        that satisfy ``where`` (SQL over model_variants), with its KL and SE in bits/byte."""
+        that satisfy ``where`` (SQL over model_variants), with its KL and SE in bits/byte.
+
+        ``protocol="kishino2026"`` takes P1's settings instead (atlas.analysis.protocol): its
+        early, later, seeds and sizes on ``view`` (default: P1's clip + drop-texts view fitted
+        on the fly, not stored, over the selection's pretraining runs), the others raw.
+        Without a protocol, ``view`` (a stored view's name) applies to every setting."""
         chosen = queries.selection(self, where, textset)
-        found = scale.measured_pairs(chosen.models, chosen.scope, settings)
-        matrix = self.kl_matrix(scale.pair_keys(found), textset=chosen.textset)
-        return scale.with_kl(found, matrix)
+        if protocol is None:
+            found = scale.measured_pairs(chosen.models, chosen.scope, settings)
+            matrix = self.kl_matrix(scale.pair_keys(found), textset=chosen.textset, view=view)
+            return scale.with_kl(found, matrix)
+        return self._protocol_pairs(chosen, protocol, view)
+
+    def _protocol_pairs(self, chosen: queries.Selection, name: str,
+                        view: str | View | None) -> pl.DataFrame:
+        params = protocol.protocol_params(name)
+        found = protocol.kishino2026_pairs(
+            chosen.models, params, queries.protocol_context(self, chosen.textset))
+        if found.height == 0:
+            raise scale.ScaleError(f"no pair of {name}'s settings among the model variants "
+                                   f"{chosen.scope}")
+        pretraining = found.filter(pl.col("setting").is_in(protocol.PRETRAINING))
+        if view is None and pretraining.height:
+            try:
+                view = self._fit_view(f"{name}-pretraining", chosen.textset, views.STAGES,
+                                      protocol.pretraining_keys(chosen.models, params))
+            except ViewError as exc:
+                raise ViewError(f"{name}'s view of its pretraining settings cannot be fitted on "
+                                f"the model variants {chosen.scope} ({exc}); fit one with `atlas "
+                                "view create NAME --warmup S` and pass --view NAME") from None
+        parts = [(pretraining, view), (found.filter(~pl.col("setting").is_in(
+            protocol.PRETRAINING)), None)]
+        measured = [scale.with_kl(part, self.kl_matrix(scale.pair_keys(part), chosen.textset,
+                                                       view=part_view))
+                    for part, part_view in parts if part.height]
+        order = {setting: i for i, setting in enumerate(protocol.SETTINGS)}
+        return pl.concat(measured).sort(pl.col("setting").replace_strict(order), "key_a",
+                                        "key_b")
 
     def scale(self, where: str | None = None, textset: str | None = None,
-              settings: Iterable[str | Setting] | None = None) -> pl.DataFrame:
-        """The KL scale: per setting, the count, median, mean, sd and quartiles of its pairs."""
-        return scale.summarise(self.scale_pairs(where, textset, settings))
+              settings: Iterable[str | Setting] | None = None,
+              protocol: str | None = None, view: str | View | None = None) -> pl.DataFrame:
+        """The KL scale: per setting, the count, median, mean, sd and quartiles of its pairs
+        (``protocol`` and ``view`` as in ``scale_pairs``)."""
+        return scale.summarise(self.scale_pairs(where, textset, settings, protocol, view))
+
+    # views (atlas.analysis.views) ---------------------------------------------------------------
+    def create_view(self, name: str, kinds: Sequence[str] = views.STAGES,
+                    where: str | None = None, textset: str | None = None, *, q: float = 0.02,
+                    fraction: float = 0.03, warmup: int = 2_000, replace: bool = False) -> View:
+        """Fit a view (clip, drop-texts, or both composed) on the variants on ``textset`` that
+        satisfy ``where`` and store it as ``name``; models added later get the stored result."""
+        check_name(name)
+        chosen = queries.selection(self, where, textset)
+        if chosen.models.height == 0:
+            raise ViewError(f"no model variant {chosen.scope} to fit view {name!r} on; widen "
+                            "--where")
+        fitted = self._fit_view(name, chosen.textset, kinds, chosen.models, q=q,
+                                fraction=fraction, warmup=warmup, run_set=chosen.where or "all")
+        queries.save_view(self, fitted, chosen.models["key"].to_list(), replace)
+        return fitted
+
+    def _fit_view(self, name: str, textset: str, kinds: Sequence[str], models: pl.DataFrame,
+                  q: float = 0.02, fraction: float = 0.03, warmup: int = 2_000,
+                  run_set: str = "all") -> View:
+        keys = sorted(models["key"].to_list())
+        _, loglik, _ = self.store.matrix(keys, textset)
+        runs = views.run_rows(protocol.runs_of(models), keys, warmup)
+        return views.fit(name, textset, kinds, loglik, runs, q=q, fraction=fraction,
+                         warmup=warmup, run_set=run_set)
+
+    def views(self) -> pl.DataFrame:
+        """The stored views: (name, kind, textset, model_set_hash, params, created_at)."""
+        return queries.views(self)
+
+    def view(self, name: str) -> View:
+        """One stored view, fitted params included."""
+        return queries.load_view(self, name)
+
+    def _view(self, view: str | View) -> View:
+        return view if isinstance(view, View) else queries.load_view(self, view)
+
+    def viewed_matrix(self, keys: list[str] | None, textset: str,
+                      view: str | View | None = None) -> tuple[list[str], np.ndarray, float]:
+        """(keys, K × N matrix, B̄) of ``keys`` on ``textset`` through ``view`` (None: raw)."""
+        found, loglik, mean_bytes = self.store.matrix(keys, textset)
+        if view is None:
+            return found, loglik, mean_bytes
+        fitted = self._view(view)
+        if fitted.textset != textset:
+            raise ViewError(f"view {fitted.name!r} is fitted on text set '{fitted.textset}', "
+                            f"not '{textset}'; measure on '{fitted.textset}' or fit a view on "
+                            f"'{textset}'")
+        return (found, *views.apply(fitted, loglik, queries.text_bytes(self, textset)))
 
     def fit_map(self, method: str = "umap", where: str | None = None,
                 textset: str | None = None, name: str | None = None, seed: int = 42,
-                save: bool = True, **params) -> MapResult:
+                save: bool = True, view: str | View | None = None, **params) -> MapResult:
         """Fit a 2-D map (atlas.analysis.maps) of the variants on ``textset`` that satisfy
         ``where`` and store it as ``name`` (default ``{method}-{textset}``), replacing a map of
         that name; ``save=False`` fits without storing (e.g. on a read-only atlas)."""
         method = maps.check_request(method, params)
         chosen = queries.selection(self, where, textset)
         maps.require_models(chosen.models.height, chosen.scope)
-        keys, loglik, mean_bytes = self.store.matrix(sorted(chosen.models["key"].to_list()),
-                                                     chosen.textset)
+        keys, loglik, mean_bytes = self.viewed_matrix(sorted(chosen.models["key"].to_list()),
+                                                      chosen.textset, view)
         result = maps.fit_map(keys, loglik, mean_bytes, method=method, textset=chosen.textset,
                               where=chosen.where, name=name, seed=seed, **params)
+        if view is not None:
+            result.notes.append(f"through view {self._view(view).name}")
         if save:
             queries.save_map(self, result)
         return result

@@ -228,11 +228,13 @@ def models(ctx: click.Context, fmt: str) -> None:
 @click.argument("key_a")
 @click.argument("key_b")
 @click.option("--textset", default=None, help="Text set, when the two share several.")
+@click.option("--view", default=None, help="Measure through a stored view (atlas view list).")
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
-def kl(ctx: click.Context, key_a: str, key_b: str, textset: str | None, fmt: str) -> None:
+def kl(ctx: click.Context, key_a: str, key_b: str, textset: str | None, view: str | None,
+       fmt: str) -> None:
     """KL(KEY_A, KEY_B) in bits/byte with its standard error."""
-    result = _atlas(ctx, read_only=True).kl(key_a, key_b, textset)
+    result = _atlas(ctx, read_only=True).kl(key_a, key_b, textset, view=view)
     if fmt == "table":
         click.echo(f"KL({result.key_a}, {result.key_b}) = {result.value:.6g} ± {result.se:.2g} "
                    f"bits/byte  [text set {result.textset}]")
@@ -244,12 +246,15 @@ def kl(ctx: click.Context, key_a: str, key_b: str, textset: str | None, fmt: str
 @click.argument("key")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--textset", default=None)
+@click.option("--view", default=None, help="Measure through a stored view (atlas view list).")
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
-def nearest(ctx: click.Context, key: str, k: int, textset: str | None, fmt: str) -> None:
+def nearest(ctx: click.Context, key: str, k: int, textset: str | None, view: str | None,
+            fmt: str) -> None:
     """The K models nearest to KEY by KL (bits/byte)."""
     atlas = _atlas(ctx, read_only=True)
-    emit(atlas.nearest(key, k, textset), fmt, title=f"nearest to {atlas.resolve(key)}")
+    emit(atlas.nearest(key, k, textset, view=view), fmt,
+         title=f"nearest to {atlas.resolve(key)}")
 
 
 @main.command()
@@ -282,12 +287,72 @@ def _one_statement(query: str) -> None:
 @main.command()
 @click.option("--where", default=None, help="SQL condition on model_variants (family = 'x' …).")
 @click.option("--textset", default=None, help="Text set, when the atlas holds several.")
+@click.option("--protocol", default=None, type=click.Choice(["kishino2026"]),
+              help="A paper's settings exactly (kishino2026: P1's early, later, seeds, sizes, "
+                   "quant-8bit, quant-4bit, fine-tune, intra-type, random, layers) instead of "
+                   "the general registry.")
+@click.option("--view", default=None, help="A stored view (atlas view list) to measure on; with "
+              "--protocol, for its pretraining settings (default: P1's, fitted on the fly).")
+@click.option("--pairs", "every_pair", is_flag=True,
+              help="Print every pair (setting, key_a, key_b, kl, se), not the summary.")
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
-def scale(ctx: click.Context, where: str | None, textset: str | None, fmt: str) -> None:
+def scale(ctx: click.Context, where: str | None, textset: str | None, protocol: str | None,
+          view: str | None, every_pair: bool, fmt: str) -> None:
     """The KL scale: KL distribution per setting (consecutive checkpoints, seeds, sizes …)."""
-    frame = _atlas(ctx, read_only=True).scale(where=where, textset=textset)
+    db = _atlas(ctx, read_only=True)
+    if every_pair:
+        frame = db.scale_pairs(where=where, textset=textset, protocol=protocol, view=view)
+        emit(frame, fmt, title="every pair of the KL scale (bits/byte)")
+        return
+    frame = db.scale(where=where, textset=textset, protocol=protocol, view=view)
     emit(frame, fmt, title="the KL scale (bits/byte), over pairs of each setting")
+
+
+@main.group()
+def view() -> None:
+    """Views: derived, versioned transforms of the vectors (clip, drop-texts), never stored in
+    them; --view NAME measures through one."""
+
+
+@view.command("create")
+@click.argument("name")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["clip", "drop-texts"]),
+              help="A stage (repeat to compose; clip runs first). Default: both, as P1.")
+@click.option("--where", default=None, help="The model set to fit on (SQL over model_variants).")
+@click.option("--textset", default=None, help="Text set, when the atlas holds several.")
+@click.option("--q", type=float, default=0.02, show_default=True, help="Clip quantile.")
+@click.option("--fraction", type=float, default=0.03, show_default=True,
+              help="Share of texts drop-texts removes.")
+@click.option("--warmup", type=int, default=2_000, show_default=True,
+              help="drop-texts: steps below this do not count.")
+@click.option("--replace", is_flag=True, help="Replace a view of that name.")
+@click.pass_context
+def view_create(ctx: click.Context, name: str, kinds: tuple[str, ...], where: str | None,
+                textset: str | None, q: float, fraction: float, warmup: int,
+                replace: bool) -> None:
+    """Fit a view on a model set and store it."""
+    fitted = _atlas(ctx).create_view(name, kinds or ("clip", "drop-texts"), where, textset,
+                                     q=q, fraction=fraction, warmup=warmup, replace=replace)
+    click.echo(f"stored view {fitted.name} ({fitted.kind}) on text set '{fitted.textset}'")
+
+
+@view.command("list")
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.pass_context
+def view_list(ctx: click.Context, fmt: str) -> None:
+    """The stored views."""
+    emit(_atlas(ctx, read_only=True).views().drop("params"), fmt, title="views")
+
+
+@view.command("show")
+@click.argument("name")
+@click.pass_context
+def view_show(ctx: click.Context, name: str) -> None:
+    """One view's fitted parameters (threshold, dropped texts …) as JSON."""
+    fitted = _atlas(ctx, read_only=True).view(name)
+    click.echo(json.dumps({"name": fitted.name, "kind": fitted.kind, "textset": fitted.textset,
+                           "params": fitted.params}, indent=1))
 
 
 def _run_options(command):
@@ -305,14 +370,15 @@ def _run_options(command):
 
 @main.command()
 @_run_options
+@click.option("--view", default=None, help="Measure through a stored view (atlas view list).")
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
 def trajectory(ctx: click.Context, family: str, size: str, seed: int | None, quant: str | None,
-               textset: str | None, fmt: str) -> None:
+               textset: str | None, view: str | None, fmt: str) -> None:
     """Consecutive-checkpoint KL (and weight distance) against step for one run."""
     atlas = _atlas(ctx, read_only=True)
     run = atlas.run(family, size, seed, quant)
-    frame = atlas.trajectory(run, textset).value
+    frame = atlas.trajectory(run, textset, view=view).value
     if fmt == "table":  # the keys are in csv/json; on screen the steps say it
         frame = frame.drop("key", "next_key")
     emit(frame, fmt, title=f"{run.label}: KL between consecutive checkpoints (bits/byte)")
@@ -323,19 +389,24 @@ def trajectory(ctx: click.Context, family: str, size: str, seed: int | None, qua
 @click.option("--window", type=click.IntRange(min=3), default=10, show_default=True,
               help="Checkpoints after each start used as lags.")
 @click.option("--t0", type=float, default=None, help="Fit one start step only.")
+@click.option("--min-t0", type=float, default=None,
+              help="First start step (default: the evenly spaced tail's first, 1000 for Pythia).")
 @click.option("--boot", "n_boot", type=click.IntRange(min=0), default=200, show_default=True,
               help="Bootstrap draws for the intervals (0: none).")
-@click.option("--save/--no-save", default=True, show_default=True,
-              help="Store the fit in the diffusion_fits table (--no-save opens read-only).")
+@click.option("--view", default=None, help="Measure D_q through a stored view (not saved).")
+@click.option("--save/--no-save", default=None,
+              help="Store the fit in the diffusion_fits table (default: yes, but not with "
+                   "--view; --no-save opens read-only).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
 def diffusion(ctx: click.Context, family: str, size: str, seed: int | None, quant: str | None,
-              textset: str | None, window: int, t0: float | None, n_boot: int, save: bool,
-              fmt: str) -> None:
+              textset: str | None, window: int, t0: float | None, min_t0: float | None,
+              n_boot: int, view: str | None, save: bool | None, fmt: str) -> None:
     """Diffusion exponents c_q, c_w and alpha = c_q/c_w of one run, with bootstrap intervals."""
+    save = view is None if save is None else save
     atlas = _atlas(ctx, read_only=not save)
     result = atlas.diffusion(atlas.run(family, size, seed, quant), window, t0=t0, textset=textset,
-                             n_boot=n_boot, save=save).value
+                             n_boot=n_boot, save=save, view=view, min_t0=min_t0).value
     fitted = result.to_dict()
     if fmt == "json":
         click.echo(json.dumps(fitted, indent=1))
@@ -358,13 +429,14 @@ def diffusion(ctx: click.Context, family: str, size: str, seed: int | None, quan
 @click.option("--textset", default=None, help="Text set, when the atlas holds several.")
 @click.option("--name", default=None, help="Store it under this name (default METHOD-TEXTSET).")
 @click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--view", default=None, help="Map the vectors through a stored view.")
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
 def map_(ctx: click.Context, method: str, where: str | None, textset: str | None,
-         name: str | None, seed: int, fmt: str) -> None:
+         name: str | None, seed: int, view: str | None, fmt: str) -> None:
     """Fit a 2-D map of the models' q̃ and store it (SQL: SELECT * FROM map_points(NAME))."""
     result = _atlas(ctx).fit_map(method=method, where=where, textset=textset, name=name,
-                                 seed=seed)
+                                 seed=seed, view=view)
     emit(result.to_polars(), fmt, title=f"map '{result.name}': {result.n_models} models, "
          f"{result.method} in {result.seconds:.1f} s")
     for note in result.notes:

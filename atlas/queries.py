@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from atlas.analysis import trajectory
+from atlas.analysis import protocol, trajectory
 from atlas.analysis.maps import MapError, MapResult
 from atlas.analysis.scale import ScaleError
+from atlas.analysis.views import View, ViewError
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.keys import quant_label, run_label
 
@@ -733,3 +735,66 @@ def with_hub_ids(atlas: Atlas, frame: pl.DataFrame) -> pl.DataFrame:
         return frame
     return frame.with_columns(pl.Series("hub_id", [ids.get(k) for k in frame["key"]],
                                         pl.String))
+
+
+# the papers' protocol and views ------------------------------------------------------------------
+def protocol_context(atlas: Atlas, textset: str) -> protocol.Context:
+    """Lineage, scoring provenance (dtype, tokenizer fingerprint) and hub model types on
+    ``textset``, as frames (empty where the atlas predates those tables)."""
+    context = protocol.Context()
+    lineage = (atlas.sql("SELECT key, base_source, base_key FROM model_lineage")
+               if _has_table(atlas, "model_lineage") else context.lineage)
+    types = (atlas.sql("SELECT key, model_type FROM hub_models")
+             if _has_table(atlas, "hub_models") else context.types)
+    provenance = atlas.sql(
+        "SELECT v.key, v.provenance->>'dtype' AS dtype, "
+        "v.provenance->>'tokenizer_fingerprint' AS tokenizer_fingerprint "
+        "FROM vectors v JOIN textsets t USING (textset_id) WHERE t.name = ?", [textset])
+    return protocol.Context(lineage, provenance, types)
+
+
+def text_bytes(atlas: Atlas, textset: str) -> np.ndarray:
+    """The UTF-8 length of every text of a set, in order (B̄ over kept texts needs them)."""
+    return np.asarray(domain_texts(atlas, textset)[1], dtype=np.float64)
+
+
+def _require_views(atlas: Atlas) -> None:
+    if not _has_table(atlas, "views"):
+        raise ViewError(f"{atlas.path} predates views; open it writable once (e.g. `atlas "
+                        "init`) to upgrade it")
+
+
+def views(atlas: Atlas) -> pl.DataFrame:
+    """The stored views: (name, kind, textset, model_set_hash, params, created_at), by name."""
+    _require_views(atlas)
+    return atlas.sql("SELECT name, kind, textset, model_set_hash, params, created_at FROM views "
+                     "ORDER BY name")
+
+
+def load_view(atlas: Atlas, name: str) -> View:
+    """A stored view, ready to apply; an unknown name lists the stored ones."""
+    _require_views(atlas)
+    row = atlas.sql("SELECT kind, params, textset FROM views WHERE name = ?", [name])
+    if row.height == 0:
+        known = atlas.sql("SELECT name FROM views ORDER BY name")["name"].to_list()
+        raise ViewError(f"no view {name!r} in {atlas.path} (views: {', '.join(known) or 'none'})"
+                        "; make one with `atlas view create NAME`")
+    kind, params, textset = row.row(0)
+    return View.from_row(name, kind, json.loads(params), textset)
+
+
+def save_view(atlas: Atlas, view: View, keys: list[str], replace: bool) -> None:
+    """Store a fitted view with the hash of the model set it was fitted on."""
+    from atlas.modelmap import model_set_hash
+
+    _require_views(atlas)
+    with atlas.store.transaction() as con:
+        exists = con.execute("SELECT count(*) FROM views WHERE name = ?", [view.name]).fetchall()
+        if exists[0][0] and not replace:
+            raise ViewError(f"a view named {view.name!r} exists; choose another name or pass "
+                            "--replace")
+        con.execute("DELETE FROM views WHERE name = ?", [view.name])
+        con.execute("INSERT INTO views (name, kind, params, textset, model_set_hash) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [view.name, view.kind, json.dumps(view.stored_params(), sort_keys=True),
+                     view.textset, model_set_hash(keys)])

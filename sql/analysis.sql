@@ -3,8 +3,9 @@
 --
 --   run_checkpoints(family, size, seed [, textset_name])       a run's checkpoints, numbered
 --   trajectory(family, size, seed [, textset_name])            consecutive-checkpoint KL ± SE
---   diffusion_points(family, size, seed, t0 [, lags, textset_name])   (t0, step, lag, d_q, d_w)
---   diffusion_fit(family, size, seed, t0 [, lags, textset_name])
+--   diffusion_points(family, size, seed, t0 [, lags, textset_name, min_t0])
+--                                                                 (t0, step, lag, d_q, d_w)
+--   diffusion_fit(family, size, seed, t0 [, lags, textset_name, min_t0])
 --                       per start: (t0, c_q, r2_q, n_q, c_w, r2_w, n_w, alpha = c_q / c_w)
 --
 -- A run is the output variants (quant IS NULL, layer IS NULL) of one (family, size, seed) that
@@ -15,7 +16,9 @@
 --
 -- `lags` is the reference's window (atlas.analysis.diffusion's `window`, the CLI's --window):
 -- `window` is a reserved word in SQL and cannot be a parameter. Pass it by name (lags := 5) or
--- by position: diffusion_fit('pythia', '70m', NULL, NULL, 5).
+-- by position: diffusion_fit('pythia', '70m', NULL, NULL, 5). `min_t0 := S` keeps the starts at
+-- step ≥ S (P1: 1,000); unlike atlas.analysis.diffusion, whose default is the first step of the
+-- evenly spaced tail, its default NULL keeps every start.
 --
 -- Decisions:
 -- * A run with no checkpoints (unknown family, size or seed; or no vector on the named text set)
@@ -115,14 +118,15 @@ ORDER BY cp.i;
 -- start step `start_step`, unless NULL), the next `lags` checkpoints at lag = step − t0, with
 -- d_q = KL_bpb(p_t0, p_step) and d_w = ‖W_step − W_t0‖² (sketch estimate; NULL without sketches).
 CREATE OR REPLACE MACRO diffusion_points(run_family, run_size, run_seed, start_step, lags := 10,
-                                         textset_name := NULL)
+                                         textset_name := NULL, min_t0 := NULL)
 AS TABLE
 WITH cp AS MATERIALIZED (
     SELECT * FROM run_checkpoints(run_family, run_size, run_seed, textset_name := textset_name)),
 last AS (SELECT max(i) AS k FROM cp),
 starts AS (
     SELECT cp.i, cp.step FROM cp, last
-    WHERE cp.i + lags <= last.k AND (start_step IS NULL OR cp.step = start_step))
+    WHERE cp.i + lags <= last.k AND (start_step IS NULL OR cp.step = start_step)
+      AND (min_t0 IS NULL OR cp.step >= min_t0))
 SELECT s.step AS t0, b.step, b.step - s.step AS lag,
        kl_centred(a.loglik_centred, b.loglik_centred, a.mean_bytes) AS d_q,
        CASE
@@ -143,7 +147,7 @@ ORDER BY s.i, b.i;
 -- positive points used, and alpha = c_q / c_w. Equal to atlas.analysis.diffusion's per-start fits
 -- (DiffusionResult.per_t0; no bootstrap here).
 CREATE OR REPLACE MACRO diffusion_fit(run_family, run_size, run_seed, start_step, lags := 10,
-                                      textset_name := NULL)
+                                      textset_name := NULL, min_t0 := NULL)
 AS TABLE
 WITH points AS (
     SELECT t0,
@@ -151,7 +155,7 @@ WITH points AS (
            ln(CASE WHEN isfinite(d_q) AND d_q > 0 THEN d_q END) AS y_q,
            ln(CASE WHEN isfinite(d_w) AND d_w > 0 THEN d_w END) AS y_w
     FROM diffusion_points(run_family, run_size, run_seed, start_step, lags := lags,
-                          textset_name := textset_name)),
+                          textset_name := textset_name, min_t0 := min_t0)),
 fits AS (
     SELECT t0,
            regr_slope(y_q, x) AS slope_q, regr_r2(y_q, x) AS fit_r2_q, regr_count(y_q, x) AS n_q,

@@ -84,6 +84,18 @@ def test_clipped_file_is_a_view(release, imported):
     assert db.models().height == len(release.names)  # not 2 × the models
 
 
+def test_the_release_clip_view_measures_like_the_clipped_file(release, imported):
+    db, _ = imported
+    keys = keys_by_hub(db)
+    name = db.views()["name"][0]
+    a, b = release.names[3], release.names[7]
+    clipped = np.maximum(release.raw[3], release.threshold) - np.maximum(release.raw[7],
+                                                                         release.threshold)
+    raw = db.kl(keys[a], keys[b])
+    expected = raw.value * np.var(clipped) / np.var(release.raw[3] - release.raw[7])
+    assert db.kl(keys[a], keys[b], view=name).value == pytest.approx(expected, rel=1e-6)
+
+
 def test_model_metrics_hold_every_score_and_join(release, imported):
     db, _ = imported
     keys = keys_by_hub(db)

@@ -83,13 +83,15 @@ def mean_bytes(db) -> float:
     return db.store.textset("eval").mean_bytes
 
 
-def python_fit(db, keys, window, with_weights=True):
-    """atlas.analysis.diffusion on the stored vectors and sketches (no bootstrap)."""
+def python_fit(db, keys, window, with_weights=True, min_t0=None):
+    """atlas.analysis.diffusion on the stored vectors and sketches (no bootstrap), from every
+    start as SQL's default (or those at step ≥ ``min_t0``)."""
     _, loglik, b = db.store.matrix(keys, "eval")
     steps = [int(k.rsplit("@step", 1)[1]) for k in keys]
     weight_sq = (sketch_distance_matrix(list(db.store.sketches(keys).values()))
                  if with_weights else None)
-    return diffusion(steps, loglik, b, weight_sq=weight_sq, window=window, n_boot=0)
+    return diffusion(steps, loglik, b, weight_sq=weight_sq, window=window, n_boot=0,
+                     min_t0=steps[0] if min_t0 is None else min_t0)
 
 
 def fit_rows(db, query, params):
@@ -278,3 +280,10 @@ def test_macros_persist_for_a_bare_duckdb_client(world):
     out = json.loads(result.stdout)
     assert not out.pop("atlas_imported")
     assert out == {name: [list(row) for row in rows] for name, rows in expected.items()}
+
+
+def test_min_t0_keeps_the_same_starts_in_sql_and_python(world):
+    sql = fit_rows(world, "SELECT * FROM diffusion_fit('toy', 's', 1, NULL, 4, min_t0 := 16)",
+                   [])
+    reference = python_fit(world, RUN, 4, min_t0=16)
+    assert list(sql) == [row.t0 for row in reference.per_t0] == [16, 32, 64, 128, 200]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from atlas.analysis.scale import even_tail_start
 from atlas.errors import AtlasError
 from atlas.kl import bpb_scale
 
@@ -87,6 +88,7 @@ class DiffusionResult:
     n_boot: int
     ci_level: float
     seed: int
+    min_t0: float | None = None  # the first step a start may have (see ``diffusion``)
     notes: list[str] = field(default_factory=list)
     lags: np.ndarray | None = None
     d_q: np.ndarray | None = None
@@ -96,6 +98,7 @@ class DiffusionResult:
         """JSON-ready: plain floats and ints, null where not computable; no arrays."""
         return {
             "window": self.window,
+            "min_t0": None if self.min_t0 is None else _step(self.min_t0),
             "c_q": self.c_q.to_dict(), "c_w": self.c_w.to_dict(), "alpha": self.alpha.to_dict(),
             "per_t0": [row.to_dict() for row in self.per_t0],
             "n_texts": self.n_texts, "n_boot": self.n_boot, "ci_level": self.ci_level,
@@ -231,15 +234,32 @@ def _window_hint(later: int) -> str:
     return f"a fit needs at least {MIN_POINTS + 1} checkpoints from the start"
 
 
-def _start_indices(steps: np.ndarray, window: int, t0) -> np.ndarray:
-    """Indices of the starts that have ``window`` later checkpoints (only t0's, if given)."""
+def default_min_t0(steps: np.ndarray, window: int) -> tuple[float, list[str]]:
+    """The first step of the evenly spaced tail (Pythia: 1,000; P1's first start), or the first
+    step with a note when the schedule has no such tail or the tail has no full window."""
+    tail = even_tail_start(steps)
+    if tail is None:
+        return float(steps[0]), []
+    if steps.size - 1 - tail < window:
+        return float(steps[0]), [
+            f"the evenly spaced tail (from step {_step(steps[tail])}) has no full window of "
+            f"{window} lags: starts from step {_step(steps[0])} instead; pass --min-t0 to "
+            "choose the first start"]
+    return float(steps[tail]), []
+
+
+def _start_indices(steps: np.ndarray, window: int, t0, min_t0: float) -> np.ndarray:
+    """Indices of the starts at or after ``min_t0`` that have ``window`` later checkpoints
+    (only t0's, if given)."""
     k = steps.size
     if t0 is None:
-        if k - 1 < window:
+        first = int(np.searchsorted(steps, min_t0))
+        if k - 1 - first < window:
             raise DiffusionError(
-                f"no start has a full window: the trajectory has {k} checkpoints, and a window "
-                f"of {window} lags needs {window + 1}; {_window_hint(k - 1)}")
-        return np.arange(k - window)
+                f"no start at step ≥ {_step(min_t0)} has a full window: the trajectory has "
+                f"{k - first} checkpoints from there, and a window of {window} lags needs "
+                f"{window + 1}; {_window_hint(k - 1 - first)} or a smaller --min-t0")
+        return np.arange(first, k - window)
     matches = np.flatnonzero(steps == t0)
     if not matches.size:
         nearest = steps[np.argmin(np.abs(steps - float(t0)))]
@@ -253,6 +273,19 @@ def _start_indices(steps: np.ndarray, window: int, t0) -> np.ndarray:
             f"t0 = {t0} has {later} later checkpoints but the window needs {window}; choose an "
             f"earlier t0 or {_window_hint(later)}")
     return np.array([i])
+
+
+def _block_picks(rng: np.random.Generator, n_starts: int, block: int,
+                 n_boot: int) -> np.ndarray:
+    """Moving-block bootstrap of the starts (n_boot × n_starts indices): runs of ``block``
+    consecutive starts from random positions, concatenated and cut to n_starts. Neighbouring
+    starts share block − 1 of their block checkpoints, so they are resampled together rather
+    than as if independent."""
+    block = max(1, min(block, n_starts))
+    n_blocks = -(-n_starts // block)
+    first = rng.integers(0, n_starts - block + 1, size=(n_boot, n_blocks))
+    picks = (first[:, :, None] + np.arange(block)).reshape(n_boot, -1)
+    return picks[:, :n_starts]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,12 +408,17 @@ def _fit_starts(name: str, distances, x, steps, starts, window: int, no_fit: str
 
 
 def diffusion(steps, loglik, mean_bytes: float, weight_sq=None, window: int = 10, t0=None,
-              n_boot: int = 200, seed: int = 0, ci: float = 0.95) -> DiffusionResult:
+              n_boot: int = 200, seed: int = 0, ci: float = 0.95,
+              min_t0: float | None = None) -> DiffusionResult:
     """Fit the diffusion exponents c_q, c_w and α = c_q / c_w of one training trajectory.
 
     Per start t0 = t_i with a full window, lags are Δt = t_{i+k} − t_i for k = 1 … ``window``,
     and c is the OLS slope of ln D on ln Δt (non-positive D dropped and reported in ``notes``).
-    ``t0`` restricts the fit to that one start step.
+    ``t0`` restricts the fit to that one start step. Otherwise the starts are every checkpoint
+    at step ≥ ``min_t0`` with a full window; ``min_t0`` defaults to the first step of the evenly
+    spaced tail (atlas.analysis.scale.even_tail_start; Pythia: 1,000, so starts 1,000 …
+    133,000 with a window of 10, as P1), or to the first step, with a note, when the schedule
+    has no such tail or the tail has no full window.
 
     Overall value: the mean over starts of the per-start slopes. This is the level the reference
     reads off its curve of per-start exponents (its only output), it weights every start equally
@@ -390,19 +428,24 @@ def diffusion(steps, loglik, mean_bytes: float, weight_sq=None, window: int = 10
 
     Intervals are percentile intervals at level ``ci`` from ``n_boot`` paired draws. Each draw
     resamples the N texts with replacement (the same resample for every start, since the starts
-    share the texts) and recomputes every D_q, and resamples the starts with replacement; c_q*
-    is the mean of the redrawn slopes over the redrawn starts, c_w* the mean of the (fixed)
+    share the texts) and recomputes every D_q, and resamples the starts by a moving-block
+    bootstrap with blocks of ``window`` consecutive starts (neighbouring windows share
+    ``window`` − 1 of their points, so they are drawn together, not as independent starts);
+    c_q* is the mean of the redrawn slopes over the redrawn starts, c_w* the mean of the (fixed)
     weight slopes over the same starts, α* = c_q* / c_w*. So the c_q interval covers text
-    sampling (the N texts as a sample of texts) and which starts were observed; c_w's covers the
-    starts only (the weights have nothing to resample), and is None with fewer than 2 fitted
-    starts. They do not cover seed-to-seed variation, the choice of window, or the overlap of
-    neighbouring windows (adjacent starts share checkpoints, so treating them as exchangeable
-    makes the start part of the interval optimistic). ``n_boot = 0`` gives no intervals.
+    sampling (the N texts as a sample of texts) and which stretch of training was observed;
+    c_w's covers the starts only (the weights have nothing to resample), and is None with fewer
+    than 2 fitted starts. They do not cover seed-to-seed variation (one run is one seed), the
+    error of the weight sketches behind D_w, or the choice of window and ``min_t0``; with fewer
+    starts than one block the start part vanishes. ``n_boot = 0`` gives no intervals.
     """
     steps, loglik = _check_trajectory(steps, loglik, mean_bytes)
     _check_options(window, n_boot, ci)
     weight_sq = _check_weights(weight_sq, steps.size)
-    starts = _start_indices(steps, window, t0)
+    notes: list[str] = []
+    if min_t0 is None:
+        min_t0, notes = default_min_t0(steps, int(window))
+    starts = _start_indices(steps, window, t0, float(min_t0))
     offsets = np.arange(1, window + 1)
     lags = steps[starts[:, None] + offsets] - steps[starts][:, None]
     x = np.log(lags)
@@ -410,15 +453,15 @@ def diffusion(steps, loglik, mean_bytes: float, weight_sq=None, window: int = 10
     rng = np.random.default_rng(seed)
     counts = _text_counts(rng, loglik.shape[1], n_boot) if n_boot else None
     d_q, d_q_boot = _loglik_distances(loglik, starts, window, bpb_scale(mean_bytes), counts)
-    slope_q, r2_q, n_q, notes = _fit_starts(
+    slope_q, r2_q, n_q, fit_notes = _fit_starts(
         "D_q", d_q, x, steps, starts, window,
         "no start has 3 or more positive log-likelihood distances in its window: the "
         "checkpoints' vectors are (nearly) identical; check that they are different models")
     d_w, slope_w, r2_w, n_w, w_notes = _weight_side(weight_sq, starts, offsets, x, steps, window)
-    notes += w_notes
+    notes += fit_notes + w_notes
 
     c_q, c_w, alpha = _overall(slope_q, slope_w, x, d_q_boot, rng, ci, weight_sq is not None,
-                               notes)
+                               notes, int(window))
     rows = [
         StartFit(t0=_step(steps[i]), c_q=_num(slope_q[s]), r2_q=_num(r2_q[s]),
                  c_w=_num(slope_w[s]), r2_w=_num(r2_w[s]),
@@ -429,10 +472,11 @@ def diffusion(steps, loglik, mean_bytes: float, weight_sq=None, window: int = 10
     ]
     return DiffusionResult(window=int(window), c_q=c_q, c_w=c_w, alpha=alpha, per_t0=rows,
                            n_texts=loglik.shape[1], n_boot=int(n_boot), ci_level=float(ci),
-                           seed=int(seed), notes=notes, lags=lags, d_q=d_q, d_w=d_w)
+                           seed=int(seed), min_t0=float(min_t0), notes=notes, lags=lags, d_q=d_q,
+                           d_w=d_w)
 
 
-def _overall(slope_q, slope_w, x, d_q_boot, rng, ci, has_weights, notes):
+def _overall(slope_q, slope_w, x, d_q_boot, rng, ci, has_weights, notes, block):
     """Means over starts and their paired bootstrap intervals (see ``diffusion``)."""
     value_q = _num(_nanmean_rows(slope_q))
     value_w = _num(_nanmean_rows(slope_w)) if has_weights else None
@@ -440,7 +484,7 @@ def _overall(slope_q, slope_w, x, d_q_boot, rng, ci, has_weights, notes):
     if d_q_boot is None:
         return Estimate(value_q), Estimate(value_w), Estimate(value_a)
     boot_q, _, _, _ = _ols(x, *_log_positive(d_q_boot))  # (B, S): every draw, every start
-    picks = rng.integers(0, slope_q.size, size=boot_q.shape)
+    picks = _block_picks(rng, slope_q.size, block, boot_q.shape[0])
     draws_q = _nanmean_rows(np.take_along_axis(boot_q, picks, axis=1))
     draws_w = _nanmean_rows(slope_w[picks])
     lost = int((~np.isfinite(draws_q)).sum())

@@ -175,7 +175,7 @@ def final_variants(models: pl.DataFrame) -> pl.DataFrame:
 
 
 # early / late checkpoints ----------------------------------------------------------------------
-def _even_tail_start(steps: np.ndarray) -> int | None:
+def even_tail_start(steps: np.ndarray) -> int | None:
     """Index of the first step of the evenly spaced tail, or None when there is none to use."""
     gaps = np.diff(steps)
     values, counts = np.unique(gaps, return_counts=True)
@@ -199,7 +199,7 @@ def split_schedule(steps: Sequence[int]) -> tuple[int, int]:
     values = np.asarray(steps, dtype=np.int64)
     if values.size < 2:
         return 0, 0
-    tail = _even_tail_start(values)
+    tail = even_tail_start(values)
     if tail is None:
         tail = int(np.sum(values[1:] <= np.median(values)))
     midpoint = (values[tail] + values[-1]) / 2

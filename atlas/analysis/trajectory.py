@@ -65,22 +65,25 @@ def weight_distances(keys: list[str], sketches: dict[str, WeightSketch]) -> np.n
 
 
 def fit(path: Trajectory, *, window: int = 10, t0: float | None = None,
-        n_boot: int = 200) -> DiffusionResult:
-    """c_q, c_w and α of one run (method.md §5) with bootstrap intervals."""
+        n_boot: int = 200, min_t0: float | None = None) -> DiffusionResult:
+    """c_q, c_w and α of one run (method.md §5) with bootstrap intervals; starts at step ≥
+    ``min_t0`` (default: the evenly spaced tail's first step, atlas.analysis.diffusion)."""
     return diffusion(path.steps, path.loglik, path.mean_bytes, weight_sq=path.weight_sq,
-                     window=window, t0=t0, n_boot=n_boot)
+                     window=window, t0=t0, n_boot=n_boot, min_t0=min_t0)
 
 
-def fit_row(run: tuple, result: DiffusionResult, quant: str | None = None) -> list:
+def fit_row(run: tuple, result: DiffusionResult, quant: str | None = None,
+            min_t0: float | None = None) -> list:
     """The row of ``diffusion_fits`` for a fit of ``run`` = (family, size, seed, textset, t0):
     the id (a hash of the identifying settings), those settings, the three estimates, the JSON;
-    a refit with the same settings has the same id and replaces it. An unquantized run's id is
-    what it was before runs had a quant."""
+    a refit with the same settings has the same id and replaces it. An unquantized run's id, and
+    that of a fit with the default ``min_t0``, is what it was before runs had a quant and fits a
+    min_t0 (the fit's JSON holds the min_t0 it used)."""
     family, size, seed, textset, t0 = run
     fitted = result.to_dict()
     ident = [family, size, seed, textset, result.window, t0, result.n_boot]
-    fit_id = hashlib.sha256(json.dumps(ident + ([quant] if quant else [])).encode()
-                            ).hexdigest()[:16]
+    extra = ([quant] if quant else []) + ([] if min_t0 is None else [{"min_t0": min_t0}])
+    fit_id = hashlib.sha256(json.dumps(ident + extra).encode()).hexdigest()[:16]
     estimates = [fitted[name][part] for name in ("c_q", "c_w", "alpha")
                  for part in ("value", "ci_low", "ci_high")]
     return [fit_id, *ident, result.ci_level, *estimates, json.dumps(fitted), quant]
