@@ -117,7 +117,11 @@ class SketchBasis:
         rows = (vectors[:, top].T @ x) / np.sqrt(values[top])[:, None]
         extra = rng.normal(size=(SKETCH_DIM - len(rows), x.shape[1]))
         q, _ = np.linalg.qr(np.vstack([rows, extra]).T)  # orthonormal, the PCA rows first
-        return cls(mean=mean, basis=q.T[:SKETCH_DIM])
+        basis = q.T[:SKETCH_DIM]
+        if len(basis) < SKETCH_DIM:  # fewer texts than dimensions: those rows span them all,
+            padding = np.zeros((SKETCH_DIM - len(basis), x.shape[1]))  # the rest is zero
+            basis = np.vstack([basis, padding])
+        return cls(mean=mean, basis=basis)
 
 
 def vector_columns(loglik: np.ndarray, basis: SketchBasis | None) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 
 import duckdb
 import numpy as np
+import polars as pl
 import pytest
 
 import atlas
@@ -146,3 +147,22 @@ def test_older_file_read_only_keeps_its_nearest_and_is_upgraded_when_writable(db
     assert found["kl"][0] == pytest.approx(
         kl_bpb(loglik[5], loglik[int(found["key"][0][2:])], b), rel=1e-9)
     assert upgraded.sql("SELECT len(sketch) AS d FROM vectors LIMIT 1")["d"][0] == SKETCH_DIM
+
+
+def test_text_sets_shorter_than_the_sketch_are_sketched_whole(tmp_path):
+    """With fewer texts than sketch dimensions the basis spans every direction: the sketch is
+    padded with zeros, its residual is zero, and nearest is exact."""
+    n_texts = SKETCH_DIM // 4
+    db = atlas.open(tmp_path / "short.duckdb")
+    db.import_textset(TextSet([f"text {i} " * (i + 1) for i in range(n_texts)]), "short")
+    rng = np.random.default_rng(1)
+    loglik = -rng.gamma(2.0, 20.0, (BASIS_MIN + 10, n_texts))
+    path = tmp_path / "v.parquet"
+    pl.DataFrame({"key": [f"m-{i}m" for i in range(len(loglik))],
+                  "loglik": loglik.tolist()}).write_parquet(path)
+    db.import_vectors(path, "short")
+    resid = db.sql("SELECT max(sketch_resid) AS r, count(sketch) AS n FROM vectors")
+    assert resid["n"][0] == len(loglik) and resid["r"][0] < 1e-6 * np.abs(loglik).max()
+    centred = loglik - loglik.mean(axis=1, keepdims=True)
+    expected = np.argsort(((centred[1:] - centred[0]) ** 2).sum(axis=1))[:5] + 1
+    assert db.nearest("m-0m", k=5)["key"].to_list() == [f"m-{i}m" for i in expected]
