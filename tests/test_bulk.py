@@ -435,11 +435,11 @@ def test_ray_local_mode_on_two_cpu_workers(tmp_path, release, textset, monkeypat
 
 def test_one_load_serves_output_layers_and_quantizations(tmp_path, release, textset,
                                                          monkeypatch):
-    from atlas.bulk import worker
+    from atlas.pipeline import score
 
     loads = []
-    real_load = worker.load_model
-    monkeypatch.setattr(worker, "load_model", lambda spec: loads.append(spec) or real_load(spec))
+    real_load = score.load_model
+    monkeypatch.setattr(score, "load_model", lambda spec: loads.append(spec) or real_load(spec))
     manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[2]", steps="[200]",
                                extra='quantizations = ["none", "int8"]\nlayers = "1"\n')
     bulk_db = fresh_atlas(tmp_path / "bulk.duckdb", textset)
