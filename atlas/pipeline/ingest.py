@@ -18,6 +18,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from atlas.bulk.manifest import Settings
 from atlas.errors import StoreError
@@ -110,13 +111,11 @@ class _Run:
                  force: bool) -> None:
         self.store, self.unit, self.quantize, self.force = store, unit, quantize, force
         self.textset = store.textset(textset)
-        self.layers: dict[int, str] = {}
 
     def missing(self, layers: list[int] | None) -> list[Variant]:
         """The variants to score: the output (``layers`` None) or the lens layers not stored."""
         keys = [self.unit.base] if layers is None else [
             replace(self.unit.base, layer=layer) for layer in layers]
-        self.layers = {layer: "skipped" for layer in layers or []}
         variants = [variant(self.unit, key, self.textset.name, self.quantize) for key in keys]
         return [v for v in variants if self.store.needs_vector(
             str(v.key), self.textset.textset_id, self.unit.source, v.config_id, self.force)]
@@ -135,62 +134,59 @@ class _Run:
                                       loaded.model.config)
             missing = self.missing(wanted if requested is not None else None)
             self.store.release()
-            scored = self._score(missing, texts, loads, progress)
+            scored, written = self._score(missing, texts, loads, progress) if missing else (
+                None, [])
         except BaseException as exc:
             with contextlib.suppress(StoreError):  # locked, full: marked interrupted next time
                 self.store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}",
                                       seconds=time.perf_counter() - started)
             raise
         seconds = time.perf_counter() - started
-        stored = "stored" in self.layers.values() or bool(scored and scored[1])
-        self.store.finish_run(run_id, "done" if stored else "skipped", seconds=seconds,
-                              tokens=scored[0].tokens if scored else 0)
-        return self._result(requested, scored, stored, seconds, loads)
+        self.store.finish_run(run_id, "done" if any(written) else "skipped", seconds=seconds,
+                              tokens=scored.tokens if scored else 0)
+        result = IngestResult(str(self.unit.base), self.textset.name,
+                              "stored" if any(written) else "skipped", seconds,
+                              n_params=loads.base.n_params if loads.base else None,
+                              layers={layer: "skipped" for layer in wanted})
+        return _completed(result, scored, written, lens=requested is not None)
 
     def _score(self, missing: list[Variant], texts: list[str], loads: Loads,
-               progress: bool) -> tuple[ScoredPass, bool] | None:
-        """Score and write the missing variants: (the pass, whether the output was stored)."""
-        if not missing:
-            return None
+               progress: bool) -> tuple[ScoredPass, list[bool]]:
+        """Score the missing variants in one pass, then write each: (the pass, written)."""
         partial = self._partial_path(missing)
         if self.force:
             partial.unlink(missing_ok=True)  # --force re-scores every text
         (scored,) = score_unit(self.unit, missing, {self.textset.name: texts}, loads=loads,
                                partial_path=lambda group: partial, progress=progress)
         written = write_or_keep(self.store, scored.records, self.textset.textset_id, self.force)
-        partial.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)  # the vectors are stored: the sums so far are done with
         partial.with_suffix(".tmp.npy").unlink(missing_ok=True)
-        for record, stored in zip(scored.records, written, strict=True):
-            if record.key.layer is not None:
-                self.layers[record.key.layer] = "stored" if stored else "skipped"
-        return scored, any(w for r, w in zip(scored.records, written, strict=True)
-                           if r.key.layer is None)
+        return scored, written
 
-    def _partial_path(self, missing: list[Variant]):
+    def _partial_path(self, missing: list[Variant]) -> Path:
         layers = [v.key.layer for v in missing if v.key.layer is not None]
         suffix = f".{self.textset.textset_id}.{missing[0].config_id}" + (
             f".layers-{format_layers(layers)}" if layers else "") + ".partial.npy"
         return pending_path(self.store.path, self.unit.base, suffix)
 
-    def _result(self, requested, scored: tuple[ScoredPass, bool] | None, stored: bool,
-                seconds: float, loads: Loads) -> IngestResult:
-        base = loads.base
-        n_params = scored[0].records[0].n_params if scored else (
-            base.n_params if base is not None else None)
-        result = IngestResult(str(self.unit.base), self.textset.name,
-                              "stored" if stored else "skipped", seconds,
-                              n_params=n_params, layers=self.layers)
-        if scored is None:
-            return result
-        done, _ = scored
-        record = done.records[0]
-        result.tokens, result.score_seconds = done.tokens, done.seconds
-        result.resumed = done.resumed
-        result.n_truncated = record.n_truncated
-        result.warnings = [done.warning] if done.warning else []
-        if requested is not None:
-            result.sketch_note = LENS_SKETCH_NOTE if stored else None
-        else:
-            result.sketched = stored and record.sketch is not None
-            result.sketch_note = record.sketch_note if stored else None
+
+def _completed(result: IngestResult, scored: ScoredPass | None, written: list[bool],
+               lens: bool) -> IngestResult:
+    """``result`` with what scoring and writing did: per-layer statuses, tokens, truncation,
+    whether a weight sketch was stored and why not."""
+    if scored is None:
         return result
+    record = scored.records[0]
+    stored = any(written)
+    result.n_params = record.n_params
+    result.tokens, result.score_seconds = scored.tokens, scored.seconds
+    result.resumed, result.n_truncated = scored.resumed, record.n_truncated
+    result.warnings = [scored.warning] if scored.warning else []
+    if lens:
+        result.layers.update({r.key.layer: "stored" if w else "skipped"
+                              for r, w in zip(scored.records, written, strict=True)})
+        result.sketch_note = LENS_SKETCH_NOTE if stored else None
+    else:
+        result.sketched = stored and record.sketch is not None
+        result.sketch_note = record.sketch_note if stored else None
+    return result

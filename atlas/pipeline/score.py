@@ -61,16 +61,19 @@ class Loads:
         spec = self.unit.spec(quantize)
         try:
             if spec.quantize is None:
-                if self.base is None:
-                    self.base = load_model(spec)
-                return self.base
+                return self._base()
             if spec.quantize.method == "torchao" and (shared or self.base is not None):
                 from atlas.quantize import quantized_copy
 
-                return quantized_copy(self.get(None, texts), spec.quantize)
+                return quantized_copy(self._base(), spec.quantize)
             return load_for_scoring(spec, texts)  # quantized while loading
         finally:
             self.seconds += time.perf_counter() - started
+
+    def _base(self) -> LoadedModel:
+        if self.base is None:
+            self.base = load_model(self.unit.spec())
+        return self.base
 
 
 def load_for_scoring(spec: ModelSpec, texts: Sequence[str]) -> LoadedModel:
