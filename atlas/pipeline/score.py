@@ -102,25 +102,34 @@ def score_unit(unit: Unit, variants: Sequence[Variant], texts: Mapping[str, list
         group = [v for v in variants if v.quantize == quantize]
         textsets = list(dict.fromkeys(v.textset for v in group))
         model = loads.get(quantize, texts[textsets[0]], shared=len(passes) > 1)
-        sketch: tuple[WeightSketch | None, str | None] | None = None
+        sketch = _Sketch(model, unit.settings.sketch_dim, progress)
         for textset in textsets:
             members = [v for v in group if v.textset == textset]
             started = time.perf_counter()
             scorer, scores = score_pass(model, texts[textset], [v.key.layer for v in members],
                                         unit, partial_path(members), progress)
             seconds = time.perf_counter() - started
-            records = []
-            for member in members:
-                record = make_record(member, scores[member.key.layer], unit, model)
-                if member.key.layer is None:
-                    sketch = sketch or sketch_weights(
-                        model.model, unit.settings.sketch_dim, progress,
-                        quantized=record.provenance["quantization"] is not None)
-                    record.sketch, record.sketch_note = sketch
-                records.append(record)
+            records = [sketch.add(make_record(member, scores[member.key.layer], unit, model))
+                       for member in members]
             first = next(iter(scores.values()))
             yield ScoredPass(records, first.scored_tokens, first.n_resumed, seconds,
                              scorer.truncation_warning(first.n_truncated, len(texts[textset])))
+
+
+class _Sketch:
+    """The weight sketch of one loaded model, made once, for its model-output records."""
+
+    def __init__(self, loaded: LoadedModel, dim: int, progress: bool) -> None:
+        self.loaded, self.dim, self.progress = loaded, dim, progress
+        self.made: tuple[WeightSketch | None, str | None] | None = None
+
+    def add(self, record: VectorRecord) -> VectorRecord:
+        if record.key.layer is None:  # lens layers share the output variant's weights
+            self.made = self.made or sketch_weights(
+                self.loaded.model, self.dim, self.progress,
+                quantized=record.provenance["quantization"] is not None)
+            record.sketch, record.sketch_note = self.made
+        return record
 
 
 def check_config(unit: Unit, variants: Sequence[Variant]) -> None:
