@@ -54,8 +54,8 @@ from atlas.textsets import TextSet, check_name, load_textset
 from atlas.weights import DEFAULT_DIM as DEFAULT_SKETCH_DIM
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is ingested: readers
-    from atlas.ingest import IngestResult  # (the TUI, SQL) start in a fraction of the time
     from atlas.modelmap import ReleaseReport
+    from atlas.pipeline.ingest import IngestResult  # (the TUI, SQL) start in a fraction of time
     from atlas.specs import QuantSpec
 
 DEFAULT_DB = "atlas.duckdb"
@@ -150,9 +150,9 @@ class Atlas:
         many texts were truncated to ``max_length`` tokens.
         """
         require_scoring("ingest")
-        from atlas.ingest import ingest
         from atlas.layers import LensOverride
         from atlas.loading import allowed_patterns, check_source, resolve_device
+        from atlas.pipeline.ingest import ingest
         from atlas.quantize import key_quant, require, source_label
         from atlas.specs import ModelSpec, QuantizeError, QuantSpec
 

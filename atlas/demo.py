@@ -3,16 +3,15 @@
 1. builds the default text set (atlas.textsources) and stores its evaluation part;
 2. trains (or finds in the cache) a Pythia-like suite of mini GPT-NeoX models on the disjoint
    training split, and fine-tunes of a final model on single domains (atlas.suite);
-3. ingests every checkpoint through the ordinary ingest path (vector + weight sketch), and every
-   hidden state of each size's final model (first seed) by the logit lens (``--layers all``);
+3. scores every checkpoint (vector + weight sketch), and every hidden state of each size's final
+   model (first seed) by the logit lens, as one bulk manifest (atlas.bulk): worker processes
+   score, and one merger is the only writer of the atlas (parents before their fine-tunes);
 4. fits a t-SNE map of all its models (what ``atlas tui`` and ``atlas plot map`` show);
 5. prints the KL scale across settings, the diffusion exponents of one run, and what to try next.
 
 Training and scoring run in worker processes, one torch thread each: these models are far too
 small for intra-op threads to pay, so one process per core is ~2× faster than one process using
-both. Workers ingest concurrently into the same atlas file — ingest holds the file only to check
-and to write, and waits for a lock held by another worker. The demo runs on the CPU whatever the
-machine has, so its numbers are the same everywhere.
+both. The demo runs on the CPU whatever the machine has, so its numbers are the same everywhere.
 
 Sizes, for 5 minutes on 2 cores: the default demo scores a 400-text head of the default text set
 (the same shuffled order, so its first 400 texts): 145 vectors of 1,000 texts would take ~12
@@ -21,9 +20,12 @@ minutes here. ``--texts 1000`` scores the whole default set.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -33,6 +35,7 @@ import polars as pl
 
 from atlas import caching
 from atlas.api import Atlas
+from atlas.errors import AtlasError
 from atlas.extras import require_scoring
 from atlas.processes import guarded_pool
 from atlas.progress import progress_bar
@@ -61,6 +64,10 @@ def textset_name(n_texts: int) -> str:
 
 def map_name(n_texts: int) -> str:
     return f"tsne-{textset_name(n_texts)}"
+
+
+class DemoError(AtlasError):
+    """A model of the demo could not be scored or stored."""
 
 
 @dataclass
@@ -98,18 +105,6 @@ def _pretrain(size_name: str, seed: int) -> Run:
 
 def _finetune(finetune: FineTune) -> Run:
     return _suite.finetune(finetune, on_step=_tick)
-
-
-def _ingest(db: str, checkpoint: Checkpoint, textset: str, layers: str | None = None
-            ) -> list[str]:
-    """Ingest one checkpoint (all its lens layers with ``layers``): one status per vector."""
-    with Atlas(db) as atlas:
-        result = atlas.ingest(str(checkpoint.path), family=checkpoint.family, size=checkpoint.size,
-                              seed=checkpoint.seed, checkpoint=f"step{checkpoint.step}",
-                              parent=checkpoint.parent, textset=textset, device="cpu",
-                              dtype="float32", batch_size=8, progress=False, layers=layers)
-    _tick()
-    return list(result.layers.values()) if layers is not None else [result.status]
 
 
 # the demo ------------------------------------------------------------------------------------
@@ -186,58 +181,77 @@ def run_demo(db: str | Path, *, quick: bool = False, n_texts: int | None = None,
             pool.close()
         seconds["training"] = time.perf_counter() - mark
 
+    mark = time.perf_counter()
+    lensed = {run.checkpoints[-1].key for run in runs[:len(suite.runs())]
+              if run.checkpoints[-1].seed == spec.seeds[0]}  # one final model per size
+    counts = _score(db, [(c, "all" if c.key in lensed else None)
+                         for run in runs for c in run.checkpoints], name, workers)
+    seconds["ingest"] = time.perf_counter() - mark
+    if real:
         mark = time.perf_counter()
-        checkpoints = [c for run in runs for c in run.checkpoints]
-        statuses = _ingest_all(db, checkpoints, name, workers, progress, "ingesting checkpoints")
-        lensed = [run.checkpoints[-1] for run in runs[:len(suite.runs())]
-                  if run.checkpoints[-1].seed == spec.seeds[0]]  # one final model per size
-        statuses += _ingest_all(db, lensed, name, workers, progress, "logit-lens layers",
-                                layers="all")
-        seconds["ingest"] = time.perf_counter() - mark
-        if real:
-            mark = time.perf_counter()
-            statuses += _ingest_real(db, [r.checkpoints[-1] for r in runs], workers,
-                                     cache_dir or cache_root(), progress)
-            seconds["real models"] = time.perf_counter() - mark
+        counts += _score_real(db, [r.checkpoints[-1] for r in runs], workers,
+                              cache_dir or cache_root(), console)
+        seconds["real models"] = time.perf_counter() - mark
     mark = time.perf_counter()
     with Atlas(db) as atlas:  # the map the TUI and `atlas plot map` show; refitted on re-runs
         atlas.fit_map(method="tsne", textset=name, name=map_name(n_texts))
         atlas.add_domain_losses(name)  # a metric per model: `atlas predict loss/bible` works
     seconds["map"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - started
-    return DemoReport(name, stored.n_texts, runs, ingested=statuses.count("stored"),
-                      skipped=statuses.count("skipped"), seconds=seconds)
+    return DemoReport(name, stored.n_texts, runs, ingested=counts["stored"],
+                      skipped=counts["skipped"], seconds=seconds)
 
 
-def _ingest_all(db: str | Path, checkpoints: list[Checkpoint], textset: str, workers: int,
-                progress, description: str, layers: str | None = None) -> list[str]:
-    pool = _Pool(min(workers, len(checkpoints)), None)
-    try:
-        task = progress.add_task(description, total=len(checkpoints))
-        done = pool.run([pool.executor.submit(_ingest, str(db), c, textset, layers)
-                         for c in checkpoints], progress, task)
-        return [status for statuses in done for status in statuses]
-    finally:
-        pool.close()
+def _score(db: str | Path, entries: list[tuple[Checkpoint, str | None]], textset: str,
+           workers: int) -> Counter:
+    """Score the checkpoints (with their lens ``layers``) through ``atlas bulk``: workers write
+    shards, one merger writes the atlas. Vectors stored and already there."""
+    from atlas.bulk.run import run_bulk
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the workers load local checkpoints only
+    with tempfile.TemporaryDirectory(prefix="atlas-demo-") as folder:
+        manifest = _manifest(Path(folder) / "demo.toml", entries, textset)
+        report = run_bulk(manifest, db, workers=min(workers, len(entries)),
+                          shard_dir=Path(folder) / "shards", max_attempts=1)
+    problems = [f"{o.label}: {o.error}" for o in report.failed] + report.merge.rejected
+    if problems or report.merge.waiting:
+        raise DemoError(f"scoring the demo's models failed: "
+                        f"{'; '.join(problems or report.merge.waiting)}")
+    return Counter(stored=report.merge.stored, skipped=report.done + report.merge.present)
 
 
-def _ingest_real(db: str | Path, finals: list[Checkpoint], workers: int, cache: Path,
-                 progress) -> list[str]:
+def _manifest(path: Path, entries: list[tuple[Checkpoint, str | None]], textset: str) -> Path:
+    """The checkpoints as a bulk manifest: one ``[[model]]`` each (a fine-tune with its
+    parent), scored on the CPU in float32 in batches of 8."""
+    lines = ["[defaults]", f"textset = {json.dumps(textset)}", 'dtype = "float32"',
+             'device = "cpu"', "batch_size = 8"]
+    for checkpoint, layers in entries:
+        lines += ["", "[[model]]", f"key = {json.dumps(checkpoint.key)}",
+                  f"source = {json.dumps(str(checkpoint.path))}"]
+        lines += [f"parent = {json.dumps(checkpoint.parent)}"] if checkpoint.parent else []
+        lines += [f"layers = {json.dumps(layers)}"] if layers else []
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _score_real(db: str | Path, finals: list[Checkpoint], workers: int, cache: Path,
+                console) -> Counter:
     """The packaged pretrained models and the suite's final models on ``default-100``."""
     split = build_default(n_eval=REAL_TEXTS)
     name = textset_name(REAL_TEXTS)
     with Atlas(db) as atlas:
         atlas.import_textset(split.eval, name)
-    statuses = _ingest_all(db, finals, name, workers, progress, f"final models on {name}")
-    for model in PACKAGED:
-        task = progress.add_task(f"{model.key} (CPU, float32)", total=1)
-        with Atlas(db) as atlas:
-            result = atlas.ingest(str(locate(model, cache)), family=model.family,
-                                  size=model.size, quant=model.quant, textset=name,
-                                  device="cpu", dtype="float32", progress=False)
-        progress.update(task, completed=1)
-        statuses.append(result.status)
-    return statuses
+    counts = _score(db, [(final, None) for final in finals], name, workers)
+    with _progress(console) as progress:
+        for model in PACKAGED:
+            task = progress.add_task(f"{model.key} (CPU, float32)", total=1)
+            with Atlas(db) as atlas:
+                result = atlas.ingest(str(locate(model, cache)), family=model.family,
+                                      size=model.size, quant=model.quant, textset=name,
+                                      device="cpu", dtype="float32", progress=False)
+            progress.update(task, completed=1)
+            counts[result.status] += 1
+    return counts
 
 
 def _domain_counts(domains: list[str | None]) -> str:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 
 import pytest
 
@@ -435,11 +436,11 @@ def test_ray_local_mode_on_two_cpu_workers(tmp_path, release, textset, monkeypat
 
 def test_one_load_serves_output_layers_and_quantizations(tmp_path, release, textset,
                                                          monkeypatch):
-    from atlas.bulk import worker
+    from atlas.pipeline import score
 
     loads = []
-    real_load = worker.load_model
-    monkeypatch.setattr(worker, "load_model", lambda spec: loads.append(spec) or real_load(spec))
+    real_load = score.load_model
+    monkeypatch.setattr(score, "load_model", lambda spec: loads.append(spec) or real_load(spec))
     manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[2]", steps="[200]",
                                extra='quantizations = ["none", "int8"]\nlayers = "1"\n')
     bulk_db = fresh_atlas(tmp_path / "bulk.duckdb", textset)
@@ -457,3 +458,25 @@ def test_one_load_serves_output_layers_and_quantizations(tmp_path, release, text
     assert sorted(ours) == ["tiny-s/s2#1@step200", "tiny-s/s2+int8#1@step200",
                             "tiny-s/s2+int8@step200", "tiny-s/s2@step200"]
     assert ours == theirs
+
+
+def test_the_demo_scores_through_bulk_parents_first(tmp_path, release, textset):
+    """The demo describes its checkpoints as a manifest run by bulk (one merger writes): a
+    fine-tune listed before its parent is stored after it, lens layers come from the same
+    load, and a re-run finds everything stored."""
+    from atlas.demo import _score
+    from atlas.suite import Checkpoint
+
+    def checkpoint(folder: str, size: str, step: int, parent: str | None = None):
+        return Checkpoint(release / folder, "tiny", size, 1, step, parent)
+
+    base = checkpoint("tiny-m-seed1/step200", "m", 200)
+    entries = [(checkpoint("tiny-ft", "m", 30, parent=base.key), None), (base, "0,2"),
+               (checkpoint("tiny-s-seed1/step0", "s", 0), None)]
+    path = fresh_atlas(tmp_path / "demo.duckdb", textset)
+    assert _score(path, entries, "eval", workers=2) == Counter(stored=5)
+    stored = vectors(path)
+    assert sorted(stored) == ["tiny-m/s1#0@step200", "tiny-m/s1#2@step200", "tiny-m/s1@step200",
+                              "tiny-m/s1@step30", "tiny-s/s1@step0"]
+    assert stored["tiny-m/s1@step30"][4] == base.key  # the parent, stored first
+    assert _score(path, entries, "eval", workers=2) == Counter(skipped=5)

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 import atlas
-from atlas import ingest as ingest_module
 from atlas import store as store_module
 from atlas.errors import AtlasError, LoadError, StoreError
+from atlas.keys import ModelKey
 from atlas.loading import load_model
+from atlas.pipeline import score as score_module
+from atlas.pipeline.units import scoring_config_id
 from atlas.scoring import Scorer
 from atlas.specs import ModelSpec
 from atlas.textsets import TextSet
@@ -50,7 +52,7 @@ def test_reingest_is_a_noop_without_loading_the_model(db, model_dirs, monkeypatc
     def no_loading(spec):
         raise AssertionError("the model must not be loaded for a no-op")
 
-    monkeypatch.setattr(ingest_module, "load_model", no_loading)
+    monkeypatch.setattr(score_module, "load_model", no_loading)
     assert db.ingest(str(model_dirs["gpt2"]), **kwargs).status == "skipped"
     assert db.sql("SELECT loglik, scored_at FROM vectors").rows() == before
 
@@ -277,8 +279,8 @@ def test_checkpoint_without_a_weight_is_refused_unless_allowed(db, model_dirs, t
     assert provenance["allow_missing"] == {"patterns": ["lm_head.*"],
                                            "missing": ["lm_head.weight"]}
     spec = ModelSpec(str(model_dirs["gpt_neox"]))
-    key = ingest_module.ModelKey("a", "s")
-    assert ingest_module.scoring_config_id(spec, key, None) != ingest_module.scoring_config_id(
+    key = ModelKey("a", "s")
+    assert scoring_config_id(spec, key, None) != scoring_config_id(
         ModelSpec(spec.source, allow_missing=("lm_head.*",)), key, None)
 
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from atlas import ingest as ingest_module
 from atlas import scoring, tiny
 from atlas.cli import main
 from atlas.layers import LENSES, LensError, LensOverride, format_layers, parse_layers
 from atlas.lens import Lens
 from atlas.loading import LoadedModel
+from atlas.pipeline import score as score_module
 from atlas.scoring import Scorer
 
 ARCHS = ("gpt_neox", "gpt2", "llama", "mistral", "qwen2", "opt", "opt-postln", "gemma3")
@@ -224,7 +224,7 @@ def test_ingest_all_layers_one_variant_each_final_equals_plain(db, saved, arch, 
     def no_loading(spec):
         raise AssertionError("every layer is stored: nothing may be loaded")
 
-    monkeypatch.setattr(ingest_module, "load_model", no_loading)
+    monkeypatch.setattr(score_module, "load_model", no_loading)
     again = db.ingest(str(saved[arch]), layers="0,2", **kwargs)
     assert again.status == "skipped" and again.layers == {0: "skipped", 2: "skipped"}
 
@@ -233,13 +233,13 @@ def test_only_missing_layers_are_scored(db, saved, monkeypatch):
     kwargs = dict(family="tiny", size="s", textset="eval", progress=False)
     db.ingest(str(saved["gpt_neox"]), layers=[1], **kwargs)
     scored = []
-    real = ingest_module.Scorer
+    real = score_module.Scorer
 
     def spy(*args, **options):
         scored.append(options.get("layers"))
         return real(*args, **options)
 
-    monkeypatch.setattr(ingest_module, "Scorer", spy)
+    monkeypatch.setattr(score_module, "Scorer", spy)
     result = db.ingest(str(saved["gpt_neox"]), layers="all", **kwargs)
     assert scored == [[0, 2]]
     assert result.layers == {0: "stored", 1: "skipped", 2: "stored"}
@@ -250,7 +250,7 @@ def test_layer_beyond_the_model_is_an_error_and_stores_nothing(db, saved, monkey
     def no_loading(spec):
         raise AssertionError("the layer check needs only the config")
 
-    monkeypatch.setattr(ingest_module, "load_model", no_loading)
+    monkeypatch.setattr(score_module, "load_model", no_loading)
     with pytest.raises(LensError, match=r"--layers 99: .* has 2 blocks, so its hidden states "
                                         r"are 0\.\.2"):
         db.ingest(str(saved["gpt_neox"]), family="t", size="s", textset="eval", layers="99",
@@ -261,13 +261,13 @@ def test_layer_beyond_the_model_is_an_error_and_stores_nothing(db, saved, monkey
 
 def test_unknown_architecture_needs_user_paths(db, saved, monkeypatch):
     kwargs = dict(family="bloom", size="s", textset="eval", progress=False)
-    real_load = ingest_module.load_model
-    monkeypatch.setattr(ingest_module, "load_model", lambda spec: pytest.fail("loaded"))
+    real_load = score_module.load_model
+    monkeypatch.setattr(score_module, "load_model", lambda spec: pytest.fail("loaded"))
     with pytest.raises(LensError, match="architecture bloom has no lens description; pass "
                                         "--lens-norm/--lens-head"):
         db.ingest(str(saved["bloom"]), layers="all", **kwargs)
     assert vectors(db) == {}
-    monkeypatch.setattr(ingest_module, "load_model", real_load)
+    monkeypatch.setattr(score_module, "load_model", real_load)
     with pytest.raises(LensError, match="does not reproduce the model's logits"):
         db.ingest(str(saved["bloom"]), layers="all", lens_norm="transformer.h.0.input_layernorm",
                   **kwargs)

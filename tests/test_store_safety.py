@@ -198,7 +198,7 @@ if sys.argv[1] == "at-write":  # the disk fills while the model is scored
             empty()
     Store.write_vector = full_write
 else:  # the disk is full once the command has started (its imports done)
-    import atlas.ingest  # noqa: F401
+    import atlas.pipeline.ingest  # noqa: F401
     fill()
 main(sys.argv[2:])
 """

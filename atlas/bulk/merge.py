@@ -1,24 +1,21 @@
 """The merger: the one writer that folds finished shards into the atlas.
 
-Each vector goes in through ``Store.write_vector`` (one transaction: the whole vector and its
-variant row, or nothing), then its weight sketch, and only then does the shard move to
-``merged/``. A crash in between leaves the shard in ``ready/``; merging it again finds the same
-vector and config stored (a no-op) and writes the sketch, so merging is idempotent. The file is
-released after every round, so readers (SQL, TUI) get in between.
+Each vector goes in through the pipeline's writer (atlas.pipeline.writer: one transaction for
+the whole vector and its variant row, or nothing; then its weight sketch), and only then does
+the shard move to ``merged/``. A crash in between leaves the shard in ``ready/``; merging it
+again finds the same vector and config stored (a no-op) and writes the sketch, so merging is
+idempotent. The file is released after every round, so readers (SQL, TUI) get in between.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from atlas.bulk.shards import Shard, ShardDir, ShardError
 from atlas.errors import LockedError, StoreError, UnknownParentError
-from atlas.keys import ModelKey
+from atlas.pipeline.records import VectorRecord
+from atlas.pipeline.writer import write_record
 from atlas.store import Store
-from atlas.weights import WeightSketch
 
 
 @dataclass
@@ -88,22 +85,10 @@ def _merge_round(store: Store, shards: ShardDir, todo: list[Shard],
 
 def merge_one(store: Store, shards: ShardDir, shard: Shard) -> bool:
     """Write one shard's vector (and sketch); False if the same vector was stored already."""
-    import pyarrow.parquet as pq
-
-    row = pq.read_table(shards.verified_parquet(shard)).to_pylist()[0]
-    stored = store.textset(row["textset"])
+    record = VectorRecord.read_parquet(shards.verified_parquet(shard))
+    stored = store.textset(record.textset)
     if stored.content_hash != shard.meta["textset_hash"]:
-        raise StoreError(f"{row['key']}: scored on other texts than the atlas's text set "
-                         f"'{row['textset']}' (hash {shard.meta['textset_hash'][:12]} vs "
+        raise StoreError(f"{record.key}: scored on other texts than the atlas's text set "
+                         f"'{record.textset}' (hash {shard.meta['textset_hash'][:12]} vs "
                          f"{stored.content_hash[:12]})")
-    key = ModelKey.parse(row["key"])
-    written = store.write_vector(
-        key, textset_id=stored.textset_id, loglik=np.asarray(row["loglik"]),
-        n_tokens=np.asarray(row["n_tokens"]), n_truncated=row["n_truncated"],
-        config_id=row["config_id"], provenance=json.loads(row["provenance"]),
-        n_params=row["n_params"], parent=row["parent"], source=row["source"],
-        revision=row["revision"])
-    if row["sketch"] is not None:  # same config stored: the sketch is of these same weights
-        store.write_sketch(key, WeightSketch(sketch=np.asarray(row["sketch"]),
-                                             **json.loads(row["sketch_meta"])))
-    return written
+    return write_record(store, record, stored.textset_id)

@@ -3,14 +3,12 @@
 A *unit* is one model load; its variants (text sets × quantizations × the output and any lens
 layers) are all scored from that load, so a model is loaded once however many vectors it gives.
 A variant is decided exactly as ``atlas ingest`` decides it (same key, config id and conflict
-rules, atlas.ingest.scoring_config_id), so the plan skips what ingest stored and the reverse.
+rules, atlas.pipeline.units), so the plan skips what ingest stored and the reverse.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -19,15 +17,16 @@ from pathlib import Path
 import polars as pl
 
 from atlas.bulk.manifest import Family, Manifest, Settings, SingleModel
-from atlas.bulk.shards import ShardDir, safe_name
+from atlas.bulk.shards import ShardDir
 from atlas.bulk.sources import SourceError, available_steps, base_model, looks_local, resolve_source
 from atlas.errors import AtlasError, InvalidKeyError, StoreError
-from atlas.ingest import lens_layers, scoring_config_id
 from atlas.keys import ModelKey
 from atlas.layers import LensError
+from atlas.pipeline.score import lens_layers
+from atlas.pipeline.units import Unit, Variant, variants_of
 from atlas.presentation import duration
 from atlas.quantize import key_quant, source_label
-from atlas.specs import ModelSpec, QuantizeError, QuantSpec
+from atlas.specs import QuantizeError
 from atlas.store import Store, StoredTextSet
 
 BYTES_PER_TOKEN = 4.0  # a rough BPE average, for the token estimate before anything is scored
@@ -37,55 +36,6 @@ TODO = ("new", "retry")
 
 class PlanError(AtlasError):
     """A manifest entry that cannot be expanded (no checkpoints found, unknown parent …)."""
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One model load and what to score with it."""
-
-    base: ModelKey  # family, size, seed, checkpoint, and the quant label of what is loaded
-    source: str
-    revision: str | None
-    parent: str | None
-    settings: Settings
-    line: int  # of the manifest entry
-    layers: tuple[int, ...] = ()  # lens hidden states, resolved from the config
-    source_quant: str | None = None  # the label of a source quantized already (GGUF, GPTQ)
-
-    @property
-    def id(self) -> str:
-        payload = [str(self.base), self.source, self.revision]
-        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:12]
-
-    def spec(self, quantize: str | None = None) -> ModelSpec:
-        """How to load it; ``quantize``: a label of ``settings.quantizations`` applied on top."""
-        return ModelSpec(self.source, self.revision, self.settings.device, self.settings.dtype,
-                         self.settings.trust_remote_code,
-                         quantize=QuantSpec.parse(quantize).on(self.source_quant)
-                         if quantize else None)
-
-    def variant_keys(self) -> Iterator[tuple[ModelKey, str | None]]:
-        """(key, quantization to apply) of every variant, per text set: output, then layers;
-        a quantized variant's key carries the label ``atlas ingest --quantize`` gives it."""
-        for quantize in self.settings.quantizations:
-            quant_key = replace(self.base, quant=self.spec(quantize).quantize.label) if (
-                quantize) else self.base
-            for layer in (None, *self.layers):
-                yield replace(quant_key, layer=layer), quantize
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One vector to make: a key on a text set, under one scoring config."""
-
-    key: ModelKey
-    textset: str
-    quantize: str | None
-    config_id: str
-
-    @property
-    def shard_name(self) -> str:
-        return f"{safe_name(str(self.key))}.{safe_name(self.textset)}.{self.config_id}"
 
 
 @dataclass
@@ -231,22 +181,6 @@ def _with_parent(manifest: Manifest, unit: Unit, by_source: dict) -> Unit:
             raise PlanError(f"{where}: its base model {base!r} is not a model of this manifest; "
                             "add it, or set parent = KEY") from None
     return replace(unit, parent=str(found))
-
-
-def config_id(unit: Unit, key: ModelKey, quantize: str | None, planning: bool = False) -> str:
-    """The config id ``atlas ingest`` gives the variant. ``planning``: on any machine, since
-    the device does not enter the config once the dtype is explicit."""
-    spec = unit.spec(quantize)
-    if planning and spec.dtype != "auto":
-        spec.device = "cpu"
-    return scoring_config_id(spec, key, unit.settings.max_length)
-
-
-def variants_of(unit: Unit) -> Iterator[Variant]:
-    """The unit's variants, with the config id ``atlas ingest`` would give each."""
-    for textset in unit.settings.textsets:
-        for key, quantize in unit.variant_keys():
-            yield Variant(key, textset, quantize, config_id(unit, key, quantize, planning=True))
 
 
 def _resolve_layers(unit: Unit) -> tuple[Unit, str]:

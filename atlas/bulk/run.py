@@ -37,6 +37,7 @@ BACKOFF_SECONDS = 2.0  # before the second attempt; doubles for each further one
 class RunReport:
     units: int = 0  # units given to workers
     variants: int = 0  # vectors they were to score
+    done: int = 0  # vectors of the manifest stored already when the run was planned
     written: int = 0  # shards written
     tokens: int = 0
     seconds: float = 0.0
@@ -169,7 +170,8 @@ def run_bulk(manifest_path: str | Path, db_path: str | Path, *, workers: int = 1
                            Path(shard_dir) if shard_dir else None, max_attempts,
                            max_loads=max_loads)
     tasks = tasks_of(plan, shards, db_path, retry_failed)
-    report = RunReport(units=len(tasks), variants=sum(len(t.variants) for t in tasks))
+    report = RunReport(units=len(tasks), variants=sum(len(t.variants) for t in tasks),
+                       done=plan.counts()["done"])
     shards.write_run({"started": time.time(), "manifest": str(Path(manifest_path).resolve()),
                       "db": str(db_path.resolve()), "workers": workers, "pid": os.getpid(),
                       "host": socket.gethostname(), "max_attempts": max_attempts,

@@ -2,33 +2,19 @@
 
 It never opens the atlas: texts come from the shard directory and vectors go back to it, so any
 number of workers (processes, Ray tasks on other machines) run beside readers and one merger.
-Scoring reuses ingest's pieces (Scorer, lens, config id, provenance, weight sketch), so a shard
-holds exactly what ``atlas ingest`` of the same variant would store. Output and lens layers of
-one (quantization, text set) come from one forward pass per batch: the lens's final index is the
-model's own output, bit-identical to a plain scoring (atlas.scoring).
+Scoring is the pipeline's (atlas.pipeline.score), so a shard holds exactly the record
+``atlas ingest`` of the same variant would store.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import time
 import traceback
-from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
-from atlas.bulk.plan import Unit, Variant, config_id
 from atlas.bulk.shards import ShardDir
-from atlas.errors import AtlasError
-from atlas.ingest import load_for_scoring, sketch_weights, vector_provenance
-from atlas.layers import layer_count
-from atlas.loading import LoadedModel, load_model
-from atlas.quantize import quantized_copy
-from atlas.scoring import Scorer, Scores
-from atlas.specs import ModelSpec
-from atlas.weights import WeightSketch
-
-LENS_ONLY_PROVENANCE = ("forward", "lens")  # what a lens pass adds to a plain scoring's record
+from atlas.pipeline.score import Loads, score_unit
+from atlas.pipeline.units import Unit, Variant
 
 
 @dataclass(frozen=True)
@@ -86,118 +72,20 @@ def run_task(task: Task) -> Outcome:
 
 
 def _score_unit(task: Task, shards: ShardDir) -> tuple[int, int, float]:
-    """(vectors written, tokens scored, seconds loading). The float model is loaded once and
-    serves the output, every lens layer and every in-memory (torchao) quantization."""
-    unit = task.unit
-    _check_config(unit, task.variants)
+    """(vectors written, tokens scored, seconds loading): the unit scored by the pipeline,
+    each record written as a shard."""
+    texts = {name: shards.load_texts(task.textset_hashes[name])
+             for name in dict.fromkeys(v.textset for v in task.variants)}
+    names = {(v.key, v.textset): v.shard_name for v in task.variants}
+    loads = Loads(task.unit)
     written = tokens = 0
-    loads = _Loads(unit)
-    # None first, then torchao copies of the float model, then quantizations that load anew
-    passes = sorted({v.quantize for v in task.variants}, key=lambda q: (q is not None, q or ""))
-    for quantize in passes:
-        group = [v for v in task.variants if v.quantize == quantize]
-        texts = {name: shards.load_texts(task.textset_hashes[name])
-                 for name in dict.fromkeys(v.textset for v in group)}
-        spec = unit.spec(quantize)
-        model = loads.get(quantize, next(iter(texts.values())))
-        sketch, note = None, None
-        for textset, batch in texts.items():
-            variants = [v for v in group if v.textset == textset]
-            scores = score_pass(model, batch, [v.key.layer for v in variants], unit)
-            for variant in variants:
-                provenance = vector_provenance(scores[variant.key.layer], spec, model)
-                if variant.key.layer is None and sketch is None and note is None:
-                    sketch, note = sketch_weights(model.model, unit.settings.sketch_dim,
-                                                  quantized=provenance["quantization"] is not None)
-                shards.write(variant.shard_name, task.tag, shard_parquet(
-                    variant, scores[variant.key.layer], provenance, spec, unit, model.n_params,
-                    sketch if variant.key.layer is None else None), {
-                    "key": str(variant.key), "textset": textset,
-                    "textset_hash": task.textset_hashes[textset],
-                    "config_id": variant.config_id, "unit": unit.id,
-                    "attempt": task.attempt, "sketch_note": note})
-                written += 1
-            tokens += next(iter(scores.values())).scored_tokens
+    for scored in score_unit(task.unit, task.variants, texts, loads=loads):
+        for record in scored.records:
+            shards.write(names[record.key, record.textset], task.tag, record.to_parquet(), {
+                "key": str(record.key), "textset": record.textset,
+                "textset_hash": task.textset_hashes[record.textset],
+                "config_id": record.config_id, "unit": task.unit.id,
+                "attempt": task.attempt, "sketch_note": record.sketch_note})
+            written += 1
+        tokens += scored.tokens
     return written, tokens, loads.seconds
-
-
-class _Loads:
-    """The models of one unit: the float load (kept for in-memory quantizations) and the
-    quantized ones, with the time spent loading."""
-
-    def __init__(self, unit: Unit) -> None:
-        self.unit = unit
-        self.base: LoadedModel | None = None
-        self.seconds = 0.0
-
-    def get(self, quantize: str | None, texts: list[str]) -> LoadedModel:
-        started = time.perf_counter()
-        spec = self.unit.spec(quantize)
-        try:
-            if spec.quantize is not None and spec.quantize.method != "torchao":
-                return load_for_scoring(spec, texts)  # quantized while loading (bnb, GPTQ)
-            if self.base is None:
-                self.base = load_model(self.unit.spec())
-            return self.base if spec.quantize is None else quantized_copy(self.base,
-                                                                          spec.quantize)
-        finally:
-            self.seconds += time.perf_counter() - started
-
-
-def _check_config(unit: Unit, variants: Sequence[Variant]) -> None:
-    """The planner's config id must be this worker's, or the shard would conflict at merge."""
-    for variant in variants:
-        here = config_id(unit, variant.key, variant.quantize)
-        if here != variant.config_id:
-            raise AtlasError(
-                f"{variant.key}: this worker's scoring config ({here}) is not the planner's "
-                f"({variant.config_id}): 'dtype = \"auto\"' resolves differently on this "
-                "machine's device; set dtype (and device) explicitly in the manifest")
-
-
-def score_pass(loaded: LoadedModel, texts: list[str], layers: Sequence[int | None],
-               unit: Unit) -> dict[int | None, Scores]:
-    """Scores of the output (None) and lens layers of one model on one text set, all from one
-    forward pass per batch."""
-    settings = unit.settings
-    lens = sorted({layer for layer in layers if layer is not None})
-    if not lens:
-        scorer = Scorer(loaded, batch_size=settings.batch_size, max_length=settings.max_length)
-        return {None: scorer.score(texts, progress=False)}
-    final = layer_count(loaded.model.config)
-    output = None in layers
-    scorer = Scorer(loaded, batch_size=settings.batch_size, max_length=settings.max_length,
-                    layers=sorted(set(lens) | ({final} if output else set())))
-    scores = scorer.score_layers(texts, progress=False)
-    found: dict[int | None, Scores] = {layer: scores[layer] for layer in lens}
-    if output:
-        plain = {k: v for k, v in scores[final].provenance.items()
-                 if k not in LENS_ONLY_PROVENANCE}
-        found[None] = replace(scores[final], provenance=plain)
-    return found
-
-
-def shard_parquet(variant: Variant, scores: Scores, provenance: dict, spec: ModelSpec,
-                  unit: Unit, n_params: int, sketch: WeightSketch | None) -> bytes:
-    """One row: the vector in float64 (the store rounds it as ingest does) and its record."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sketch_meta = None if sketch is None else json.dumps(
-        {f.name: getattr(sketch, f.name) for f in fields(sketch) if f.name != "sketch"})
-    table = pa.table({
-        "key": [str(variant.key)], "textset": [variant.textset],
-        "config_id": [variant.config_id],
-        "loglik": pa.array([scores.loglik.tolist()], pa.list_(pa.float64())),
-        "n_tokens": pa.array([scores.n_tokens.tolist()], pa.list_(pa.int64())),
-        "n_truncated": [int(scores.n_truncated)], "n_params": [int(n_params)],
-        "parent": pa.array([unit.parent], pa.string()), "source": [spec.source],
-        "revision": pa.array([spec.revision], pa.string()),
-        "provenance": [json.dumps(provenance)],
-        "sketch": pa.array([None if sketch is None else sketch.sketch.tolist()],
-                           pa.list_(pa.float64())),
-        "sketch_meta": pa.array([sketch_meta], pa.string()),
-    })
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()

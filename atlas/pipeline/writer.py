@@ -1,0 +1,53 @@
+"""The writer: the one way a scored vector enters the atlas.
+
+The vector and its variant row go in one transaction (``Store.write_vector``), then the weight
+sketch. A sketch is written even when the same vector was stored already: it is of the same
+weights, and a writer killed between the two then completes on its next try (a re-merge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from atlas.errors import LockedError, NoSpaceError
+from atlas.pipeline.records import VectorRecord, save_pending
+from atlas.store import Store
+
+
+def write_record(store: Store, record: VectorRecord, textset_id: int,
+                 force: bool = False) -> bool:
+    """Write one record; False if the same vector was stored already."""
+    written = store.write_vector(
+        record.key, textset_id=textset_id, loglik=record.loglik, n_tokens=record.n_tokens,
+        n_truncated=record.n_truncated, config_id=record.config_id,
+        provenance=record.provenance, n_params=record.n_params, parent=record.parent,
+        source=record.source, revision=record.revision, force=force)
+    if record.sketch is not None:
+        store.write_sketch(record.key, record.sketch)
+    elif written and force:
+        store.delete_sketch(record.key)  # it may be of the weights this vector replaced
+    return written
+
+
+def write_or_keep(store: Store, records: Sequence[VectorRecord], textset_id: int,
+                  force: bool = False) -> list[bool]:
+    """Write each record; if another process takes the atlas or the disk fills, the records
+    not yet stored are kept as pending files, and the error says how to import them."""
+    written: list[bool] = []
+    for index, record in enumerate(records):
+        try:
+            written.append(write_record(store, record, textset_id, force))
+        except (LockedError, NoSpaceError) as exc:
+            kept = [save_pending(store.path, rest) for rest in records[index:]]
+            raise type(exc)(f"{exc} {_import_hint(kept, record.textset)}") from exc
+    return written
+
+
+def _import_hint(kept: list[Path], textset: str) -> str:
+    if len(kept) == 1:
+        return (f"The scored vector is kept in {kept[0]}: once the file can be written, run "
+                f"`atlas import vectors {kept[0]} --textset {textset}`.")
+    return (f"The {len(kept)} vectors not yet stored are kept in {kept[0].parent}: once the "
+            f"file can be written, run `atlas import vectors FILE --textset {textset}` for each "
+            f"of {', '.join(p.name for p in kept)}.")
