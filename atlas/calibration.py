@@ -31,8 +31,10 @@ import torch
 from atlas.errors import AtlasError
 from atlas.loading import LoadedModel
 from atlas.scoring import special_token_policy, tokenizer_fingerprint
+from atlas.specs import ModelSpec, QuantSpec
 
 PROMPT_TOKENS = 32  # --prompts: each sample continues the first tokens of a text
+QUANT_FIELDS = ("method", "bits", "group_size", "qtype", "source_quant")
 DEFAULT_BATCH = {"cpu": 16, "cuda": 64, "mps": 32}
 
 
@@ -200,3 +202,133 @@ def monte_carlo(a: LoadedModel, b: LoadedModel, *, samples: int = 64, length: in
             advance(len(batch))
     return Samples(np.concatenate(kl), np.concatenate(ratio), np.concatenate(n_bytes), length,
                    "rao-blackwell" if token_level else "sequence")
+
+
+# -- from stored variants to a measurement ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variant:
+    """What the atlas recorded about how a variant was loaded (its models and quantizations
+    rows)."""
+
+    key: str
+    source: str | None
+    revision: str | None
+    layer: int | None
+    quantization: dict | None  # method, bits, group_size, qtype, source_quant; None: float
+
+
+def variant_spec(variant: Variant, device: str, dtype: str) -> ModelSpec:
+    """The spec ingest loaded ``variant`` from, with the quantization it applied: the recorded
+    one, unless that is the source's own (a GGUF type, a GPTQ checkpoint's config)."""
+    from atlas.quantize import source_label
+
+    if variant.layer is not None:
+        raise CalibrationError(f"{variant.key} is a logit-lens layer, not a model one can sample "
+                               "from; calibrate model outputs (keys without #LAYER)")
+    if not variant.source:
+        raise CalibrationError(f"{variant.key} has no recorded source (an imported vector?); "
+                               "calibrate needs variants ingested from a loadable model")
+    spec = ModelSpec(source=variant.source, revision=variant.revision, device=device,
+                     dtype=dtype)
+    if variant.quantization is not None:
+        fields = {name: variant.quantization.get(name) for name in QUANT_FIELDS}
+        recorded = QuantSpec(**fields)
+        if recorded.label != source_label(spec):
+            spec.quantize = recorded
+    return spec
+
+
+def load_variant(spec: ModelSpec, texts: Sequence[str]) -> LoadedModel:
+    """Loaded as ingest loads it (GPTQ calibrated on texts outside ``texts``)."""
+    from atlas.ingest import load_for_scoring
+
+    return load_for_scoring(spec, texts)
+
+
+def measure(a: LoadedModel, b: LoadedModel, *, samples: int, length: int, seed: int,
+            prompts: Sequence[str] | None = None, batch_size: int | None = None,
+            progress: bool = True) -> tuple[Samples, Samples]:
+    """KL(a‖b) on samples of a and KL(b‖a) on samples of b (seeds ``seed``, ``seed + 1``)."""
+    from atlas.progress import progress_bar
+    from atlas.scoring import Scorer
+
+    def scorer(model: LoadedModel) -> Callable[[list[str]], np.ndarray]:
+        return lambda texts: Scorer(model).score(texts, progress=False).loglik
+
+    options = dict(samples=samples, length=length, prompts=prompts, batch_size=batch_size)
+    with progress_bar("sampling", transient=True, disable=not progress) as bar:
+        task = bar.add_task("sampling", total=2 * samples)
+
+        def advance(n: int) -> None:
+            bar.update(task, advance=n)
+
+        ab = monte_carlo(a, b, seed=seed, score_b=scorer(b), advance=advance, **options)
+        ba = monte_carlo(b, a, seed=seed + 1, score_b=scorer(a), advance=advance, **options)
+    return ab, ba
+
+
+def versions() -> dict:
+    import transformers
+
+    from atlas import __version__
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "lm_atlas": __version__}
+
+
+def precision_floor(spec: ModelSpec, texts: Sequence[str], mean_bytes: float, *,
+                    dtype: str = "bfloat16", batch_size: int | None = None,
+                    progress: bool = True) -> dict:
+    """KL (bits/byte, with SE) between the model's vectors scored in float32 and in ``dtype``,
+    and between float32 vectors scored at two batch sizes (padding and kernel choice): the
+    rounding under which a KL means nothing."""
+    from dataclasses import replace
+
+    from atlas.kl import kl_bpb, kl_se_bpb
+    from atlas.scoring import Scorer
+
+    if dtype == "float32":
+        raise CalibrationError("--dtype float32: the floor compares float32 with a lower "
+                               "precision; give --dtype bfloat16 or float16")
+    exact = load_variant(spec, texts)
+    reference = Scorer(exact, batch_size=batch_size)
+    sizes = [reference.batch_size, 8 if reference.batch_size != 8 else 1]
+    ell = reference.score(texts, progress=progress).loglik
+    batched = Scorer(exact, batch_size=sizes[1]).score(texts, progress=progress).loglik
+    del exact, reference
+    low = load_variant(replace(spec, dtype=dtype), texts)
+    ell_low = Scorer(low, batch_size=batch_size).score(texts, progress=progress).loglik
+    return {"dtype": str(low.dtype).removeprefix("torch."),
+            "kl_bpb": kl_bpb(ell, ell_low, mean_bytes),
+            "se": kl_se_bpb(ell, ell_low, mean_bytes),
+            "batch_kl_bpb": kl_bpb(ell, batched, mean_bytes),
+            "batch_sizes": sizes,
+            "device": low.device.type, "versions": versions()}
+
+
+def calibration_row(result: dict) -> dict:
+    """The ``calibrations`` row of an ``Atlas.calibrate`` result."""
+    import json
+
+    row = {name: result[name] for name in ("key_a", "key_b", "method", "samples", "length",
+                                           "prompts", "seed", "ratio", "device", "dtype",
+                                           "seconds")}
+    for direction in ("mc_ab", "mc_ba"):
+        found = result[direction]
+        row |= {f"{direction}_nats": found["nats_per_token"], f"{direction}_se": found["se"],
+                f"{direction}_bpb": found["bits_per_byte"],
+                f"{direction}_se_bpb": found["se_bits_per_byte"]}
+    estimator = result["estimator"]
+    row |= {"estimator_bpb": estimator["bits_per_byte"], "estimator_se": estimator["se"],
+            "textset": estimator["textset"], "versions": json.dumps(result["versions"])}
+    return row
+
+
+def floor_row(floor: dict) -> dict:
+    """The ``precision_floors`` row of an ``Atlas.precision_floor`` result."""
+    import json
+
+    row = {name: floor[name] for name in ("key", "dtype", "textset", "kl_bpb", "se",
+                                          "batch_kl_bpb", "device")}
+    return row | {"batch_size": floor["batch_sizes"][0], "versions": json.dumps(floor["versions"])}

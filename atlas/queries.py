@@ -578,3 +578,49 @@ def drop_map(atlas: Atlas, name: str) -> bool:
 def _delete_map(con: duckdb.DuckDBPyConnection, name: str) -> None:
     con.execute("DELETE FROM map_coordinates WHERE map_name = ?", [name])
     con.execute("DELETE FROM maps WHERE name = ?", [name])
+
+
+# calibration (sql/calibration.sql) ---------------------------------------------------------------
+FLOOR_FACTOR = 3.0  # a KL within this many precision floors is flagged
+
+
+def variant_record(atlas: Atlas, key: str) -> dict:
+    """How ``key`` was loaded: its models row's source, revision and layer, and its
+    quantizations row (None for a float variant)."""
+    row = atlas.sql("SELECT m.source, m.revision, m.layer, q.method, q.bits, q.group_size, "
+                    "q.qtype, q.source_quant FROM models m LEFT JOIN quantizations q USING (key) "
+                    "WHERE m.key = ?", [key]).row(0, named=True)
+    quant = {name: row.pop(name) for name in ("method", "bits", "group_size", "qtype",
+                                               "source_quant")}
+    return {**row, "quantization": quant if quant["method"] is not None else None}
+
+
+def _has_table(atlas: Atlas, table: str) -> bool:
+    """Whether the file has ``table``: a read-only atlas from an older version may lack it."""
+    found = atlas.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = ? AND "
+                      "database_name = current_database()", [table])
+    return bool(found["n"][0])
+
+
+def scored_floors(atlas: Atlas) -> pl.DataFrame:
+    """(key, textset, floor): each vector's precision floor for the dtype it was scored in."""
+    if not _has_table(atlas, "precision_floors"):
+        return pl.DataFrame(schema={"key": pl.String, "textset": pl.String, "floor": pl.Float64})
+    return atlas.sql(
+        "SELECT v.key, t.name AS textset, f.kl_bpb AS floor FROM vectors v "
+        "JOIN textsets t USING (textset_id) JOIN precision_floors f ON f.key = v.key "
+        "AND f.dtype = json_extract_string(v.provenance, '$.dtype')")
+
+
+def with_floors(atlas: Atlas, key: str, found: pl.DataFrame) -> pl.DataFrame:
+    """``nearest`` rows with ``floor`` (the larger precision floor of the two vectors, for the
+    dtype each was scored in; null when neither has one) and ``within_floor``
+    (KL < 3 × floor: not to be told from rounding)."""
+    floors = scored_floors(atlas)
+    own = floors.filter(pl.col("key") == atlas.resolve(key)).select(
+        "textset", own_floor="floor")
+    joined = found.join(floors, on=["key", "textset"], how="left").join(
+        own, on="textset", how="left")
+    floor = pl.max_horizontal("floor", "own_floor")
+    return joined.with_columns(floor=floor).with_columns(
+        within_floor=pl.col("kl") < FLOOR_FACTOR * pl.col("floor")).drop("own_floor")

@@ -68,3 +68,59 @@ def test_prompts_start_every_sample_without_padding(pair):
 
 def torch_equal(x, y) -> bool:
     return bool((x == y).all())
+
+
+@pytest.fixture
+def calibrated_db(db, seed_dirs):
+    """Seeds 1 and 2 ingested as minipy-t/s1 and /s2, and seed 1 again as an int8 copy."""
+    for seed in (1, 2):
+        db.ingest(str(seed_dirs[seed]), family="minipy", size="t", seed=seed, textset="eval",
+                  device="cpu", dtype="float32", progress=False, sketch_dim=0)
+    db.close()
+    return db
+
+
+def _cli(db, *args: str) -> str:
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+
+    result = CliRunner().invoke(main, ["--db", str(db.path), *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_calibrate_command_measures_both_directions_and_stores_them(calibrated_db):
+    import json
+
+    out = json.loads(_cli(calibrated_db, "calibrate", "minipy-t/s1", "minipy-t/s2",
+                          "--samples", "4", "--length", "6", "--device", "cpu",
+                          "--format", "json"))
+    assert (out["key_a"], out["key_b"], out["samples"], out["length"]) == (
+        "minipy-t/s1", "minipy-t/s2", 4, 6)
+    assert out["mc_ab"]["bits_per_byte"] > 0 and out["mc_ba"]["bits_per_byte"] > 0
+    assert out["mc_ab"] != out["mc_ba"] and out["method"] == "rao-blackwell"
+    assert out["estimator"]["textset"] == "eval"
+    mean = (out["mc_ab"]["bits_per_byte"] + out["mc_ba"]["bits_per_byte"]) / 2
+    assert out["ratio"] == pytest.approx(out["estimator"]["bits_per_byte"] / mean)
+    stored = calibrated_db.sql("SELECT key_a, mc_ab_bpb, ratio, seed, dtype, versions "
+                               "FROM calibrations").row(0, named=True)
+    assert stored["mc_ab_bpb"] == out["mc_ab"]["bits_per_byte"]
+    assert stored["dtype"] == "float32" and "torch" in stored["versions"]
+    assert "Monte Carlo KL(a‖b)" in _cli(calibrated_db, "calibrate", "minipy-t/s1",
+                                         "minipy-t/s2", "--samples", "2", "--length", "3")
+
+
+def test_floor_is_stored_and_flags_nearest(calibrated_db):
+    import json
+
+    out = json.loads(_cli(calibrated_db, "calibrate", "--floor", "minipy-t/s1", "--device",
+                          "cpu", "--format", "json"))
+    assert out["dtype"] == "bfloat16" and out["kl_bpb"] > 0 and out["batch_kl_bpb"] < out["kl_bpb"]
+    floors = calibrated_db.sql("SELECT key, dtype, kl_bpb FROM precision_floors")
+    assert floors.rows() == [("minipy-t/s1", "bfloat16", out["kl_bpb"])]
+    # the vectors were scored in float32: no bf16 floor applies to them
+    assert calibrated_db.nearest("minipy-t/s1")["floor"].is_null().all()
+    calibrated_db.sql("UPDATE precision_floors SET dtype = 'float32', kl_bpb = 1e9")
+    near = calibrated_db.nearest("minipy-t/s1")
+    assert near["floor"].to_list() == [1e9] and near["within_floor"].to_list() == [True]
