@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from atlas.analysis import trajectory
 from atlas.analysis.maps import MapError, MapResult
-from atlas.analysis.scale import ScaleError
+from atlas.analysis.scale import PROVENANCE, ScaleError
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.keys import quant_label, run_label
 
@@ -514,8 +514,12 @@ def selection(atlas: Atlas, where: str | None, textset: str | None) -> Selection
         models = atlas.sql(query)
     except AtlasError as exc:
         raise ScaleError(f"bad where clause {where!r}: {exc}") from None
-    on_set = atlas.sql("SELECT key FROM loglik_vectors WHERE textset = ?", [textset])["key"]
-    return Selection(textset, where, models.filter(pl.col("key").is_in(on_set.implode())))
+    scored = atlas.sql(
+        "SELECT v.key, " + ", ".join(f"json_extract_string(v.provenance, '$.{name}') AS {name}"
+                                     for name in PROVENANCE)
+        + " FROM vectors v JOIN textsets t USING (textset_id) WHERE t.name = ?", [textset])
+    return Selection(textset, where, models.join(scored, on="key", how="inner",
+                                                        maintain_order="left"))
 
 
 # maps --------------------------------------------------------------------------------------------
