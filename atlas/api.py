@@ -357,6 +357,11 @@ class Atlas:
             self.store.set_floor(calibration.floor_row(row))
         return row
 
+    def calibrations(self) -> pl.DataFrame:
+        """The stored Monte-Carlo calibrations, oldest first (``atlas.analysis.calibration``
+        fits the estimator against them)."""
+        return queries.calibrations(self)
+
     def _vector_textset(self, key: str) -> str:
         names = self.sql("SELECT textset FROM loglik_vectors WHERE key = ? ORDER BY 1",
                          [key])["textset"].to_list()

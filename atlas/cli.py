@@ -499,6 +499,24 @@ def plot_diffusion(ctx: click.Context, family: str, size: str, seed: int | None,
     click.echo(f"wrote {figures.plot_diffusion(result, output, run.label)}")
 
 
+@plot.command("calibration")
+@_output
+@click.pass_context
+def plot_calibration(ctx: click.Context, output: Path) -> None:
+    """The estimator's KL against the stored Monte-Carlo KLs (`atlas calibrate`), log–log."""
+    from atlas.analysis import figures
+    from atlas.analysis.calibration import CalibrationFitError, fit_loglog
+
+    frame = _atlas(ctx, read_only=True).calibrations()
+    try:
+        fit = fit_loglog(frame)
+        click.echo(fit.describe())
+    except CalibrationFitError as exc:
+        fit = None
+        click.echo(f"note: no fit: {exc}", err=True)
+    click.echo(f"wrote {figures.plot_calibration(frame, output, fit)}")
+
+
 @plot.command("map")
 @click.argument("name")
 @_output

@@ -628,3 +628,11 @@ def with_floors(atlas: Atlas, key: str, found: pl.DataFrame) -> pl.DataFrame:
     floor = pl.max_horizontal("floor", "own_floor")
     return joined.with_columns(floor=floor).with_columns(
         within_floor=pl.col("kl") < FLOOR_FACTOR * pl.col("floor")).drop("own_floor")
+
+
+def calibrations(atlas: Atlas) -> pl.DataFrame:
+    """Every row of ``calibrations`` (none on an atlas that predates the table)."""
+    if not _has_table(atlas, "calibrations"):
+        raise StoreError(f"{atlas.path} predates calibrations; open it writable once (e.g. "
+                         "`atlas init`) to upgrade it, then run `atlas calibrate`")
+    return atlas.sql("SELECT * FROM calibrations ORDER BY created_at, key_a, key_b")

@@ -85,6 +85,7 @@ def _cli(db, *args: str) -> str:
 
     from atlas.cli import main
 
+    db.close()
     result = CliRunner().invoke(main, ["--db", str(db.path), *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
@@ -109,6 +110,9 @@ def test_calibrate_command_measures_both_directions_and_stores_them(calibrated_d
     assert stored["dtype"] == "float32" and "torch" in stored["versions"]
     assert "Monte Carlo KL(a‖b)" in _cli(calibrated_db, "calibrate", "minipy-t/s1",
                                          "minipy-t/s2", "--samples", "2", "--length", "3")
+    figure = calibrated_db.path.with_name("calibration.png")
+    assert "estimator ≈" in _cli(calibrated_db, "plot", "calibration", "-o", str(figure))
+    assert figure.stat().st_size > 1000
 
 
 def test_floor_is_stored_and_flags_nearest(calibrated_db):
@@ -124,3 +128,18 @@ def test_floor_is_stored_and_flags_nearest(calibrated_db):
     calibrated_db.sql("UPDATE precision_floors SET dtype = 'float32', kl_bpb = 1e9")
     near = calibrated_db.nearest("minipy-t/s1")
     assert near["floor"].to_list() == [1e9] and near["within_floor"].to_list() == [True]
+
+
+def test_loglog_fit_recovers_a_power_law():
+    import polars as pl
+
+    from atlas.analysis.calibration import CalibrationFitError, fit_loglog
+
+    mc = np.array([0.01, 0.1, 1.0, 3.0])
+    frame = pl.DataFrame({"mc_ab_bpb": mc * 0.9, "mc_ba_bpb": mc * 1.1,
+                          "estimator_bpb": 4.0 * mc**0.8})
+    fit = fit_loglog(frame)
+    assert (fit.slope, math.exp(fit.intercept), fit.r2, fit.n) == pytest.approx((0.8, 4.0, 1, 4))
+    assert fit.predict(np.array([1.0])) == pytest.approx([4.0])
+    with pytest.raises(CalibrationFitError, match="two or more pairs"):
+        fit_loglog(frame.head(1))
