@@ -309,11 +309,11 @@ class Atlas:
         from atlas import calibration
 
         estimate = self.kl(key_a, key_b, textset)
+        starts = None if prompts is None else self.store.texts(
+            self.store.textset(prompts).textset_id)
         specs = [calibration.variant_spec(calibration.Variant(key, **queries.variant_record(
             self, key)), device, dtype) for key in (estimate.key_a, estimate.key_b)]
         texts = self.store.texts(self.store.textset(estimate.textset).textset_id)
-        starts = None if prompts is None else self.store.texts(
-            self.store.textset(prompts).textset_id)
         self.store.release()  # others may read and write while the models sample
         started = time.perf_counter()
         a, b = (calibration.load_variant(spec, texts) for spec in specs)
@@ -343,6 +343,7 @@ class Atlas:
         require_scoring("calibrate --floor")
         from atlas import calibration
 
+        calibration.check_floor_dtype(dtype)
         key = self.resolve(key)
         textset = textset or self._vector_textset(key)
         stored = self.store.textset(textset)

@@ -277,6 +277,12 @@ def versions() -> dict:
             "lm_atlas": __version__}
 
 
+def check_floor_dtype(dtype: str) -> None:
+    if dtype not in ("bfloat16", "float16"):
+        raise CalibrationError(f"--dtype {dtype}: the floor compares float32 with a lower "
+                               "precision; give --dtype bfloat16 or float16")
+
+
 def precision_floor(spec: ModelSpec, texts: Sequence[str], mean_bytes: float, *,
                     dtype: str = "bfloat16", batch_size: int | None = None,
                     progress: bool = True) -> dict:
@@ -288,9 +294,7 @@ def precision_floor(spec: ModelSpec, texts: Sequence[str], mean_bytes: float, *,
     from atlas.kl import kl_bpb, kl_se_bpb
     from atlas.scoring import Scorer
 
-    if dtype == "float32":
-        raise CalibrationError("--dtype float32: the floor compares float32 with a lower "
-                               "precision; give --dtype bfloat16 or float16")
+    check_floor_dtype(dtype)
     exact = load_variant(spec, texts)
     reference = Scorer(exact, batch_size=batch_size)
     sizes = [reference.batch_size, 8 if reference.batch_size != 8 else 1]

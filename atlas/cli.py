@@ -507,7 +507,11 @@ def plot_calibration(ctx: click.Context, output: Path) -> None:
     from atlas.analysis import figures
     from atlas.analysis.calibration import CalibrationFitError, fit_loglog
 
-    frame = _atlas(ctx, read_only=True).calibrations()
+    atlas = _atlas(ctx, read_only=True)
+    frame = atlas.calibrations()
+    if frame.is_empty():
+        raise AtlasError(f"{atlas.path}: no calibration stored; run `atlas calibrate KEY_A "
+                         "KEY_B` first")
     try:
         fit = fit_loglog(frame)
         click.echo(fit.describe())
