@@ -143,3 +143,36 @@ def test_loglog_fit_recovers_a_power_law():
     assert fit.predict(np.array([1.0])) == pytest.approx([4.0])
     with pytest.raises(CalibrationFitError, match="two or more pairs"):
         fit_loglog(frame.head(1))
+
+
+def test_models_that_tokenize_differently_get_the_sequence_level_kl(tmp_path, pair,
+                                                                    bos_tokenizer):
+    from atlas import tiny
+    from atlas.scoring import Scorer
+
+    a, _ = pair
+    other = _load(tiny.save(tiny.build_model(tiny.tiny_config("gpt2", bos_tokenizer), seed=4),
+                            bos_tokenizer, tmp_path / "bos"))
+    scored = []
+
+    def score_b(texts):
+        scored.extend(texts)
+        return Scorer(other).score(texts, progress=False).loglik
+
+    found = monte_carlo(a, other, samples=3, length=10, seed=0, score_b=score_b)
+    assert found.method == "sequence" and np.array_equal(found.kl, found.log_ratio)
+    assert len(scored) == 3 and np.all(np.isfinite(found.kl))
+    assert found.n_bytes.tolist() == [len(t.encode("utf-8")) for t in scored]
+    with pytest.raises(CalibrationError, match="leave out --prompts"):
+        monte_carlo(a, other, samples=3, length=4, score_b=score_b, prompts=["import os"])
+
+
+def test_variant_spec_reapplies_the_recorded_quantization(seed_dirs):
+    from atlas.calibration import Variant, variant_spec
+
+    source = str(seed_dirs[1])
+    int8 = {"method": "torchao", "bits": 8, "group_size": None, "qtype": None,
+            "source_quant": None}
+    assert variant_spec(Variant("m-s", source, None, None, None), "cpu", "auto").quantize is None
+    spec = variant_spec(Variant("m-s+int8", source, None, None, int8), "cpu", "float32")
+    assert (spec.quantize.label, spec.source, spec.dtype) == ("int8", source, "float32")
