@@ -62,6 +62,8 @@ def test_prompts_start_every_sample_without_padding(pair):
     a, _ = pair
     starts = start_ids(a.tokenizer, 5, ["def f(x):\n    return x + 1\n", "import os"])
     assert starts.shape[0] == 5 and torch_equal(starts[0], starts[2])
+    continued = monte_carlo(a, a, samples=2, length=3, prompts=["import os\nimport sys"])
+    assert np.all(continued.kl == 0.0) and np.all(continued.n_bytes > 0)
     with pytest.raises(CalibrationError, match="at least 2 samples"):
         monte_carlo(a, a, samples=1, length=4)
 
