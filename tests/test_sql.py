@@ -71,7 +71,7 @@ def test_nearest_is_sorted_numpy_order(synthetic, vectors):
     query = KEYS[1]
     expected = sorted((kl_bpb(vectors[query], vectors[k], b), k) for k in KEYS if k != query)
     frame = synthetic.nearest(query, k=3)
-    assert frame.columns == ["key", "kl", "se", "textset"]
+    assert frame.columns == ["key", "kl", "se", "textset", "floor", "within_floor"]
     assert frame["key"].to_list() == [k for _, k in expected[:3]]
     assert np.allclose(frame["kl"].to_numpy(), [v for v, _ in expected[:3]], rtol=1e-9)
     assert synthetic.sql("SELECT * FROM nearest(?, 10)", [query]).height == len(KEYS) - 1
