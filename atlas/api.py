@@ -328,7 +328,7 @@ class Atlas:
                 raise AtlasError(f"{self.resolve(key)} has no vector on text set '{textset}' "
                                  f"(it has: {', '.join(has) or 'none'}); choose one of those "
                                  "with --textset")
-        return found
+        return queries.with_floors(self, key, found)
 
     def _nearest_viewed(self, key: str, k: int, textset: str | None,
                         view: str | View) -> pl.DataFrame:
@@ -374,6 +374,85 @@ class Atlas:
         if len(names) != 1:
             raise AtlasError("name a text set: the atlas holds vectors on "
                              + (", ".join(names) if names else "no text set"))
+        return names[0]
+
+    # calibration (atlas.calibration) ----------------------------------------------------------
+    def calibrate(self, key_a: str, key_b: str, *, samples: int = 64, length: int = 128,
+                  prompts: str | None = None, seed: int = 0, device: str = "auto",
+                  dtype: str = "auto", textset: str | None = None,
+                  batch_size: int | None = None, progress: bool = True,
+                  save: bool = True) -> dict:
+        """Monte-Carlo KL between two stored variants in both directions, beside the atlas's
+        estimate on their shared text set (or ``textset``); stored in ``calibrations``.
+
+        Both models load from their recorded source, revision and quantization; samples are
+        ancestral from BOS, or continue the first 32 tokens of the texts of ``prompts``."""
+        require_scoring("calibrate")
+        import time
+
+        from atlas import calibration
+
+        estimate = self.kl(key_a, key_b, textset)
+        starts = None if prompts is None else self.store.texts(
+            self.store.textset(prompts).textset_id)
+        specs = [calibration.variant_spec(calibration.Variant(key, **queries.variant_record(
+            self, key)), device, dtype) for key in (estimate.key_a, estimate.key_b)]
+        texts = self.store.texts(self.store.textset(estimate.textset).textset_id)
+        self.store.release()  # others may read and write while the models sample
+        started = time.perf_counter()
+        a, b = (calibration.load_variant(spec, texts) for spec in specs)
+        ab, ba = calibration.measure(a, b, samples=samples, length=length, seed=seed,
+                                     prompts=starts, batch_size=batch_size, progress=progress)
+        mc_ab, mc_ba = ab.estimate(), ba.estimate()
+        mc_mean = (mc_ab.bits_per_byte + mc_ba.bits_per_byte) / 2
+        result = {
+            "key_a": estimate.key_a, "key_b": estimate.key_b, "samples": samples,
+            "length": length, "method": ab.method, "prompts": prompts, "seed": seed,
+            "mc_ab": mc_ab.as_dict(), "mc_ba": mc_ba.as_dict(),
+            "estimator": {"bits_per_byte": estimate.value, "se": estimate.se,
+                          "textset": estimate.textset},
+            "ratio": estimate.value / mc_mean if mc_mean > 0 else None,
+            "device": a.device.type, "dtype": str(a.dtype).removeprefix("torch."),
+            "seconds": time.perf_counter() - started, "versions": calibration.versions()}
+        if save:
+            self.store.add_calibration(calibration.calibration_row(result))
+        return result
+
+    def precision_floor(self, key: str, *, dtype: str = "bfloat16", device: str = "auto",
+                        textset: str | None = None, batch_size: int | None = None,
+                        progress: bool = True, save: bool = True) -> dict:
+        """KL between ``key`` scored in float32 and in ``dtype`` on its text set, by the
+        ordinary scorer: under a few of these, a KL of vectors scored in ``dtype`` is rounding.
+        Stored per (key, dtype) in ``precision_floors``."""
+        require_scoring("calibrate --floor")
+        from atlas import calibration
+
+        calibration.check_floor_dtype(dtype)
+        key = self.resolve(key)
+        textset = textset or self._vector_textset(key)
+        stored = self.store.textset(textset)
+        texts = self.store.texts(stored.textset_id)
+        spec = calibration.variant_spec(calibration.Variant(key, **queries.variant_record(
+            self, key)), device, "float32")
+        self.store.release()
+        floor = calibration.precision_floor(spec, texts, stored.mean_bytes, dtype=dtype,
+                                            batch_size=batch_size, progress=progress)
+        row = {"key": key, "textset": textset, **floor}
+        if save:
+            self.store.set_floor(calibration.floor_row(row))
+        return row
+
+    def calibrations(self) -> pl.DataFrame:
+        """The stored Monte-Carlo calibrations, oldest first (``atlas.analysis.calibration``
+        fits the estimator against them)."""
+        return queries.calibrations(self)
+
+    def _vector_textset(self, key: str) -> str:
+        names = self.sql("SELECT textset FROM loglik_vectors WHERE key = ? ORDER BY 1",
+                         [key])["textset"].to_list()
+        if len(names) != 1:
+            raise AtlasError(f"{key} has vectors on {', '.join(names) or 'no text set'}; name "
+                             "one with --textset")
         return names[0]
 
     # reading (atlas.queries) ---------------------------------------------------------------------

@@ -443,6 +443,80 @@ def map_(ctx: click.Context, method: str, where: str | None, textset: str | None
         click.echo(f"note: {note}", err=True)
 
 
+@main.command()
+@click.argument("key_a")
+@click.argument("key_b", required=False)
+@click.option("--floor", is_flag=True,
+              help="Measure KEY_A's precision floor (float32 vs --dtype) instead.")
+@click.option("--samples", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--length", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Tokens sampled per sequence.")
+@click.option("--prompts", default=None, metavar="TEXTSET",
+              help="Continue the first 32 tokens of this text set's texts (default: from BOS).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--textset", default=None, help="Text set of the estimate (or of the floor).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+              default=None, help="Default: auto (with --floor: bfloat16).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def calibrate(ctx: click.Context, key_a: str, key_b: str | None, floor: bool, fmt: str,
+              dtype: str | None, **options) -> None:
+    """Monte-Carlo KL(KEY_A‖KEY_B) and KL(KEY_B‖KEY_A) beside the atlas's estimate; with
+    --floor, the KL between KEY_A scored in float32 and in --dtype (stored per model and dtype)."""
+    atlas = _atlas(ctx)
+    if floor:
+        _refuse_with_floor(key_b, options)
+        result = atlas.precision_floor(key_a, dtype=dtype or "bfloat16", device=options["device"],
+                                       textset=options["textset"],
+                                       batch_size=options["batch_size"])
+    elif key_b is None:
+        raise click.UsageError("give two keys (KEY_A KEY_B), or one with --floor")
+    else:
+        result = atlas.calibrate(key_a, key_b, dtype=dtype or "auto", **options)
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=1))
+    else:
+        emit(_calibration_table(result), "table", title=_calibration_title(result))
+
+
+def _refuse_with_floor(key_b: str | None, options: dict) -> None:
+    """--floor measures one model: a second key or the sampling options would be ignored."""
+    if key_b is not None:
+        raise click.UsageError(f"--floor measures one model: drop {key_b}")
+    defaults = {"samples": 64, "length": 128, "prompts": None, "seed": 0}
+    given = [name for name, value in defaults.items() if options.pop(name) != value]
+    if given:
+        raise click.UsageError(f"--floor scores the text set: drop --{given[0]}")
+
+
+def _calibration_table(result: dict) -> pl.DataFrame:
+    if "kl_bpb" in result:  # a floor
+        return pl.DataFrame([{"compared": f"float32 vs {result['dtype']}",
+                              "bits_per_byte": result["kl_bpb"], "se": result["se"]},
+                             {"compared": "float32, batch {} vs {}".format(*result["batch_sizes"]),
+                              "bits_per_byte": result["batch_kl_bpb"], "se": None}])
+    rows = [{"measure": f"Monte Carlo KL({a}‖{b})", "bits_per_byte": found["bits_per_byte"],
+             "se": found["se_bits_per_byte"], "nats_per_token": found["nats_per_token"]}
+            for (a, b), found in ((("a", "b"), result["mc_ab"]), (("b", "a"), result["mc_ba"]))]
+    estimator = result["estimator"]
+    rows.append({"measure": f"estimator Var/2B̄ ({estimator['textset']})",
+                 "bits_per_byte": estimator["bits_per_byte"], "se": estimator["se"],
+                 "nats_per_token": None})
+    rows.append({"measure": "ratio estimator / mean MC", "bits_per_byte": result["ratio"],
+                 "se": None, "nats_per_token": None})
+    return pl.DataFrame(rows)
+
+
+def _calibration_title(result: dict) -> str:
+    if "kl_bpb" in result:
+        return f"precision floor of {result['key']} on {result['textset']}"
+    return (f"a = {result['key_a']}, b = {result['key_b']}: {result['samples']} samples × "
+            f"{result['length']} tokens ({result['method']}, {result['device']} "
+            f"{result['dtype']})")
+
+
 @main.group()
 def plot() -> None:
     """Figures as PNG (or .svg/.pdf by the file's suffix)."""
@@ -495,6 +569,28 @@ def plot_diffusion(ctx: click.Context, family: str, size: str, seed: int | None,
     run = atlas.run(family, size, seed, quant)
     result = atlas.diffusion(run, window, textset=textset).value
     click.echo(f"wrote {figures.plot_diffusion(result, output, run.label)}")
+
+
+@plot.command("calibration")
+@_output
+@click.pass_context
+def plot_calibration(ctx: click.Context, output: Path) -> None:
+    """The estimator's KL against the stored Monte-Carlo KLs (`atlas calibrate`), log–log."""
+    from atlas.analysis import figures
+    from atlas.analysis.calibration import CalibrationFitError, fit_loglog
+
+    atlas = _atlas(ctx, read_only=True)
+    frame = atlas.calibrations()
+    if frame.is_empty():
+        raise AtlasError(f"{atlas.path}: no calibration stored; run `atlas calibrate KEY_A "
+                         "KEY_B` first")
+    try:
+        fit = fit_loglog(frame)
+        click.echo(fit.describe())
+    except CalibrationFitError as exc:
+        fit = None
+        click.echo(f"note: no fit: {exc}", err=True)
+    click.echo(f"wrote {figures.plot_calibration(frame, output, fit)}")
 
 
 @plot.command("map")

@@ -304,9 +304,9 @@ def _summarise_real(atlas: Atlas, show: Callable) -> None:
     name = textset_name(REAL_TEXTS)
     first, second = PACKAGED[0].key, PACKAGED[1].key
     pair = atlas.kl(first, second, name)
-    frame = atlas.nearest(first, k=5, textset=name).vstack(pl.DataFrame(
+    frame = pl.concat([atlas.nearest(first, k=5, textset=name), pl.DataFrame(
         {"key": [f"{second} (KL to {first})"], "kl": [pair.value], "se": [pair.se],
-         "textset": [name]}))
+         "textset": [name]})], how="diagonal")
     show(frame, title=f"real pretrained models on '{name}' (bits/byte): nearest to {first}")
 
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from atlas.analysis import protocol, trajectory
 from atlas.analysis.maps import MapError, MapResult
-from atlas.analysis.scale import ScaleError
+from atlas.analysis.scale import PROVENANCE, ScaleError
 from atlas.analysis.views import View, ViewError
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.keys import quant_label, run_label
@@ -519,8 +519,12 @@ def selection(atlas: Atlas, where: str | None, textset: str | None) -> Selection
         models = atlas.sql(query)
     except AtlasError as exc:
         raise ScaleError(f"bad where clause {where!r}: {exc}") from None
-    on_set = atlas.sql("SELECT key FROM loglik_vectors WHERE textset = ?", [textset])["key"]
-    return Selection(textset, where, models.filter(pl.col("key").is_in(on_set.implode())))
+    scored = atlas.sql(
+        "SELECT v.key, " + ", ".join(f"json_extract_string(v.provenance, '$.{name}') AS {name}"
+                                     for name in PROVENANCE)
+        + " FROM vectors v JOIN textsets t USING (textset_id) WHERE t.name = ?", [textset])
+    return Selection(textset, where, models.join(scored, on="key", how="inner",
+                                                        maintain_order="left"))
 
 
 # maps --------------------------------------------------------------------------------------------
@@ -798,3 +802,59 @@ def save_view(atlas: Atlas, view: View, keys: list[str], replace: bool) -> None:
                     "VALUES (?, ?, ?, ?, ?)",
                     [view.name, view.kind, json.dumps(view.stored_params(), sort_keys=True),
                      view.textset, model_set_hash(keys)])
+
+
+# calibration (sql/calibration.sql) ---------------------------------------------------------------
+FLOOR_FACTOR = 3.0  # a KL within this many precision floors is flagged
+
+
+def variant_record(atlas: Atlas, key: str) -> dict:
+    """How ``key`` was loaded: its models row's source, revision and layer, and its
+    quantizations row (None for a float variant)."""
+    row = atlas.sql("SELECT m.source, m.revision, m.layer, q.method, q.bits, q.group_size, "
+                    "q.qtype, q.source_quant FROM models m LEFT JOIN quantizations q USING (key) "
+                    "WHERE m.key = ?", [key]).row(0, named=True)
+    quant = {name: row.pop(name) for name in ("method", "bits", "group_size", "qtype",
+                                               "source_quant")}
+    return {**row, "quantization": quant if quant["method"] is not None else None}
+
+
+def _has_table(atlas: Atlas, table: str) -> bool:
+    """Whether the file has ``table``: a read-only atlas from an older version may lack it."""
+    found = atlas.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = ? AND "
+                      "database_name = current_database()", [table])
+    return bool(found["n"][0])
+
+
+def scored_floors(atlas: Atlas) -> pl.DataFrame:
+    """(key, textset, floor): each vector's precision floor for the dtype it was scored in."""
+    if not _has_table(atlas, "precision_floors"):
+        return pl.DataFrame(schema={"key": pl.String, "textset": pl.String, "floor": pl.Float64})
+    return atlas.sql(
+        "SELECT v.key, t.name AS textset, f.kl_bpb AS floor FROM vectors v "
+        "JOIN textsets t USING (textset_id) JOIN precision_floors f ON f.key = v.key "
+        "AND f.dtype = json_extract_string(v.provenance, '$.dtype')")
+
+
+def with_floors(atlas: Atlas, key: str, found: pl.DataFrame) -> pl.DataFrame:
+    """``nearest`` rows with ``floor`` (the larger precision floor of the two vectors, for the
+    dtype each was scored in) and ``within_floor`` (KL < 3 × floor: not to be told from
+    rounding) when some pair has a measured floor; the rows as they were otherwise."""
+    floors = scored_floors(atlas)
+    own = floors.filter(pl.col("key") == atlas.resolve(key)).select(
+        "textset", own_floor="floor")
+    joined = found.join(floors, on=["key", "textset"], how="left").join(
+        own, on="textset", how="left")
+    floor = pl.max_horizontal("floor", "own_floor")
+    if joined.select(floor.is_null().all()).item():
+        return found
+    return joined.with_columns(floor=floor).with_columns(
+        within_floor=pl.col("kl") < FLOOR_FACTOR * pl.col("floor")).drop("own_floor")
+
+
+def calibrations(atlas: Atlas) -> pl.DataFrame:
+    """Every row of ``calibrations`` (none on an atlas that predates the table)."""
+    if not _has_table(atlas, "calibrations"):
+        raise StoreError(f"{atlas.path} predates calibrations; open it writable once (e.g. "
+                         "`atlas init`) to upgrade it, then run `atlas calibrate`")
+    return atlas.sql("SELECT * FROM calibrations ORDER BY created_at, key_a, key_b")

@@ -728,6 +728,21 @@ class Store:
         matrix = flat.reshape(len(table), stored.n_texts).astype(np.float64)[rows]
         return found, matrix, stored.mean_bytes
 
+    # calibration (sql/calibration.sql) ---------------------------------------------------------
+    def add_calibration(self, row: dict) -> None:
+        """Keep one Monte-Carlo calibration (a measurement: never replaced)."""
+        self._insert("calibrations", row, "INSERT")
+
+    def set_floor(self, row: dict) -> None:
+        """Store the precision floor of (key, dtype), replacing an earlier one."""
+        self._insert("precision_floors", row, "INSERT OR REPLACE")
+
+    def _insert(self, table: str, row: dict, verb: str) -> None:
+        columns = ", ".join(row)
+        with self.transaction() as con:
+            con.execute(f"{verb} INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})",
+                        list(row.values()))
+
     # weight sketches --------------------------------------------------------------------------
     def write_sketch(self, key: str | ModelKey, sketch: WeightSketch) -> None:
         """Store (or replace) the weight sketch of a stored variant, in one transaction."""

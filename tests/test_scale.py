@@ -263,3 +263,16 @@ def test_seeds_compare_final_models_and_all_steps_separately():
     assert found["seeds"] == {("m-s/s1@step20", "m-s/s2@step20")}
     assert found["seeds-all-steps"] == {(f"m-s/s1@step{s}", f"m-s/s2@step{s}")
                                         for s in (0, 10, 20)}
+
+
+def test_quantization_pairs_a_chained_label_with_its_source_and_same_provenance_only():
+    keys = ["smol-135m+gguf-q4_1", "smol-135m+gguf-q4_1.int8", "smol-135m+gguf-q4_1.int4-g32",
+            "smol-135m", "smol-135m+int8", "smol-135m+bnb-nf4"]
+    models = scale.models_from_keys(keys).with_columns(
+        dtype=pl.Series(["float32", "float32", "float32", "bfloat16", "float32", "bfloat16"]),
+        tokenizer_fingerprint=pl.Series(["t1", "t1", "t2", "t0", "t0", "t0"]))
+    found = scale.pairs(models, ["quantization"])
+    assert set(found.select("key_a", "key_b").iter_rows()) == {
+        ("smol-135m+gguf-q4_1", "smol-135m+gguf-q4_1.int8"),  # not smol-135m: never its source
+        ("smol-135m", "smol-135m+bnb-nf4"),  # same dtype (int8 was scored in float32)
+    }  # int4-g32's tokenizer differs from its source's: refused

@@ -543,3 +543,36 @@ def _place_labels(fig, ax, labels, xy: np.ndarray) -> None:
                                   "alpha": 0.7, "edgecolor": "none"}, **style)
                 placed.append(box.padded(2.0))
                 break
+
+
+def plot_calibration(calibrations: pl.DataFrame, path, fit=None,
+                     title: str = "KL estimator vs Monte-Carlo KL") -> Path:
+    """Estimator (Var/2B̄, bits/byte) against the mean Monte-Carlo KL of both directions, on
+    log–log axes, with SE bars, the line y = x and the fitted relation (``fit``: a LogLogFit)."""
+    from atlas.analysis.calibration import with_mc_mean
+
+    columns = ("estimator_bpb", "estimator_se", "mc_ab_bpb", "mc_ba_bpb", "mc_ab_se_bpb",
+               "mc_ba_se_bpb", "method")
+    _require(calibrations, columns, "calibrations", "pass Atlas.calibrations()")
+    data = with_mc_mean(calibrations).filter((pl.col("mc_bpb") > 0)
+                                             & (pl.col("estimator_bpb") > 0))
+    if data.height == 0:
+        raise FigureError("no calibration with a positive KL both ways to plot")
+    fig = _figure(6.0, 5.0)
+    ax = fig.add_subplot()
+    mc_se = ((data["mc_ab_se_bpb"] ** 2 + data["mc_ba_se_bpb"] ** 2).sqrt() / 2).to_numpy()
+    for index, (method, group) in enumerate(data.group_by("method", maintain_order=True)):
+        rows = data["method"] == method[0]
+        ax.errorbar(group["mc_bpb"], group["estimator_bpb"], xerr=mc_se[rows.to_numpy()],
+                    yerr=group["estimator_se"], fmt="o", color=FALLBACK[index % len(FALLBACK)],
+                    label=f"{method[0]} ({group.height})", capsize=2)
+    low = float(min(data["mc_bpb"].min(), data["estimator_bpb"].min())) / 2
+    high = float(max(data["mc_bpb"].max(), data["estimator_bpb"].max())) * 2
+    grid = np.geomspace(low, high, 50)
+    ax.plot(grid, grid, color="#999999", linestyle="--", label="estimator = MC")
+    if fit is not None:
+        ax.plot(grid, fit.predict(grid), color="#d62728", label=fit.describe())
+    ax.set(xscale="log", yscale="log", xlabel="Monte-Carlo KL, mean of both directions "
+           "(bits/byte)", ylabel="estimator Var(ℓa − ℓb)/(2 B̄ ln 2) (bits/byte)", title=title)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

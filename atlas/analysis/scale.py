@@ -70,6 +70,10 @@ TRAJECTORY = ("family", "size", "seed", "quant", "layer")
 MODEL_COLUMNS = {"key": pl.String, "family": pl.String, "size": pl.String, "seed": pl.Int64,
                  "quant": pl.String, "layer": pl.Int64, "checkpoint": pl.String,
                  "step": pl.Int64, "parent": pl.String}
+# how a vector was scored (its provenance, passed in as data; null when unknown): quantization
+# pairs must agree on these
+PROVENANCE = ("dtype", "tokenizer_fingerprint", "special_tokens")
+MODEL_COLUMNS |= dict.fromkeys(PROVENANCE, pl.String)
 PAIR_SCHEMA = {"setting": pl.String, "key_a": pl.String, "key_b": pl.String}
 
 
@@ -262,13 +266,26 @@ def _sizes(models: pl.DataFrame) -> pl.DataFrame:
     return _pairs_within(final_variants(_outputs(models)), ("family", "seed"), "size", by_size)
 
 
-@setting("quantization", "quantized variant vs the same key unquantized, per quant type")
+@setting("quantization", "quantized variant vs the model it was quantized from (the same key "
+                         "unquantized; for gguf-q4_1.int8 the GGUF variant), scored in the same "
+                         "dtype with the same tokenizer and BOS policy, per quant type")
 def _quantization(models: pl.DataFrame) -> pl.DataFrame:
-    on = ["family", "size", "seed", "layer", "checkpoint"]
-    base = models.filter(pl.col("quant").is_null()).select([*on, "key"])
-    quantized = models.filter(pl.col("quant").is_not_null()).select([*on, "key", "quant"])
+    on = ["family", "size", "seed", "layer", "checkpoint", "reference"]
+    from_label = pl.col("quant").str.extract(r"^(.*)\.[^.]+$", 1)  # a chained label's source
+    base = models.with_columns(reference=pl.col("quant")).select([*on, "key", *PROVENANCE])
+    quantized = models.filter(pl.col("quant").is_not_null()).with_columns(
+        reference=from_label).select([*on, "key", "quant", *PROVENANCE])
     joined = base.join(quantized, on=on, nulls_equal=True, suffix="_b")
-    return joined.select(key_a="key", key_b="key_b", variant="quant")
+    return joined.filter(_comparable(PROVENANCE)).select(key_a="key", key_b="key_b",
+                                                         variant="quant")
+
+
+def _comparable(columns: Sequence[str]) -> pl.Expr:
+    """Pairs whose recorded provenance agrees in ``columns`` (unknown, null, agrees with all):
+    a dtype or a tokenizer that differs would be measured along with the quantization."""
+    agree = [pl.col(c).is_null() | pl.col(f"{c}_b").is_null() | (pl.col(c) == pl.col(f"{c}_b"))
+             for c in columns]
+    return pl.all_horizontal(agree)
 
 
 def _find_parent(models: pl.DataFrame, parent: str) -> str | None:
