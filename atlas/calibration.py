@@ -241,7 +241,7 @@ def variant_spec(variant: Variant, device: str, dtype: str) -> ModelSpec:
 
 def load_variant(spec: ModelSpec, texts: Sequence[str]) -> LoadedModel:
     """Loaded as ingest loads it (GPTQ calibrated on texts outside ``texts``)."""
-    from atlas.ingest import load_for_scoring
+    from atlas.quantize import load_for_scoring
 
     return load_for_scoring(spec, texts)
 

@@ -341,3 +341,13 @@ def key_quant(spec: ModelSpec, given: str | None) -> str | None:
         raise QuantizeError(f"--quant {given}: this variant is {derived} (from the source and "
                             f"--quantize); drop --quant or give --quant {derived}")
     return given or derived
+
+
+def load_for_scoring(spec: ModelSpec, texts: Sequence[str]) -> LoadedModel:
+    """The model as it is scored: quantized when ``spec.quantize`` says so, GPTQ calibrated on
+    texts that are not among the scored ``texts``."""
+    if spec.quantize is None:
+        return load_model(spec)
+    calibration = calibration_texts(texts, path=spec.calibration) if (
+        spec.quantize.method == "gptq") else None
+    return load_quantized(spec, spec.quantize, calibration)

@@ -731,13 +731,13 @@ class Store:
     # calibration (sql/calibration.sql) ---------------------------------------------------------
     def add_calibration(self, row: dict) -> None:
         """Keep one Monte-Carlo calibration (a measurement: never replaced)."""
-        self._insert("calibrations", row, "INSERT")
+        self._insert_row("calibrations", row, "INSERT")
 
     def set_floor(self, row: dict) -> None:
         """Store the precision floor of (key, dtype), replacing an earlier one."""
-        self._insert("precision_floors", row, "INSERT OR REPLACE")
+        self._insert_row("precision_floors", row, "INSERT OR REPLACE")
 
-    def _insert(self, table: str, row: dict, verb: str) -> None:
+    def _insert_row(self, table: str, row: dict, verb: str) -> None:
         columns = ", ".join(row)
         with self.transaction() as con:
             con.execute(f"{verb} INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})",

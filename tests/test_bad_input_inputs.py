@@ -161,7 +161,7 @@ CASES = [
      "t0 = 5.0 is not a checkpoint step", "steps run 0 … 30", "nearest: 0"),
     ("diffusion with too long a window",
      ["diffusion", "fam", "--size", "s", "--seed", "0", "--window", "10"],
-     "no start has a full window", "4 checkpoints", "use --window 3 or less"),
+     "has a full window", "4 checkpoints", "use --window 3 or less"),
     ("trajectory on an unknown text set",
      ["trajectory", "fam", "--size", "s", "--seed", "0", "--textset", "nope"],
      "no text set named 'nope'", "(have: eval)", "atlas textset import"),

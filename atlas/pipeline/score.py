@@ -62,9 +62,9 @@ class Loads:
         try:
             if spec.quantize is None:
                 return self._base()
-            if spec.quantize.method == "torchao" and (shared or self.base is not None):
-                from atlas.quantize import quantized_copy
+            from atlas.quantize import load_for_scoring, quantized_copy
 
+            if spec.quantize.method == "torchao" and (shared or self.base is not None):
                 return quantized_copy(self._base(), spec.quantize)
             return load_for_scoring(spec, texts)  # quantized while loading
         finally:
@@ -74,18 +74,6 @@ class Loads:
         if self.base is None:
             self.base = load_model(self.unit.spec())
         return self.base
-
-
-def load_for_scoring(spec: ModelSpec, texts: Sequence[str]) -> LoadedModel:
-    """The model as it is scored: quantized when ``spec.quantize`` says so, GPTQ calibrated on
-    texts that are not among the scored ``texts``."""
-    if spec.quantize is None:
-        return load_model(spec)
-    from atlas import quantize
-
-    calibration = quantize.calibration_texts(texts, path=spec.calibration) if (
-        spec.quantize.method == "gptq") else None
-    return quantize.load_quantized(spec, spec.quantize, calibration)
 
 
 def score_unit(unit: Unit, variants: Sequence[Variant], texts: Mapping[str, list[str]], *,
