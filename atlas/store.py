@@ -504,18 +504,22 @@ class Store:
                      n_tokens: np.ndarray | None, n_truncated: int, config_id: str,
                      provenance: dict, n_params: int | None = None, parent: str | None = None,
                      source: str | None = None, revision: str | None = None,
-                     force: bool = False) -> bool:
-        """Write one complete vector and its variant row in one transaction.
+                     force: bool = False, sketch: WeightSketch | None = None) -> bool:
+        """Write one complete vector, its variant row and its weight sketch (if any) in one
+        transaction, so that a kill between them cannot leave a vector without its sketch.
 
-        Returns False (and writes nothing) when the same variant, text set and config is stored
-        already; raises when a different one is, unless ``force``.
+        Returns False when the same variant, text set and config is stored already (the sketch,
+        of the same weights, is still written); raises when a different one is, unless
+        ``force`` (then a vector written without a sketch drops the old one).
         """
         record = VectorRecord(key, loglik, config_id, provenance, n_tokens, n_truncated,
                               n_params, parent, source, revision)
-        return self.write_vectors([record], textset_id=textset_id, force=force)[0]
+        return self.write_vectors([record], textset_id=textset_id, force=force,
+                                  weight_sketches={str(key): sketch})[0]
 
     def write_vectors(self, records: list[VectorRecord], *, textset_id: int,
-                      force: bool = False, also: dict[str, pa.Table] | None = None
+                      force: bool = False, also: dict[str, pa.Table] | None = None,
+                      weight_sketches: dict[str, WeightSketch | None] | None = None
                       ) -> list[bool]:
         """Write many vectors (with their sketches), their variant rows and rows of
         ``BATCH_TABLES`` (``also``) in one transaction, the vectors as one Arrow insert: the
@@ -541,6 +545,11 @@ class Store:
             chosen = [r for r, w in zip(records, written, strict=True) if w]
             if chosen:
                 self._insert(con, chosen, matrix[np.flatnonzero(written)], textset_id)
+            for key, sketch in (weight_sketches or {}).items():
+                if sketch is not None:
+                    _put_sketch(con, key, sketch)
+                elif force and key in {str(r.key) for r in chosen}:  # of replaced weights
+                    con.execute("DELETE FROM weight_sketches WHERE key = ?", [key])
             for table, rows in (also or {}).items():
                 if table not in BATCH_TABLES:
                     raise ValueError(f"write_vectors cannot fill table {table!r}")
@@ -751,17 +760,7 @@ class Store:
                 raise UnknownKeyError(
                     f"no model variant {key} in {self.path}: store its vector first; a sketch "
                     "belongs to a variant")
-            con.execute(
-                "INSERT OR REPLACE INTO weight_sketches (key, method, dim, seed, layout_hash, "
-                "n_params, sq_norm, sketch, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?::DOUBLE[], current_timestamp)",
-                [str(key), sketch.method, sketch.dim, sketch.seed, sketch.layout_hash,
-                 sketch.n_params, sketch.sq_norm, sketch.sketch.tolist()])
-
-    def delete_sketch(self, key: str | ModelKey) -> None:
-        """Forget a variant's weight sketch (its weights were replaced without a new one)."""
-        with self.transaction() as con:
-            con.execute("DELETE FROM weight_sketches WHERE key = ?", [str(key)])
+            _put_sketch(con, str(key), sketch)
 
     def sketches(self, keys: list[str] | None = None) -> dict[str, WeightSketch]:
         """The stored weight sketches of ``keys`` (canonical keys; all sketches if None)."""
@@ -810,6 +809,15 @@ class Store:
             con.execute(
                 "UPDATE ingest_runs SET status = ?, error = ?, finished_at = now(), seconds = ?, "
                 "tokens = ? WHERE run_id = ?", [status, error, seconds, tokens, run_id])
+
+
+def _put_sketch(con: duckdb.DuckDBPyConnection, key: str, sketch: WeightSketch) -> None:
+    con.execute(
+        "INSERT OR REPLACE INTO weight_sketches (key, method, dim, seed, layout_hash, "
+        "n_params, sq_norm, sketch, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?::DOUBLE[], current_timestamp)",
+        [key, sketch.method, sketch.dim, sketch.seed, sketch.layout_hash,
+         sketch.n_params, sketch.sq_norm, sketch.sketch.tolist()])
 
 
 def first_row(con: duckdb.DuckDBPyConnection, query: str, params: list | None = None):

@@ -182,6 +182,25 @@ def test_ingest_without_sketch_and_missing_sketches_are_explained(db, seed_dirs)
         db.store.write_sketch("zz-s", sketch_parameters({"w": np.ones(3)}, dim=4))
 
 
+def test_a_vector_and_its_sketch_are_written_together(db, monkeypatch):
+    """One transaction: a writer that fails (or is killed) while writing the sketch leaves no
+    vector either, so the re-run, which skips stored vectors, cannot miss the sketch."""
+    import atlas.store as store_module
+    from atlas.keys import ModelKey
+
+    def broken(*args):
+        raise RuntimeError("killed while writing the sketch")
+
+    monkeypatch.setattr(store_module, "_put_sketch", broken)
+    textset = db.store.textset("eval")
+    with pytest.raises(RuntimeError, match="killed"):
+        db.store.write_vector(ModelKey("n", "s"), textset_id=textset.textset_id,
+                              loglik=-np.arange(1.0, textset.n_texts + 1), n_tokens=None,
+                              n_truncated=0, config_id="c", provenance={},
+                              sketch=sketch_parameters({"w": np.ones(3)}, dim=4))
+    assert db.sql("SELECT count(*) AS n FROM vectors")["n"][0] == 0
+
+
 def test_existing_atlases_get_the_sketch_table(tmp_path):
     """An atlas made before weight sketches (old schema, old macros hash) is upgraded on open."""
     import hashlib

@@ -1,8 +1,8 @@
 """The writer: the one way a scored vector enters the atlas.
 
-The vector and its variant row go in one transaction (``Store.write_vector``), then the weight
-sketch. A sketch is written even when the same vector was stored already: it is of the same
-weights, and a writer killed between the two then completes on its next try (a re-merge).
+The vector, its variant row and its weight sketch go in one transaction (``Store.write_vector``):
+a writer killed at any moment leaves all three or none. A sketch is written even when the same
+vector was stored already: it is of the same weights.
 """
 
 from __future__ import annotations
@@ -22,11 +22,7 @@ def write_record(store: Store, record: VectorRecord, textset_id: int,
         record.key, textset_id=textset_id, loglik=record.loglik, n_tokens=record.n_tokens,
         n_truncated=record.n_truncated, config_id=record.config_id,
         provenance=record.provenance, n_params=record.n_params, parent=record.parent,
-        source=record.source, revision=record.revision, force=force)
-    if record.sketch is not None:
-        store.write_sketch(record.key, record.sketch)
-    elif written and force:
-        store.delete_sketch(record.key)  # it may be of the weights this vector replaced
+        source=record.source, revision=record.revision, force=force, sketch=record.sketch)
     return written
 
 
