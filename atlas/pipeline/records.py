@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from atlas.bulk.shards import safe_name
 from atlas.keys import ModelKey
 from atlas.weights import WeightSketch
 
@@ -80,8 +80,7 @@ class VectorRecord:
 
 def pending_path(db_path: Path, key: ModelKey, suffix: str) -> Path:
     """Files of work in progress sit beside the atlas, in ``ATLAS.duckdb.pending/``."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(key))
-    return db_path.parent / f"{db_path.name}.pending" / f"{name}{suffix}"
+    return db_path.parent / f"{db_path.name}.pending" / f"{safe_name(str(key))}{suffix}"
 
 
 def save_pending(db_path: Path, record: VectorRecord) -> Path:
