@@ -594,9 +594,11 @@ LEADERBOARD_BOUNDS = {"open-llm-leaderboard-v1": (0.0, 100.0)}  # scores a predi
 HUB_COLUMNS = ("hub_id", "model_name", "source")  # a metrics file may name models by hub id
 
 
-def _has_table(atlas: Atlas, name: str) -> bool:
-    return atlas.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = ?",
-                     [name])["n"][0] > 0
+def _has_table(atlas: Atlas, table: str) -> bool:
+    """Whether the file has ``table``: a read-only atlas from an older version may lack it."""
+    found = atlas.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = ? AND "
+                      "database_name = current_database()", [table])
+    return bool(found["n"][0])
 
 
 def _require_metric_tables(atlas: Atlas) -> None:
@@ -817,13 +819,6 @@ def variant_record(atlas: Atlas, key: str) -> dict:
     quant = {name: row.pop(name) for name in ("method", "bits", "group_size", "qtype",
                                                "source_quant")}
     return {**row, "quantization": quant if quant["method"] is not None else None}
-
-
-def _has_table(atlas: Atlas, table: str) -> bool:
-    """Whether the file has ``table``: a read-only atlas from an older version may lack it."""
-    found = atlas.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = ? AND "
-                      "database_name = current_database()", [table])
-    return bool(found["n"][0])
 
 
 def scored_floors(atlas: Atlas) -> pl.DataFrame:
