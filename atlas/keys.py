@@ -154,3 +154,8 @@ class ModelKey:
             layer=int(fields["layer"]) if fields["layer"] is not None else None,
             checkpoint=fields["checkpoint"],
         )
+
+
+def safe_name(text: str) -> str:
+    """``text`` (a key, a text-set name, a host) as a file name: every other character → ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)

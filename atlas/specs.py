@@ -12,8 +12,25 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from atlas.errors import AtlasError
+from atlas.weights import DEFAULT_DIM
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # --dtype, besides auto
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a unit's variants are scored: a bulk manifest's ``[defaults]`` (overridden per
+    entry) or ``atlas ingest``'s options."""
+
+    textsets: tuple[str, ...] = ()
+    dtype: str = "auto"
+    device: str = "auto"
+    batch_size: int | None = None
+    max_length: int | None = None
+    sketch_dim: int = DEFAULT_DIM
+    layers: str | tuple[int, ...] | None = None  # logit-lens hidden states, besides the output
+    quantizations: tuple[str | None, ...] = (None,)  # None: the weights as loaded
+    trust_remote_code: bool = False
 
 
 @dataclass

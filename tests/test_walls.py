@@ -2,7 +2,9 @@
 or transformers; the scoring side starts without DuckDB; the TUI reaches the atlas only through
 its public API (atlas, atlas.api, atlas.errors) — never DuckDB, atlas.analysis, atlas.kl or
 atlas.store directly; the analyses (atlas/analysis) are maths on arrays and frames, which Atlas
-feeds from the store: they import no data layer and no function of theirs takes an atlas."""
+feeds from the store: they import no data layer and no function of theirs takes an atlas; the
+one ingest pipeline (atlas/pipeline) sits below its drivers (bulk, the demo) and imports none of
+them."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TUI_FORBIDDEN = ("duckdb", "atlas.analysis", "atlas.kl", "atlas.store")
 ANALYSIS_FORBIDDEN = ("duckdb", "atlas.api", "atlas.store", "atlas.queries")
+PIPELINE_FORBIDDEN = ("atlas.bulk", "atlas.demo", "atlas.api", "atlas.cli")
 DATA_LAYER = re.compile(r"\b(Atlas|Store|DuckDBPyConnection)\b")  # annotations naming one
 
 
@@ -120,3 +123,12 @@ def test_analysis_is_maths_on_arrays_and_frames():
     assert sorted(folder.glob("*.py"))
     offences = analysis_offences(folder)
     assert not offences, "atlas/analysis reaches into the data layer:\n" + "\n".join(offences)
+
+
+def test_the_pipeline_imports_none_of_its_drivers():
+    files = sorted((ROOT / "atlas" / "pipeline").rglob("*.py"))
+    assert files
+    offences = [f"{path.name}:{line}: {module}"
+                for path in files for line, module in imported_modules(path)
+                if forbidden(module, PIPELINE_FORBIDDEN)]
+    assert not offences, "atlas/pipeline imports a driver of it:\n" + "\n".join(offences)

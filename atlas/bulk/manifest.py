@@ -19,8 +19,7 @@ from pathlib import Path
 from atlas.errors import AtlasError, InvalidKeyError
 from atlas.keys import ModelKey, quant_label
 from atlas.layers import LensError, parse_layers
-from atlas.specs import DTYPE_NAMES, QuantizeError, QuantSpec
-from atlas.weights import DEFAULT_DIM
+from atlas.specs import DTYPE_NAMES, QuantizeError, QuantSpec, Settings
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SETTING_FIELDS = ("textset", "textsets", "dtype", "device", "batch_size", "max_length",
@@ -40,21 +39,6 @@ MAX_LOADS = 20_000  # model loads a manifest may plan (--max-loads): a typo in a
 
 class ManifestError(AtlasError, ValueError):
     """A manifest that cannot be planned: every problem, each with its line."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How the variants of an entry are scored (``[defaults]``, overridden per entry)."""
-
-    textsets: tuple[str, ...] = ()
-    dtype: str = "auto"
-    device: str = "auto"
-    batch_size: int | None = None
-    max_length: int | None = None
-    sketch_dim: int = DEFAULT_DIM
-    layers: str | tuple[int, ...] | None = None  # logit-lens hidden states, besides the output
-    quantizations: tuple[str | None, ...] = (None,)  # None: the weights as loaded
-    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from atlas.bulk.manifest import Family, Manifest, Settings, SingleModel
+from atlas.bulk.manifest import Family, Manifest, SingleModel
 from atlas.bulk.shards import ShardDir
 from atlas.bulk.sources import SourceError, available_steps, base_model, looks_local, resolve_source
 from atlas.errors import AtlasError, InvalidKeyError, StoreError
@@ -26,7 +26,7 @@ from atlas.pipeline.score import lens_layers
 from atlas.pipeline.units import Unit, Variant, variants_of
 from atlas.presentation import duration
 from atlas.quantize import key_quant, source_label
-from atlas.specs import QuantizeError
+from atlas.specs import QuantizeError, Settings
 from atlas.store import Store, StoredTextSet
 
 BYTES_PER_TOKEN = 4.0  # a rough BPE average, for the token estimate before anything is scored

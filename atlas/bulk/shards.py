@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atlas.errors import AtlasError
+from atlas.keys import safe_name
 from atlas.textsets import content_hash
 
 
@@ -47,10 +47,6 @@ def default_shard_dir(db_path: Path) -> Path:
 
 
 TAG_SEPARATOR = "~"  # between a variant's name and its attempt's tag (never in a safe name)
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
 def variant_name(shard_name: str) -> str:

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from atlas.bulk.manifest import Settings
 from atlas.errors import StoreError
 from atlas.keys import ModelKey
 from atlas.layers import LensError, LensOverride, format_layers, parse_layers
@@ -29,7 +28,7 @@ from atlas.pipeline.score import Loads, ScoredPass, lens_plan, score_unit
 from atlas.pipeline.units import Unit, Variant, normalise_source, variant
 from atlas.pipeline.writer import write_or_keep
 from atlas.scoring import check_scoring_options
-from atlas.specs import ModelSpec
+from atlas.specs import ModelSpec, Settings
 from atlas.store import Store
 from atlas.weights import DEFAULT_DIM
 

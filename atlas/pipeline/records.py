@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atlas.bulk.shards import safe_name
-from atlas.keys import ModelKey
+from atlas.keys import ModelKey, safe_name
 from atlas.weights import WeightSketch
 
 

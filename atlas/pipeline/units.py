@@ -12,11 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from atlas.bulk.manifest import Settings
-from atlas.bulk.shards import safe_name
-from atlas.keys import ModelKey
+from atlas.keys import ModelKey, safe_name
 from atlas.layers import LensOverride
-from atlas.specs import ModelSpec, QuantSpec
+from atlas.specs import ModelSpec, QuantSpec, Settings
 
 
 @dataclass(frozen=True)
