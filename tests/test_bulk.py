@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,6 +171,45 @@ def test_plan_expands_the_grid_and_skips_what_ingest_stored(tmp_path, release, d
     finetune = next(row.unit for row in plan.rows if row.unit.base.family == "tinyft")
     assert finetune.parent == "tiny-m/s1@step200"
     assert plan.estimated_tokens() > 0
+
+
+def test_a_plan_reads_a_folder_config_once_and_the_atlas_once_per_textset(tmp_path, release,
+                                                                         db, monkeypatch):
+    """10,001 schedule points of one folder planned in 35 s (4 ms to read its config and 2 ms
+    of queries per point); a changed config.json is read again."""
+    import transformers
+
+    from atlas.store import Store
+
+    reads, queries = [], []
+    read = transformers.AutoConfig.from_pretrained
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained",
+                        lambda *a, **k: reads.append(a[0]) or read(*a, **k))
+    stored_states = Store.stored_states
+    monkeypatch.setattr(Store, "stored_states",
+                        lambda self, *a: queries.append(a) or stored_states(self, *a))
+    db.close()
+    folder = shutil.copytree(release / "tiny-s-seed1" / "step0", tmp_path / "model")
+    path = write_manifest(tmp_path / "one.toml", f"""
+        [[family]]
+        name = "one"
+        source = "{folder}"
+        revision = "step{{step}}"
+        sizes = ["s"]
+        steps = {{start = 0, stop = 40, every = 1}}
+        textset = "eval"
+        layers = "all"
+        """)
+    plan, _ = prepare(path, db.path, None, 3, merge=False)
+    assert len({row.unit.revision for row in plan.rows}) == 41
+    assert reads == [str(folder)] and len(queries) == 1
+    assert {row.variant.key.layer for row in plan.rows} == {0, 1, 2, None}
+    config = folder / "config.json"
+    config.write_text(config.read_text().replace('"num_hidden_layers": 2',
+                                                 '"num_hidden_layers": 3'))
+    plan, _ = prepare(path, db.path, None, 3, merge=False)
+    assert reads == [str(folder)] * 2
+    assert {row.variant.key.layer for row in plan.rows} == {0, 1, 2, 3, None}
 
 
 def test_steps_available_lists_local_checkpoints(tmp_path, release, db):

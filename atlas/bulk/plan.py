@@ -27,7 +27,7 @@ from atlas.pipeline.units import Unit, Variant, variants_of
 from atlas.presentation import duration
 from atlas.quantize import key_quant, source_label
 from atlas.specs import QuantizeError, Settings
-from atlas.store import Store, StoredTextSet
+from atlas.store import Store, StoredStates, StoredTextSet, needs_writing
 
 BYTES_PER_TOKEN = 4.0  # a rough BPE average, for the token estimate before anything is scored
 STATES = ("new", "retry", "scored", "done", "failed", "missing", "conflict")
@@ -204,17 +204,17 @@ def make_plan(manifest: Manifest, store: Store, shards: ShardDir, *,
     textsets = _textsets(manifest, store, units)
     failures = _failures(shards)
     ready = shards.ready_variants()
-    rows = []
+    expanded = []
     for unit in units:
         missing = "" if Path(unit.source).exists() or not looks_local(unit.source) else (
             f"no such path: {unit.source}")
         unit, note = _resolve_layers(unit) if not missing else (unit, missing)
-        for variant in variants_of(unit):
-            if note:
-                rows.append(PlannedVariant(unit, variant, "missing", note))
-                continue
-            rows.append(_state(unit, variant, store, textsets, ready,
-                               failures.get(unit.id, []), max_attempts))
+        expanded += [(unit, variant, note) for variant in variants_of(unit)]
+    stored = _stored_states(store, textsets, [v for _, v, note in expanded if not note])
+    rows = [PlannedVariant(unit, variant, "missing", note) if note else
+            _state(unit, variant, stored[variant.textset], ready, failures.get(unit.id, []),
+                   max_attempts)
+            for unit, variant, note in expanded]
     store.release()
     return Plan(rows, textsets, _history_rate(shards),
                 {unit: len(errors) for unit, errors in failures.items()})
@@ -251,11 +251,20 @@ def _textsets(manifest: Manifest, store: Store, units: list[Unit]) -> dict[str, 
     return found
 
 
-def _state(unit: Unit, variant: Variant, store: Store, textsets: dict, ready: set[str],
+def _stored_states(store: Store, textsets: dict[str, StoredTextSet],
+                   variants: list[Variant]) -> dict[str, StoredStates]:
+    """What the atlas holds of the planned variants, one query per text set."""
+    keys: dict[str, list[str]] = {name: [] for name in textsets}
+    for variant in variants:
+        keys[variant.textset].append(str(variant.key))
+    return {name: store.stored_states(keys[name], textsets[name].textset_id)
+            for name in textsets}
+
+
+def _state(unit: Unit, variant: Variant, stored: StoredStates, ready: set[str],
            failures: list[str], max_attempts: int) -> PlannedVariant:
     try:
-        needed = store.needs_vector(str(variant.key), textsets[variant.textset].textset_id,
-                                    unit.source, variant.config_id)
+        needed = needs_writing(str(variant.key), unit.source, variant.config_id, stored)
     except StoreError as exc:
         return PlannedVariant(unit, variant, "conflict", str(exc))
     if not needed:
