@@ -287,16 +287,18 @@ def _map_section(db: Atlas) -> Section:
 def check_output(path: Path) -> Path:
     """Refuse a path the report cannot be written to, before anything is computed."""
     if path.suffix.lower() not in SUFFIXES:
-        raise ReportError(f"cannot write a report as {str(path)!r} (-o): its suffix "
+        raise ReportError(f"cannot write a report as {path} (-o): its suffix "
                           f"{path.suffix or '(none)'} is neither .html nor .md; name it e.g. "
                           "report.html or report.md")
     folder = path.parent
     if path.is_dir():
         raise ReportError(f"cannot write the report to {path} (-o): it is a folder; name a "
                           "file in it, e.g. report.html")
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ReportError(f"cannot write the report to {path} (-o): its folder {folder} "
-                          f"{'is not writable' if folder.is_dir() else 'does not exist'}; "
+    problem = ("does not exist" if not folder.exists() else "is not a folder"
+               if not folder.is_dir() else "is not writable"
+               if not os.access(folder, os.W_OK | os.X_OK) else None)
+    if problem:
+        raise ReportError(f"cannot write the report to {path} (-o): {folder} {problem}; "
                           "choose a folder you can write to")
     return path
 
