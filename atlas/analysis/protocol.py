@@ -111,18 +111,18 @@ class Reference:
 
 
 REFERENCES = (  # method.md §4; the early/later intervals are Pythia-410M's (issue #15)
-    Reference("early", 0.069, "the one interval 10k→11k", "pythia", "410m", None,
+    Reference("early", 0.069, "Pythia-410M, the one interval 10k→11k", "pythia", "410m", None,
               (10_000, 11_000)),
-    Reference("early", 0.053, "the one interval 50k→51k", "pythia", "410m", None,
+    Reference("early", 0.053, "Pythia-410M, the one interval 50k→51k", "pythia", "410m", None,
               (50_000, 51_000)),
-    Reference("later", 0.023, "the one interval 100k→101k", "pythia", "410m", None,
+    Reference("later", 0.023, "Pythia-410M, the one interval 100k→101k", "pythia", "410m", None,
               (100_000, 101_000)),
     Reference("seeds", 0.11, "PolyPythia-410M seeds at the final step", "pythia", "410m"),
     *(Reference("sizes", value, f"Pythia-410M vs {other.upper()} at step 143,000", "pythia",
                 "410m", other)
       for value, other in ((0.28, "1b"), (0.52, "1.4b"), (1.0, "2.8b"), (1.7, "6.9b"))),
-    Reference("fine-tune", 0.40, "hub fine-tunes vs their single base_model parent"),
-    Reference("random", 2.1, "random pairs of the fine-tune pool"),
+    Reference("fine-tune", 0.40, "hub fine-tunes (any model) vs their single base_model parent"),
+    Reference("random", 2.1, "random pairs of the fine-tune pool (any model)"),
 )
 # the papers' ordering of settings (method.md §4): (lower, higher), by median
 ORDERINGS = (("later", "early"), ("seeds", "sizes"), ("fine-tune", "random"),
