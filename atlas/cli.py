@@ -612,7 +612,8 @@ def plot_map(ctx: click.Context, name: str, output: Path) -> None:
 @click.option("--protocol", default=None, type=click.Choice(["kishino2026"]),
               help="The scale by a paper's settings, with its reference numbers beside them.")
 @click.option("--view", default=None, help="A stored view to measure through (as atlas scale).")
-@click.option("--where", default=None, help="SQL condition on model_variants (the scale's).")
+@click.option("--where", default=None,
+              help="SQL condition on model_variants: the scale's models, and the runs to fit.")
 @click.option("--textset", default=None, help="Text set, when the atlas holds several.")
 @click.option("--boot", "n_boot", type=click.IntRange(min=0), default=200, show_default=True,
               help="Bootstrap draws for the diffusion intervals.")
@@ -622,7 +623,7 @@ def report(ctx: click.Context, output: Path, protocol: str | None, **options) ->
     diffusion exponents of every run, the figures and the stored maps."""
     from atlas import report as reporting
 
-    reporting.check_output(output)
+    reporting.check_output(output)  # a path it cannot write is refused before any work
     written = reporting.write(_atlas(ctx, read_only=True), output, protocol_name=protocol,
                               **options)
     click.echo(f"wrote {written}")
