@@ -77,7 +77,8 @@ SEED_PAIR = ("pythia-410m/s1@step143000", "pythia-410m/s2@step143000")
 FINAL_410M = "pythia-410m@step143000"
 RATIO = 7.5
 ONE_RUN = "family = 'pythia' AND size = '410m' AND seed IS NULL"
-TWO_SEEDS = "seed IS NULL OR seed IN (1, 2)"  # fewer runs to draw: a shorter test
+# fewer models and runs (a shorter test): two sizes, two seeds, and every model of the fine-tunes
+P1_PART = "family <> 'pythia' OR size IN ('410m', '1b') AND (seed IS NULL OR seed IN (1, 2))"
 NOT_PYTHIA = "family <> 'pythia'"  # no run at all
 
 
@@ -135,6 +136,7 @@ def world(tmp_path_factory):
            f"('{FINAL_410M}', 'float16', 'eval', 1e6, 0, 0, 'cpu', 1, '{{}}', now())")
     db.fit_map("pca", where="family = 'pythia' AND seed IS NULL AND step = 143000",
                name="pca-finals")
+    db.create_view("p1", where=ONE_RUN)
     db.close()
     yield db, root
     db.close()
@@ -155,11 +157,11 @@ def html_page(world):
     db, root = world
     out = root / "report.html"
     _report(world, "-o", str(out), "--protocol", "kishino2026", "--boot", "20", "--where",
-            TWO_SEEDS)
+            P1_PART)
     page = Tables()
     page.feed(out.read_text(encoding="utf-8"))
-    return (db, page, out, db.scale(protocol="kishino2026", where=TWO_SEEDS),
-            db.scale_pairs(protocol="kishino2026", where=TWO_SEEDS))
+    return (db, page, out, db.scale(protocol="kishino2026", where=P1_PART),
+            db.scale_pairs(protocol="kishino2026", where=P1_PART))
 
 
 def test_html_scale_rows_are_atlas_scale_with_calibration_and_floors(html_page):
@@ -173,7 +175,7 @@ def test_html_scale_rows_are_atlas_scale_with_calibration_and_floors(html_page):
     assert (rows["seeds"]["calibrated"], rows["seeds"]["ratio"]) == ("1", cell(RATIO))
     assert {s for s, r in rows.items() if r["calibrated"] != "0"} == {"seeds"}
     assert {s: r["within_floor"] for s, r in rows.items() if r["within_floor"] != "0"} == {
-        "sizes": "4", "quant-8bit": "1", "quant-4bit": "1", "later": "1"}  # pairs with 410m@143k
+        "sizes": "1", "quant-8bit": "1", "quant-4bit": "1", "later": "1"}  # pairs with 410m@143k
     assert {s: r["paper"] for s, r in rows.items() if r["paper"] != "—"} == {
         "early": "0.069 / 0.053", "later": "0.023", "seeds": "0.11",
         "sizes": "0.28 / 0.52 / 1 / 1.7", "fine-tune": "0.4", "random": "2.1"}
@@ -207,7 +209,8 @@ def test_html_references_stand_beside_the_same_models_only(html_page):
 def test_html_diffusion_rows_are_atlas_diffusion(html_page):
     db, page, *_ = html_page
     rows = _as_dicts(page.tables["per run"])
-    assert set(rows) == {run.label for run in db.runs() if run.seed in (None, 1, 2)}
+    assert set(rows) == {run.label for run in db.runs()
+                         if run.size in ("410m", "1b") and run.seed in (None, 1, 2)}
     run = db.run("pythia", "410m")
     result = db.diffusion(run, run.default_window, n_boot=20).value
     shown = rows["pythia-410m"]
@@ -241,10 +244,10 @@ def _md_rows(lines: list[str]) -> list[list[str]]:
     return [table[0], *table[2:]]
 
 
-def test_markdown_links_its_figures_and_where_selects_scale_and_runs(world, tmp_path):
+def test_markdown_links_its_figures_and_where_and_view_pass_through(world, tmp_path):
     db = world[0]
     out = tmp_path / "x.md"
-    _report(world, "-o", str(out), "--where", ONE_RUN, "--boot", "0")
+    _report(world, "-o", str(out), "--where", ONE_RUN, "--view", "p1", "--boot", "0")
     text = out.read_text(encoding="utf-8")
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert links and all((tmp_path / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -254,12 +257,15 @@ def test_markdown_links_its_figures_and_where_selects_scale_and_runs(world, tmp_
     lines = text.splitlines()
     start = lines.index("**per setting (bits/byte)**") + 2
     header, *rows = _md_rows(lines[start:])
-    expected = db.scale(where=ONE_RUN)
+    expected = db.scale(where=ONE_RUN, view="p1")
     assert header == [*expected.columns, "calibrated", "ratio", "floored", "within_floor"]
     assert [row[:expected.width] for row in rows] == [
         ["—" if v is None else cell(v) for v in row] for row in expected.iter_rows()]
     assert "`atlas report --protocol kishino2026` shows them" in text
-    assert re.findall(r"^\| (pythia[^ |]*) \| eval \|", text, re.M) == ["pythia-410m"]
+    run = db.run("pythia", "410m")
+    c_q = db.diffusion(run, run.default_window, n_boot=0, view="p1").value.c_q.value
+    assert re.findall(r"^\| (pythia[^ |]*) \| eval \| 10 \| 1000 \| 133 \| ([^ ]+) \|", text,
+                      re.M) == [("pythia-410m", f"{c_q:.4g}")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.md", "x_files"]
 
 
