@@ -618,14 +618,13 @@ def plot_map(ctx: click.Context, name: str, output: Path) -> None:
 @click.option("--boot", "n_boot", type=click.IntRange(min=0), default=200, show_default=True,
               help="Bootstrap draws for the diffusion intervals.")
 @click.pass_context
-def report(ctx: click.Context, output: Path, protocol: str | None, **options) -> None:
+def report(ctx: click.Context, output: Path, **options) -> None:
     """One offline document: the KL scale with the papers' numbers and calibrations, the
     diffusion exponents of every run, the figures and the stored maps."""
     from atlas import report as reporting
 
     reporting.check_output(output)  # a path it cannot write is refused before any work
-    written = reporting.write(_atlas(ctx, read_only=True), output, protocol_name=protocol,
-                              **options)
+    written = reporting.write(_atlas(ctx, read_only=True), output, **options)
     click.echo(f"wrote {written}")
 
 

@@ -4,7 +4,7 @@
     report.write(db, "report.md", protocol="kishino2026")
 
 Everything is read through the public ``Atlas`` API (the CLI opens the atlas read-only; nothing
-is fitted and stored): the KL scale (``Atlas.scale_pairs``, summarised exactly as ``Atlas.scale``
+is stored): the KL scale (``Atlas.scale_pairs``, summarised exactly as ``Atlas.scale``
 does) with each setting's calibration (``calibration.by_setting``: the stored Monte-Carlo
 calibrations' estimator/MC ratio and the pairs within 3 × a precision floor); with a protocol,
 the papers' numbers and orderings beside its settings; the diffusion exponents of every training
@@ -18,7 +18,9 @@ Decisions:
   settings are other rules (every seed, no view, other windows). Each is shown with the models
   it was measured on (Pythia-410M …), and "ours" is the median of the pairs whose keys name those
   same models (family ``pythia``, size ``410m``, the larger size, the interval's steps), blank
-  when the atlas holds none: a number measured on other models is never put beside it.
+  when the atlas holds none: a number measured on other models is never put beside it. The
+  fine-tune and random numbers were measured on hub models of every kind, so they stand beside
+  the setting's median.
 * **The ratio** is the stored estimator / Monte-Carlo ratio of the calibrated pairs (the
   estimator on raw vectors of the calibration's text set), whatever view the row is measured
   through; only calibrations on the scale's text set count.
@@ -47,7 +49,8 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from atlas.analysis import calibration, protocol, scale
+from atlas.analysis import calibration, scale
+from atlas.analysis.protocol import REFERENCES, orderings, references
 from atlas.api import ModelQuery
 from atlas.bulk.shards import safe_name
 from atlas.errors import AtlasError, StoreError
@@ -100,17 +103,17 @@ class Report:
 
 
 # assembling ------------------------------------------------------------------------------------
-def build(db: Atlas, *, protocol_name: str | None = None, view: str | None = None,
+def build(db: Atlas, *, protocol: str | None = None, view: str | None = None,
           where: str | None = None, textset: str | None = None, n_boot: int = 200) -> Report:
     """The report's content: tables, paragraphs and figures still to draw."""
-    pairs = db.scale_pairs(where, textset, protocol=protocol_name, view=view)
+    pairs = db.scale_pairs(where, textset, protocol=protocol, view=view)
     textset = textset or db.only_textset()
     scope = ", ".join(filter(None, [f"text set '{textset}'", where and f"where {where}",
                                     view and f"view {view}"]))
     intro = [f"Atlas {db.path}; {scope}. KL in bits/byte "
              "(Var(ℓa − ℓb) / (2 B̄ ln 2), method.md §3)."]
     calibrations = _calibrations(db)
-    sections = [_scale_section(pairs, textset, protocol_name, calibrations, db.floors()),
+    sections = [_scale_section(pairs, textset, protocol, calibrations, db.floors()),
                 _diffusion_section(db, textset, view, where, n_boot),
                 _calibration_section(calibrations), _map_section(db)]
     return Report(f"LM Atlas report: {db.path.name}", intro,
@@ -135,34 +138,34 @@ def _plot(name: str, *args) -> Callable[[Path], Path]:
     return draw
 
 
-def _scale_section(pairs: pl.DataFrame, textset: str, protocol_name: str | None,
+def _scale_section(pairs: pl.DataFrame, textset: str, protocol: str | None,
                    calibrations: pl.DataFrame, floors: pl.DataFrame) -> Section:
     summary = scale.summarise(pairs)
     table = summary.join(calibration.by_setting(pairs, textset, calibrations, floors),
                          on="setting", how="left", maintain_order="left")
     section = Section("The KL scale")
     section.paragraphs.append(
-        f"{'P1 (' + protocol_name + ')' if protocol_name else 'The general registry'}: "
+        f"{'P1 (' + protocol + ')' if protocol else 'The general registry'}: "
         f"{pairs.height} pairs in {summary.height} settings; statistics over the pairs of each. "
         + _calibration_note(calibrations, floors))
     if calibrations.is_empty():
         table = table.drop("calibrated", "ratio")
     if floors.is_empty():
         table = table.drop("floored", "within_floor")
-    if protocol_name is None:
+    if protocol is None:
         section.paragraphs.append("The papers' reference numbers are for P1's settings: "
                                   "`atlas report --protocol kishino2026` shows them.")
     else:
         table = table.join(_paper_column(), on="setting", how="left", maintain_order="left")
     section.tables.append(Table("per setting (bits/byte)", table))
-    if protocol_name is not None:
+    if protocol is not None:
         section.paragraphs.append(
             "`paper`: the papers' numbers (method.md §4); `ours`: the median of our pairs of "
             "the same models (blank where the atlas holds none of them).")
         section.tables.append(Table("the papers' numbers beside ours",
-                                    protocol.references(pairs)))
+                                    references(pairs)))
         section.tables.append(Table("the papers' ordering of settings (by median)",
-                                    protocol.orderings(summary)))
+                                    orderings(summary)))
     section.figures.append(Figure("scale", "the KL of every pair, by setting",
                                   _plot("plot_scale", pairs)))
     return section
@@ -187,7 +190,7 @@ def _calibration_note(calibrations: pl.DataFrame, floors: pl.DataFrame) -> str:
 def _paper_column() -> pl.DataFrame:
     """(setting, paper): the papers' numbers of each P1 setting, as one cell."""
     values: dict[str, list[str]] = {}
-    for ref in protocol.REFERENCES:
+    for ref in REFERENCES:
         values.setdefault(ref.setting, []).append(f"{ref.value:g}")
     return pl.DataFrame({"setting": list(values),
                          "paper": [" / ".join(v) for v in values.values()]})
@@ -316,7 +319,7 @@ class Drawn:
 def draw(report: Report, folder: Path) -> Drawn:
     """Each figure of ``report`` drawn as ``folder/NAME.png``."""
     try:
-        require("the report's figures", "matplotlib")
+        require("drawing the report's figures", "matplotlib")
     except MissingExtraError as exc:
         return Drawn(note=f"Figures are left out: {exc}.")
     drawn = Drawn()
