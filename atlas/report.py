@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from atlas.analysis import calibration, scale
-from atlas.analysis.protocol import REFERENCES, orderings, references
+from atlas.analysis.protocol import orderings, references
 from atlas.api import ModelQuery
 from atlas.bulk.shards import safe_name
 from atlas.errors import AtlasError, StoreError
@@ -152,18 +152,20 @@ def _scale_section(pairs: pl.DataFrame, textset: str, protocol: str | None,
         table = table.drop("calibrated", "ratio")
     if floors.is_empty():
         table = table.drop("floored", "within_floor")
-    if protocol is None:
+    beside = None if protocol is None else references(pairs)
+    if beside is None:
         section.paragraphs.append("The papers' reference numbers are for P1's settings: "
                                   "`atlas report --protocol kishino2026` shows them.")
     else:
-        table = table.join(_paper_column(), on="setting", how="left", maintain_order="left")
+        table = table.join(_paper_column(beside), on="setting", how="left",
+                           maintain_order="left")
     section.tables.append(Table("per setting (bits/byte)", table))
-    if protocol is not None:
+    if beside is not None:
         section.paragraphs.append(
-            "`paper`: the papers' numbers (method.md §4); `ours`: the median of our pairs of "
-            "the same models (blank where the atlas holds none of them).")
-        section.tables.append(Table("the papers' numbers beside ours",
-                                    references(pairs)))
+            "`paper`: the papers' numbers (method.md §4) whose models the atlas holds; the "
+            "table below lists them all, with `ours`, the median of our pairs of the same "
+            "models (blank where the atlas holds none of them).")
+        section.tables.append(Table("the papers' numbers beside ours", beside))
         section.tables.append(Table("the papers' ordering of settings (by median)",
                                     orderings(summary)))
     section.figures.append(Figure("scale", "the KL of every pair, by setting",
@@ -187,13 +189,12 @@ def _calibration_note(calibrations: pl.DataFrame, floors: pl.DataFrame) -> str:
     return " ".join(parts)
 
 
-def _paper_column() -> pl.DataFrame:
-    """(setting, paper): the papers' numbers of each P1 setting, as one cell."""
-    values: dict[str, list[str]] = {}
-    for ref in REFERENCES:
-        values.setdefault(ref.setting, []).append(f"{ref.value:g}")
-    return pl.DataFrame({"setting": list(values),
-                         "paper": [" / ".join(v) for v in values.values()]})
+def _paper_column(beside: pl.DataFrame) -> pl.DataFrame:
+    """(setting, paper): per P1 setting, as one cell, the papers' numbers that have pairs of
+    ours on the same models (``beside``: protocol.references)."""
+    return beside.filter(pl.col("pairs") > 0).group_by("setting", maintain_order=True).agg(
+        paper=pl.col("paper").map_elements(lambda v: f"{v:g}", return_dtype=pl.String)
+        .str.join(" / "))
 
 
 def _runs(db: Atlas, where: str | None) -> list[Run]:
