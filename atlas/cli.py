@@ -620,7 +620,7 @@ def plot_map(ctx: click.Context, name: str, output: Path) -> None:
 @click.pass_context
 def report(ctx: click.Context, output: Path, **options) -> None:
     """One offline document: the KL scale with the papers' numbers and calibrations, the
-    diffusion exponents of every run, the figures and the stored maps."""
+    trajectory and diffusion exponents of every run, the stored maps, and their figures."""
     from atlas import report as reporting
 
     reporting.check_output(output)  # a path it cannot write is refused before any work

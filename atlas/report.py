@@ -7,9 +7,10 @@ Everything is read through the public ``Atlas`` API (the CLI opens the atlas rea
 is stored): the KL scale (``Atlas.scale_pairs``, summarised exactly as ``Atlas.scale``
 does) with each setting's calibration (``calibration.by_setting``: the stored Monte-Carlo
 calibrations' estimator/MC ratio and the pairs within 3 × a precision floor); with a protocol,
-the papers' numbers and orderings beside its settings; the diffusion exponents of every training
-run (``Atlas.runs``, ``Atlas.diffusion``); the stored calibrations and maps; and the figures of
-atlas.analysis.figures.
+the papers' numbers and orderings beside its settings; the consecutive-checkpoint KLs and the
+diffusion exponents of every training run (``Atlas.runs``, ``Atlas.trajectory``,
+``Atlas.diffusion``); the stored calibrations and maps; and the figures of
+atlas.analysis.figures for each.
 
 Decisions:
 
@@ -209,18 +210,22 @@ def _runs(db: Atlas, where: str | None) -> list[Run]:
 
 def _diffusion_section(db: Atlas, textset: str, view: str | None, where: str | None,
                        n_boot: int) -> Section:
-    section = Section("Diffusion: c_q, c_w and α = c_q / c_w")
+    section = Section("Training runs: consecutive checkpoints and diffusion (c_q, c_w, "
+                      "α = c_q / c_w)")
     rows, failed = [], []
     for index, run in enumerate(_runs(db, where)):
+        name = f"{index:02d}-{safe_name(run.label)}"
         try:
+            path = db.trajectory(run, textset, view=view).value
+            section.figures.append(Figure(f"trajectory-{name}", f"trajectory of {run.label}",
+                                          _plot("plot_trajectory", path, run.label)))
             found = db.diffusion(run, run.default_window, textset=textset, n_boot=n_boot,
                                  view=view)
         except AtlasError as exc:
             failed.append(f"{run.label}: {exc}")
             continue
         rows.append(diffusion_row(run, found))
-        section.figures.append(Figure(f"diffusion-{index:02d}-{safe_name(run.label)}",
-                                      f"diffusion of {run.label}",
+        section.figures.append(Figure(f"diffusion-{name}", f"diffusion of {run.label}",
                                       _plot("plot_diffusion", found.value, run.label)))
     section.paragraphs.append(
         f"Every training run with a fit ({len(rows)} of {len(rows) + len(failed)}): overall "

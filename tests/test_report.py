@@ -230,7 +230,7 @@ def test_html_is_one_self_contained_file(html_page):
     assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", text)
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", text)
     assert captions[0] == "the KL of every pair, by setting"
-    assert {"map pca-finals", "diffusion of pythia-410m",
+    assert {"map pca-finals", "trajectory of pythia-410m", "diffusion of pythia-410m",
             "estimator vs Monte-Carlo KL"} <= set(captions)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
