@@ -69,8 +69,8 @@ def floor_flags(pairs: pl.DataFrame, floors: pl.DataFrame) -> pl.DataFrame:
     ``within_floor`` (kl < FLOOR_FACTOR × floor); both null where neither vector has a floor."""
     own = floors.select("textset", key_a="key", floor_a="floor")
     other = floors.select("textset", key_b="key", floor_b="floor")
-    joined = pairs.join(own, on=["key_a", "textset"], how="left").join(
-        other, on=["key_b", "textset"], how="left")
+    joined = pairs.join(own, on=["key_a", "textset"], how="left", maintain_order="left").join(
+        other, on=["key_b", "textset"], how="left", maintain_order="left")
     return joined.with_columns(floor=pl.max_horizontal("floor_a", "floor_b")).with_columns(
         within_floor=pl.col("kl") < FLOOR_FACTOR * pl.col("floor")).drop("floor_a", "floor_b")
 
@@ -94,7 +94,8 @@ def by_setting(pairs: pl.DataFrame, textset: str, calibrations: pl.DataFrame,
     raw vectors, whatever view the pairs were measured through), ``floored`` (pairs with a
     precision floor) and ``within_floor`` (pairs with kl < FLOOR_FACTOR × floor)."""
     marked = floor_flags(pairs.with_columns(textset=pl.lit(textset)), floors).join(
-        latest_ratios(calibrations), on=["key_a", "key_b", "textset"], how="left")
+        latest_ratios(calibrations), on=["key_a", "key_b", "textset"], how="left",
+        maintain_order="left")
     return marked.group_by("setting", maintain_order=True).agg(
         calibrated=pl.col("ratio").is_not_null().sum(), ratio=pl.col("ratio").median(),
         floored=pl.col("floor").is_not_null().sum(),
