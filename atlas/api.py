@@ -447,6 +447,11 @@ class Atlas:
         fits the estimator against them)."""
         return queries.calibrations(self)
 
+    def floors(self) -> pl.DataFrame:
+        """(key, textset, floor): each vector's stored precision floor for the dtype it was
+        scored in (``atlas.analysis.calibration.floor_flags`` flags pairs within 3 × it)."""
+        return queries.scored_floors(self)
+
     def _vector_textset(self, key: str) -> str:
         names = self.sql("SELECT textset FROM loglik_vectors WHERE key = ? ORDER BY 1",
                          [key])["textset"].to_list()

@@ -605,6 +605,29 @@ def plot_map(ctx: click.Context, name: str, output: Path) -> None:
     click.echo(f"wrote {figures.plot_map(points, output, f'map {name}')}")
 
 
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="report.html (one self-contained file) or report.md (figures in "
+                   "report_files/ beside it).")
+@click.option("--protocol", default=None, type=click.Choice(["kishino2026"]),
+              help="The scale by a paper's settings, with its reference numbers beside them.")
+@click.option("--view", default=None, help="A stored view to measure through (as atlas scale).")
+@click.option("--where", default=None,
+              help="SQL condition on model_variants: the scale's models, and the runs to fit.")
+@click.option("--textset", default=None, help="Text set, when the atlas holds several.")
+@click.option("--boot", "n_boot", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Bootstrap draws for the diffusion intervals.")
+@click.pass_context
+def report(ctx: click.Context, output: Path, **options) -> None:
+    """One offline document: the KL scale with the papers' numbers and calibrations, the
+    trajectory and diffusion exponents of every run, the stored maps, and their figures."""
+    from atlas import report as reporting
+
+    reporting.check_output(output)  # a path it cannot write is refused before any work
+    written = reporting.write(_atlas(ctx, read_only=True), output, **options)
+    click.echo(f"wrote {written}")
+
+
 @main.command("tui")
 @click.argument("db", metavar="[DB]", required=False,
                 type=click.Path(dir_okay=False, path_type=Path))

@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from atlas.analysis import protocol, trajectory
+from atlas.analysis import calibration, protocol, trajectory
 from atlas.analysis.maps import MapError, MapResult
 from atlas.analysis.scale import PROVENANCE, ScaleError
 from atlas.analysis.views import View, ViewError
@@ -807,9 +807,6 @@ def save_view(atlas: Atlas, view: View, keys: list[str], replace: bool) -> None:
 
 
 # calibration (sql/calibration.sql) ---------------------------------------------------------------
-FLOOR_FACTOR = 3.0  # a KL within this many precision floors is flagged
-
-
 def variant_record(atlas: Atlas, key: str) -> dict:
     """How ``key`` was loaded: its models row's source, revision and layer, and its
     quantizations row (None for a float variant)."""
@@ -824,7 +821,7 @@ def variant_record(atlas: Atlas, key: str) -> dict:
 def scored_floors(atlas: Atlas) -> pl.DataFrame:
     """(key, textset, floor): each vector's precision floor for the dtype it was scored in."""
     if not _has_table(atlas, "precision_floors"):
-        return pl.DataFrame(schema={"key": pl.String, "textset": pl.String, "floor": pl.Float64})
+        return pl.DataFrame(schema=calibration.FLOOR_SCHEMA)
     return atlas.sql(
         "SELECT v.key, t.name AS textset, f.kl_bpb AS floor FROM vectors v "
         "JOIN textsets t USING (textset_id) JOIN precision_floors f ON f.key = v.key "
@@ -832,19 +829,11 @@ def scored_floors(atlas: Atlas) -> pl.DataFrame:
 
 
 def with_floors(atlas: Atlas, key: str, found: pl.DataFrame) -> pl.DataFrame:
-    """``nearest`` rows with ``floor`` (the larger precision floor of the two vectors, for the
-    dtype each was scored in) and ``within_floor`` (KL < 3 × floor: not to be told from
-    rounding) when some pair has a measured floor; the rows as they were otherwise."""
-    floors = scored_floors(atlas)
-    own = floors.filter(pl.col("key") == atlas.resolve(key)).select(
-        "textset", own_floor="floor")
-    joined = found.join(floors, on=["key", "textset"], how="left").join(
-        own, on="textset", how="left")
-    floor = pl.max_horizontal("floor", "own_floor")
-    if joined.select(floor.is_null().all()).item():
-        return found
-    return joined.with_columns(floor=floor).with_columns(
-        within_floor=pl.col("kl") < FLOOR_FACTOR * pl.col("floor")).drop("own_floor")
+    """``nearest`` rows with ``floor`` and ``within_floor`` (calibration.floor_flags) when some
+    pair has a measured floor; the rows as they were otherwise."""
+    pairs = found.with_columns(key_a=pl.lit(atlas.resolve(key)), key_b=pl.col("key"))
+    flagged = calibration.floor_flags(pairs, scored_floors(atlas)).drop("key_a", "key_b")
+    return found if flagged["floor"].is_null().all() else flagged
 
 
 def calibrations(atlas: Atlas) -> pl.DataFrame:

@@ -4,7 +4,7 @@ its public API (atlas, atlas.api, atlas.errors) — never DuckDB, atlas.analysis
 atlas.store directly; the analyses (atlas/analysis) are maths on arrays and frames, which Atlas
 feeds from the store: they import no data layer and no function of theirs takes an atlas; the
 one ingest pipeline (atlas/pipeline) sits below its drivers (bulk, the demo) and imports none of
-them."""
+them; the report (atlas/report.py) is assembled from the Atlas API alone."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def modules_after(*imports: str) -> set[str]:
 
 
 def test_readers_start_without_torch_or_transformers():
-    loaded = modules_after("atlas", "atlas.api", "atlas.store", "tui.app")
-    assert not {"torch", "transformers"} & loaded
+    loaded = modules_after("atlas", "atlas.api", "atlas.store", "tui.app", "atlas.report")
+    assert not {"torch", "transformers", "matplotlib"} & loaded
 
 
 def test_scoring_starts_without_duckdb():
@@ -116,6 +116,16 @@ def test_tui_uses_only_the_public_atlas_api():
 def test_the_analysis_check_sees_each_kind_of_reach(tmp_path, source):
     (tmp_path / "module.py").write_text(source + "\n")
     assert analysis_offences(tmp_path)
+
+
+def test_the_report_reads_the_atlas_through_its_api():
+    """atlas.report assembles what Atlas returns: no DuckDB, store, queries or torch of its
+    own (matplotlib only inside the figures it draws)."""
+    names = ("duckdb", "torch", "transformers", "matplotlib", "atlas.store", "atlas.queries")
+    offences = [f"report.py:{line}: {module}"
+                for line, module in imported_modules(ROOT / "atlas" / "report.py")
+                if forbidden(module, names)]
+    assert not offences, "atlas/report.py reaches past the Atlas API:\n" + "\n".join(offences)
 
 
 def test_analysis_is_maths_on_arrays_and_frames():

@@ -4,6 +4,9 @@ Pure: takes the rows of ``calibrations`` (``Atlas.calibrations()``) as a frame. 
 ln(estimator) = a + b · ln(MC), MC being the mean of KL(a‖b) and KL(b‖a) in bits/byte, by
 ordinary least squares over the pairs where both are positive: b = 1 would mean a constant
 ratio e^a, b < 1 an estimator that overstates small KLs relative to large ones.
+
+``floor_flags`` and ``by_setting`` put the stored calibrations and precision floors beside pairs
+of models (``nearest``, the scale's settings): one rule for "within 3 × the floor" everywhere.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import numpy as np
 import polars as pl
 
 from atlas.errors import AtlasError
+
+FLOOR_FACTOR = 3.0  # a KL under this many precision floors cannot be told from rounding
+FLOOR_SCHEMA = {"key": pl.String, "textset": pl.String, "floor": pl.Float64}
 
 
 class CalibrationFitError(AtlasError, ValueError):
@@ -55,3 +61,42 @@ def fit_loglog(frame: pl.DataFrame) -> LogLogFit:
     total = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else 1.0
     return LogLogFit(float(intercept), float(slope), r2, usable.height)
+
+
+def floor_flags(pairs: pl.DataFrame, floors: pl.DataFrame) -> pl.DataFrame:
+    """``pairs`` (key_a, key_b, textset, kl, …) with ``floor``, the larger precision floor of
+    the two vectors (``floors``: key, textset, floor, as ``Atlas.floors()``), and
+    ``within_floor`` (kl < FLOOR_FACTOR × floor); both null where neither vector has a floor."""
+    own = floors.select("textset", key_a="key", floor_a="floor")
+    other = floors.select("textset", key_b="key", floor_b="floor")
+    joined = pairs.join(own, on=["key_a", "textset"], how="left", maintain_order="left").join(
+        other, on=["key_b", "textset"], how="left", maintain_order="left")
+    return joined.with_columns(floor=pl.max_horizontal("floor_a", "floor_b")).with_columns(
+        within_floor=pl.col("kl") < FLOOR_FACTOR * pl.col("floor")).drop("floor_a", "floor_b")
+
+
+def latest_ratios(calibrations: pl.DataFrame) -> pl.DataFrame:
+    """(key_a, key_b, textset, ratio) of the newest calibration of each unordered pair and text
+    set, listed in both orientations so that a pair joins however it is oriented."""
+    newest = calibrations.filter(pl.col("ratio").is_not_null()).sort("created_at").with_columns(
+        lo=pl.min_horizontal("key_a", "key_b"), hi=pl.max_horizontal("key_a", "key_b")
+    ).unique(["lo", "hi", "textset"], keep="last")
+    forward = newest.select("key_a", "key_b", "textset", "ratio")
+    return pl.concat([forward, forward.select(key_a="key_b", key_b="key_a",
+                                              textset="textset", ratio="ratio")]).unique()
+
+
+def by_setting(pairs: pl.DataFrame, textset: str, calibrations: pl.DataFrame,
+               floors: pl.DataFrame) -> pl.DataFrame:
+    """Per setting of ``pairs`` (setting, key_a, key_b, kl: ``Atlas.scale_pairs``, measured on
+    ``textset``): ``calibrated`` (pairs with a stored Monte-Carlo calibration on that text
+    set), ``ratio`` (the median estimator / MC ratio over them, as stored: the estimator on
+    raw vectors, whatever view the pairs were measured through), ``floored`` (pairs with a
+    precision floor) and ``within_floor`` (pairs with kl < FLOOR_FACTOR × floor)."""
+    marked = floor_flags(pairs.with_columns(textset=pl.lit(textset)), floors).join(
+        latest_ratios(calibrations), on=["key_a", "key_b", "textset"], how="left",
+        maintain_order="left")
+    return marked.group_by("setting", maintain_order=True).agg(
+        calibrated=pl.col("ratio").is_not_null().sum(), ratio=pl.col("ratio").median(),
+        floored=pl.col("floor").is_not_null().sum(),
+        within_floor=pl.col("within_floor").fill_null(False).sum())

@@ -32,6 +32,11 @@ P1 (Kishino et al. 2026), with its parameters in ``Kishino2026``:
 
 P1 measured early, later, seeds and sizes on clipped vectors with outlier texts dropped and the
 others on raw vectors: ``VIEWS`` says which setting takes which view.
+
+``REFERENCES`` holds the papers' numbers (method.md §4) per P1 setting, each with the models it
+was measured on, and ``ORDERINGS`` their expected order of settings; ``atlas report`` shows them
+beside the protocol's rows (and nowhere else: the general registry's settings are other rules
+on other vectors).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import polars as pl
 
 from atlas.analysis import scale
 from atlas.analysis.scale import ScaleError
-from atlas.keys import size_value
+from atlas.keys import ModelKey, size_value
 
 PRETRAINING = ("early", "later", "seeds", "sizes")  # the settings P1 measures on its view
 SETTINGS = (*PRETRAINING, "quant-8bit", "quant-4bit", "fine-tune", "intra-type", "random",
@@ -78,6 +83,66 @@ class Context:
 
 
 PROTOCOLS = {"kishino2026": Kishino2026}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A number the papers report for a setting (bits/byte, the median over its pairs unless
+    ``what`` says otherwise), with the models it was measured on: a pair of ours stands beside
+    it only when its keys name the same models (``family``; ``size``, against ``other`` for
+    sizes; the unseeded run's ``steps`` for one interval)."""
+
+    setting: str
+    value: float
+    what: str
+    family: str | None = None
+    size: str | None = None
+    other: str | None = None
+    steps: tuple[int, int] | None = None
+
+    def matches(self, key_a: str, key_b: str) -> bool:
+        """Whether the pair (key_a, key_b) of this setting is one the paper measured."""
+        a, b = ModelKey.parse(key_a), ModelKey.parse(key_b)
+        wanted = [(self.family, a.family), (self.family, b.family), (self.size, a.size),
+                  (self.other or self.size, b.size)]
+        if any(want is not None and want != got for want, got in wanted):
+            return False
+        return self.steps is None or (a.seed is None and (a.step, b.step) == self.steps)
+
+
+REFERENCES = (  # method.md §4; the early/later intervals are Pythia-410M's (issue #15)
+    Reference("early", 0.069, "Pythia-410M, the one interval 10k→11k", "pythia", "410m", None,
+              (10_000, 11_000)),
+    Reference("early", 0.053, "Pythia-410M, the one interval 50k→51k", "pythia", "410m", None,
+              (50_000, 51_000)),
+    Reference("later", 0.023, "Pythia-410M, the one interval 100k→101k", "pythia", "410m", None,
+              (100_000, 101_000)),
+    Reference("seeds", 0.11, "PolyPythia-410M seeds at the final step", "pythia", "410m"),
+    *(Reference("sizes", value, f"Pythia-410M vs {other.upper()} at step 143,000", "pythia",
+                "410m", other)
+      for value, other in ((0.28, "1b"), (0.52, "1.4b"), (1.0, "2.8b"), (1.7, "6.9b"))),
+    Reference("fine-tune", 0.40, "hub fine-tunes (any model) vs their single base_model parent"),
+    Reference("random", 2.1, "random pairs of the fine-tune pool (any model)"),
+)
+# the papers' ordering of settings (method.md §4): (lower, higher), by median
+ORDERINGS = (("later", "early"), ("seeds", "sizes"), ("fine-tune", "random"),
+             ("quant-8bit", "quant-4bit"))
+
+
+def references(pairs: pl.DataFrame) -> pl.DataFrame:
+    """Each reference beside ours: (setting, paper, what, ours, pairs): ``ours`` the median KL
+    of the pairs of ``pairs`` (setting, key_a, key_b, kl) it matches, null when none does."""
+    rows = []
+    for ref in REFERENCES:
+        own = pairs.filter(pl.col("setting") == ref.setting)
+        found = own.filter(pl.Series([ref.matches(a, b) for a, b in
+                                      own.select("key_a", "key_b").iter_rows()],
+                                     dtype=pl.Boolean))
+        rows.append({"setting": ref.setting, "paper": ref.value, "what": ref.what,
+                     "ours": found["kl"].median(), "pairs": found.height})
+    return pl.DataFrame(rows, schema={"setting": pl.String, "paper": pl.Float64,
+                                      "what": pl.String, "ours": pl.Float64,
+                                      "pairs": pl.Int64})
 
 
 def protocol_params(name: str) -> Kishino2026:
@@ -264,3 +329,16 @@ def runs_of(models: pl.DataFrame) -> list[tuple[list[str], list[int]]]:
     return [(group["key"].to_list(), group["step"].to_list())
             for group in stepped.sort("step", "key").partition_by(
                 list(scale.TRAJECTORY), maintain_order=True)]
+
+
+def orderings(summary: pl.DataFrame) -> pl.DataFrame:
+    """The papers' orderings checked on ``summary`` (setting, median): (lower, higher, their
+    medians, holds); null where a setting has no pair."""
+    median = dict(summary.select("setting", "median").iter_rows())
+    rows = [{"lower": low, "higher": high, "lower_median": median.get(low),
+             "higher_median": median.get(high),
+             "holds": None if median.get(low) is None or median.get(high) is None
+             else median[low] < median[high]} for low, high in ORDERINGS]
+    return pl.DataFrame(rows, schema={"lower": pl.String, "higher": pl.String,
+                                      "lower_median": pl.Float64, "higher_median": pl.Float64,
+                                      "holds": pl.Boolean})
