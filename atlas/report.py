@@ -53,9 +53,9 @@ import polars as pl
 from atlas.analysis import calibration, scale
 from atlas.analysis.protocol import orderings, references
 from atlas.api import ModelQuery
-from atlas.bulk.shards import safe_name
 from atlas.errors import AtlasError, StoreError
 from atlas.extras import MissingExtraError, require
+from atlas.keys import safe_name
 from atlas.presentation import cell
 
 if TYPE_CHECKING:
