@@ -14,7 +14,7 @@ small for intra-op threads to pay, so one process per core is ~2× faster than o
 both. The demo runs on the CPU whatever the machine has, so its numbers are the same everywhere.
 
 Sizes, for 5 minutes on 2 cores: the default demo scores a 400-text head of the default text set
-(the same shuffled order, so its first 400 texts): 145 vectors of 1,000 texts would take ~12
+(the same shuffled order, so its first 400 texts): 174 vectors of 1,000 texts would take ~14
 minutes here. ``--texts 1000`` scores the whole default set.
 """
 
@@ -46,10 +46,11 @@ from atlas.textsources import DEFAULT_N_EVAL, DEFAULT_NAME, build_default
 DEMO_TEXTS = 400
 QUICK_TEXTS = 100
 REAL_TEXTS = 100  # texts the real pretrained models are scored on (--real)
-FULL = SuiteSpec()  # 3 sizes × 3 seeds × 15 checkpoints (0, 1, …, 32, then every 50 to 400)
-QUICK = replace(FULL, log_until=8, every=40, total_steps=200,  # 10 checkpoints a run
+FULL = SuiteSpec()  # 3 sizes × 3 seeds × 15 checkpoints (0, 1, …, 32, then every 50 to 400);
+# the diffusion run (l, seed 1) also every 10 from 40: 44, so 27 starts of window 10 after warm-up
+QUICK = replace(FULL, log_until=8, every=40, total_steps=200,  # 10 checkpoints a run (25)
                 finetunes=(FineTune("bible", "m", 1, 30), FineTune("dm_mathematics", "m", 1, 30)))
-DIFFUSION_WINDOW = {False: 8, True: 5}  # lags per start: full, quick
+DIFFUSION_WINDOW = {False: 10, True: 5}  # lags per start: full (P1's), quick
 LOSS_WINDOW = 10  # training losses are shown as means over the first and last steps
 
 
@@ -272,13 +273,16 @@ def summarise(db: str | Path, report: DemoReport, *, quick: bool = False,
     with Atlas(db, read_only=True) as atlas:
         table = atlas.scale(textset=report.textset)
         show(table, title=f"the KL scale on '{report.textset}' (bits/byte)")
-        run = atlas.run(spec.family, spec.sizes[-1].name, spec.seeds[0])
+        run = atlas.run(spec.family, *spec.diffusion_run())
         fit = atlas.diffusion(run, DIFFUSION_WINDOW[quick], textset=report.textset).value
         if "real models" in report.seconds:
             _summarise_real(atlas, show)
     exponents = fit.to_dict()
-    echo(f"diffusion of {run.label} (window {fit.window}): "
+    echo(f"diffusion of {run.label} (window {fit.window}, {len(fit.per_t0)} starts from step "
+         f"{exponents['min_t0']}): "
          + "; ".join(f"{name} = {_estimate(exponents[name])}" for name in ("c_q", "c_w", "alpha")))
+    for note in fit.notes:
+        echo(f"note: {note}")
     echo(f"{report.ingested} vectors stored, {report.skipped} already there; "
          + ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items()))
     return {"scale": table, "diffusion": exponents}
@@ -287,7 +291,7 @@ def summarise(db: str | Path, report: DemoReport, *, quick: bool = False,
 def next_commands(db: str | Path, quick: bool = False) -> list[str]:
     """What to try on the demo atlas, for the largest size's first seed."""
     spec = QUICK if quick else FULL
-    run = (spec.family, spec.sizes[-1].name, spec.seeds[0])
+    run = (spec.family, *spec.diffusion_run())
     window = DIFFUSION_WINDOW[quick]
     return [f"atlas tui {db}                       # browse it: models, SQL, scale, runs, maps",
             f"atlas --db {db} nearest {run[0]}-{run[1]}/s{run[2]}@step{spec.schedule()[-1]}",

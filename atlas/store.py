@@ -57,9 +57,10 @@ def read_sql(name: str) -> str:
 
 
 def sql_files() -> list[str]:
-    """The SQL applied on open, in order: schema.sql, macros.sql, then the others by name
-    (each feature's tables and macros in its own file, e.g. analysis.sql)."""
-    first = ["schema.sql", "macros.sql"]
+    """The SQL applied on open, in order: schema.sql, views.sql, macros.sql, then the others by
+    name (each feature's tables and macros in its own file, e.g. analysis.sql). DuckDB binds a
+    macro when it is created, so what a file calls comes first: kl and nearest take a view."""
+    first = ["schema.sql", "views.sql", "macros.sql"]
     return first + sorted(p.name for p in sql_dir().glob("*.sql") if p.name not in first)
 
 
@@ -844,13 +845,20 @@ def first_row(con: duckdb.DuckDBPyConnection, query: str, params: list | None = 
 
 _DEFINITION = re.compile(r"^((?:\s|--[^\n]*\n)*)CREATE\s+OR\s+REPLACE\s+(MACRO|VIEW)\b",
                          re.IGNORECASE)  # after the statement's leading comments
+_TABLE = re.compile(r"^((?:\s|--[^\n]*\n)*)CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+(\w+)",
+                    re.IGNORECASE)
+# Tables that kl, kl_se and nearest read (their view := path): a file older than one gets it
+# empty and temporary, so those macros bind (every view name is then unknown) rather than the
+# file's own older macros staying in force.
+_OVERLAY_TABLES = ("views",)
 
 
 def _overlay_current_sql(con: duckdb.DuckDBPyConnection) -> None:
     """A read-only session on an atlas written by an older version (its persisted macros and
     views are not this version's, and a read-only file cannot be migrated): define this
     version's macros and views as temporary ones, which DuckDB looks up first. Tables are not
-    touched (a definition over a table the file lacks is skipped); the file is not written."""
+    touched (a definition over a table the file lacks is skipped, except ``_OVERLAY_TABLES``,
+    made empty and temporary); the file is not written."""
     has_meta = first_row(con, "SELECT count(*) FROM duckdb_tables() "
                               "WHERE table_name = 'atlas_meta'")[0]
     if has_meta and Store._macros_current(con):
@@ -858,11 +866,21 @@ def _overlay_current_sql(con: duckdb.DuckDBPyConnection) -> None:
     for name in sql_files():
         for statement in duckdb.extract_statements(read_sql(name)):
             text = statement.query
+            _overlay_table(con, text)
             if not _DEFINITION.match(text):
                 continue
             with contextlib.suppress(duckdb.CatalogException, duckdb.BinderException):
                 # one over a table this older file lacks keeps the file's own (or none)
                 con.execute(_DEFINITION.sub(r"\1CREATE OR REPLACE TEMP \2", text, count=1))
+
+
+def _overlay_table(con: duckdb.DuckDBPyConnection, text: str) -> None:
+    """Create one of ``_OVERLAY_TABLES`` empty and temporary when the file lacks it."""
+    table = _TABLE.match(text)
+    if table and table.group(2) in _OVERLAY_TABLES and not first_row(
+            con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
+            [table.group(2)])[0]:
+        con.execute(_TABLE.sub(r"\1CREATE TEMP TABLE \2", text, count=1))
 
 
 def _macros_sha() -> str:

@@ -59,6 +59,7 @@ class SuiteSpec:
     log_until: int = 32  # checkpoints 0, 1, 2, 4, … up to here
     every: int = 50  # then every this many steps …
     total_steps: int = 400  # … up to here
+    diffusion_every: int = 10  # the diffusion run also saves every this many steps after log_until
     batch_size: int = 8
     seq_len: int = 128
     lr: float = 3e-3
@@ -70,12 +71,30 @@ class SuiteSpec:
     def __post_init__(self) -> None:
         if self.log_until & (self.log_until - 1) or self.every <= self.log_until:
             raise ValueError("log_until must be a power of two and every larger than it")
+        if self.every % self.diffusion_every:
+            raise ValueError("every must be a multiple of diffusion_every (the diffusion run's "
+                             "checkpoints include every other run's)")
 
-    def schedule(self) -> list[int]:
-        """Pythia-like checkpoint steps: 0, powers of two to ``log_until``, then evenly spaced."""
+    def schedule(self, dense: bool = False) -> list[int]:
+        """Pythia-like checkpoint steps: 0, powers of two to ``log_until``, then evenly spaced.
+
+        ``dense`` (the diffusion run's) adds a step every ``diffusion_every`` after
+        ``log_until``: P1 fits starts from the evenly spaced tail with windows of 10 lags, and
+        the common tail (8 checkpoints) has no full window. Only one run pays for them.
+        """
         steps = {0} | {2**k for k in range(int(math.log2(self.log_until)) + 1)}
         steps |= set(range(self.every, self.total_steps + 1, self.every))
+        if dense:
+            first = (self.log_until // self.diffusion_every + 1) * self.diffusion_every
+            steps |= set(range(first, self.total_steps + 1, self.diffusion_every))
         return sorted(steps)
+
+    def diffusion_run(self) -> tuple[str, int]:
+        """(size, seed) of the run the demo fits diffusion on: the largest size, first seed."""
+        return self.sizes[-1].name, self.seeds[0]
+
+    def schedule_of(self, size: str, seed: int) -> list[int]:
+        return self.schedule(dense=(size, seed) == self.diffusion_run())
 
     def size(self, name: str) -> Size:
         return next(s for s in self.sizes if s.name == name)
@@ -239,7 +258,7 @@ class Suite:
     # training ------------------------------------------------------------------------------------
     def pretrain(self, size: Size, seed: int, on_step: Callable[[], None] | None = None) -> Run:
         directory = self._run_dir(size.name, seed)
-        steps = self.spec.schedule()
+        steps = self.spec.schedule_of(size.name, seed)
         if not self._done(directory):
             def work(tmp: Path) -> None:
                 config = tiny.tiny_config("gpt_neox", self.tokenizer, hidden=size.hidden,

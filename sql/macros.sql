@@ -1,11 +1,13 @@
 -- LM Atlas SQL surface: views and macros persisted in the .duckdb file, so any DuckDB client
 -- (the duckdb CLI, Harlequin, Python) can query the atlas with no atlas code imported.
 --
---   kl(key_a, key_b [, textset])        KL estimate in bits/byte on the text set both share
---   kl_se(key_a, key_b [, textset])     its delta-method standard error
+--   kl(key_a, key_b [, textset] [, view := NAME])   KL estimate in bits/byte on the text set
+--                                       both share (through a stored view: on the view's set)
+--   kl_se(key_a, key_b [, textset] [, view := NAME])  its delta-method standard error
 --   kl_bpb(vec_a, vec_b, mean_bytes)    KL on raw vectors: Var(a − b) / (2 B̄ ln 2)
 --   kl_se_bpb(vec_a, vec_b, mean_bytes) its standard error
---   nearest(key, k [, textset])         table (key, kl, se, textset), nearest first
+--   nearest(key, k [, textset] [, view := NAME])  table (key, kl, se, textset), nearest first
+--   apply_view(loglik, view)            (views.sql) a vector through a stored view, and its B̄
 --   centred_loglik(loglik, mean)        ℓ − mean(ℓ) as DOUBLE[] (the file stores only ℓ)
 --   resolve_key(text)                   canonical key of a key or unambiguous shorthand
 --   model_variants, loglik_vectors      public views (stable columns)
@@ -123,15 +125,42 @@ CREATE OR REPLACE MACRO no_single_textset(key_a, key_b, n, textset_name := NULL)
         key_a, key_b, n, key_a, key_b))
 END;
 
-CREATE OR REPLACE MACRO kl(key_a, key_b, textset_name := NULL) AS (
+-- The vectors of two variants through a stored view (views.sql), on the view's text set,
+-- centred as shared_vectors gives them: one row, or an error naming the variant that has no
+-- vector there; no row without a view.
+CREATE OR REPLACE MACRO viewed_vectors(key_a, key_b, textset_name, view_name) AS TABLE
+WITH w AS NOT MATERIALIZED (  -- without a view this plans to nothing: no key is even resolved
+    SELECT * FROM view_of(view_name, textset_name := textset_name) WHERE view_name IS NOT NULL),
+     keyed AS (SELECT w.*, resolve_key(key_a) AS found_a, resolve_key(key_b) AS found_b FROM w),
+     pair AS (SELECT keyed.*, a.loglik AS l_a, b.loglik AS l_b
+              FROM keyed LEFT JOIN vectors a ON a.textset_id = keyed.textset_id AND a.key = found_a
+              LEFT JOIN vectors b ON b.textset_id = keyed.textset_id AND b.key = found_b),
+     viewed AS (SELECT textset, mean_bytes, view_loglik(l_a, threshold, keep) AS v_a,
+                       view_loglik(l_b, threshold, keep) AS v_b
+                FROM pair WHERE CASE WHEN l_a IS NULL OR l_b IS NULL THEN error(format(
+                    '{} has no vector on text set ''{}'', the text set of view ''{}''; score it '
+                    || 'on that set first', CASE WHEN l_a IS NULL THEN found_a ELSE found_b END,
+                    textset, name))
+                    ELSE true END)
+SELECT textset, mean_bytes, centred_loglik(v_a, list_avg(v_a)) AS c_a,
+       centred_loglik(v_b, list_avg(v_b)) AS c_b
+FROM viewed;
+
+-- shared_vectors without a view, viewed_vectors with one.
+CREATE OR REPLACE MACRO pair_vectors(key_a, key_b, textset_name, view_name) AS TABLE
+SELECT * FROM shared_vectors(key_a, key_b, textset_name) WHERE view_name IS NULL
+UNION ALL
+SELECT * FROM viewed_vectors(key_a, key_b, textset_name, view_name);
+
+CREATE OR REPLACE MACRO kl(key_a, key_b, textset_name := NULL, view := NULL) AS (
     SELECT CASE WHEN count(*) = 1 THEN first(kl_centred(c_a, c_b, mean_bytes))
                 ELSE no_single_textset(key_a, key_b, count(*), textset_name := textset_name) END
-    FROM shared_vectors(key_a, key_b, textset_name));
+    FROM pair_vectors(key_a, key_b, textset_name, view));
 
-CREATE OR REPLACE MACRO kl_se(key_a, key_b, textset_name := NULL) AS (
+CREATE OR REPLACE MACRO kl_se(key_a, key_b, textset_name := NULL, view := NULL) AS (
     SELECT CASE WHEN count(*) = 1 THEN first(kl_se_bpb(c_a, c_b, mean_bytes))
                 ELSE no_single_textset(key_a, key_b, count(*), textset_name := textset_name) END
-    FROM shared_vectors(key_a, key_b, textset_name));
+    FROM pair_vectors(key_a, key_b, textset_name, view));
 
 -- ‖c_a − c_b‖² from raw vectors, vectorised: ‖ℓ_a − ℓ_b‖² − N (mean_a − mean_b)², in DOUBLE.
 CREATE OR REPLACE MACRO centred_sq_distance(l_a, mean_a, l_b, mean_b) AS
@@ -140,13 +169,46 @@ CREATE OR REPLACE MACRO centred_sq_distance(l_a, mean_a, l_b, mean_b) AS
 -- How many candidates per text set the sketch pass keeps, for each of its two orderings.
 CREATE OR REPLACE MACRO nearest_candidates(k) AS greatest(4 * k, 32);
 
--- The k variants nearest to a key by KL on each text set of the key (one named set if given).
+-- nearest through a stored view (views.sql): an exact full scan of every vector of the view's
+-- text set, each clipped and cut to the kept texts (the sketches describe the raw vectors, so
+-- nearest's two-pass fast path is for raw vectors only), ranked by centred_sq_distance and
+-- then measured exactly; no row without a view.
+CREATE OR REPLACE MACRO nearest_viewed(query_key, k, textset_name, view_name) AS TABLE
+WITH w AS NOT MATERIALIZED (  -- without a view this plans to nothing: no key is even resolved
+    SELECT * FROM view_of(view_name, textset_name := textset_name) WHERE view_name IS NOT NULL),
+keyed AS (SELECT w.*, resolve_key(query_key) AS found FROM w),
+query AS MATERIALIZED (
+    SELECT q.key, w.textset, w.mean_bytes, CASE WHEN q.key IS NULL THEN error(format(
+               '{} has no vector on text set ''{}'', the text set of view ''{}''; score it on '
+               || 'that set first', w.found, w.textset, w.name))
+               ELSE view_loglik(q.loglik, w.threshold, w.keep) END AS l_q
+    FROM keyed w LEFT JOIN vectors q ON q.textset_id = w.textset_id AND q.key = w.found),
+others AS (
+    SELECT v.key, view_loglik(v.loglik, w.threshold, w.keep) AS l_v
+    FROM w JOIN vectors v ON v.textset_id = w.textset_id
+    WHERE v.key <> (SELECT key FROM query)),
+ranked AS (
+    SELECT o.key, o.l_v, centred_sq_distance(q.l_q, list_avg(q.l_q), o.l_v, list_avg(o.l_v)) AS d
+    FROM others o, query q
+    ORDER BY d, o.key
+    LIMIT k + 2)  -- exact values below may reorder near-ties: keep a margin
+SELECT r.key, kl_bpb(q.l_q, r.l_v, q.mean_bytes) AS kl,
+       kl_se_bpb(q.l_q, r.l_v, q.mean_bytes) AS se, q.textset
+FROM ranked r, query q
+ORDER BY kl, r.key
+LIMIT k;
+
+-- The k variants nearest to a key by KL on each text set of the key (one named set if given);
+-- through a stored view with view := NAME (nearest_viewed).
 -- Two passes: the sketches (64 floats per vector) pick candidates, then the candidates' raw
 -- vectors give the exact ranking, KL and SE. Candidates are the best by the lower bound
 -- ‖s_q − s_v‖² + (r_q − r_v)² (right for variants that share what the sketch leaves out:
 -- fine-tunes, quantizations, checkpoints) and the best by ‖s_q − s_v‖² + r_q² + r_v² (right when
 -- the left-out parts are unrelated noise); vectors without a sketch are always candidates.
-CREATE OR REPLACE MACRO nearest(query_key, k, textset_name := NULL) AS TABLE
+CREATE OR REPLACE MACRO nearest(query_key, k, textset_name := NULL, view := NULL) AS TABLE
+SELECT * FROM nearest_viewed(query_key, k, textset_name, view)
+UNION ALL
+SELECT * FROM (
 WITH query AS MATERIALIZED (
     SELECT v.textset_id, v.key, v.loglik AS l_q, v.loglik_mean AS m_q, v.sketch AS s_q,
            v.sketch_resid AS r_q, t.mean_bytes, t.name AS textset
@@ -176,7 +238,8 @@ SELECT r.key, kl_bpb(q.l_q, r.l_v, q.mean_bytes) AS kl, kl_se_bpb(q.l_q, r.l_v, 
        q.textset
 FROM ranked r JOIN query q USING (textset_id)
 ORDER BY kl, r.key
-LIMIT k;
+LIMIT k) WHERE view IS NULL
+ORDER BY kl, key;
 
 -- Weight space (method.md §5): ‖S(a) − S(b)‖², the sketch estimate of ‖W_a − W_b‖², from the
 -- stored weight sketches of two variants of the same architecture (atlas.weights).

@@ -2,22 +2,11 @@
 -- lineage, the views derived from a model set (the reference's clipping), and per-model metrics
 -- (benchmark scores, imported or derived) with what the atlas predicts from the vectors.
 --
---   views                 one row per derived view of a text set's vectors (kind clip, …)
+--   views                 (sql/views.sql, applied first) the derived views of a text set
 --   hub_models            one row per variant imported from a hub release: its hub metadata
 --   model_lineage         (key, relation, base_source, base_key): every base_model tag
 --   model_metrics         view (key, metric, value, source), joinable with nearest(), kl() …
 --   metric_predictions    out-of-fold and missing-metric predictions of `atlas predict`
-
--- A view of the vectors of a model set (kind 'clip': params {threshold, q, …}); the protocol's
--- views (#15) extend this table.
-CREATE TABLE IF NOT EXISTS views (
-    name           VARCHAR PRIMARY KEY,
-    kind           VARCHAR NOT NULL,          -- clip | drop-texts | …
-    params         JSON    NOT NULL,
-    textset        VARCHAR NOT NULL,          -- a textsets.name
-    model_set_hash VARCHAR NOT NULL,          -- SHA-256 of the sorted keys, one per line
-    created_at     TIMESTAMP DEFAULT current_timestamp
-);
 
 -- What a hub release says of a variant beyond its key (written with its vector).
 CREATE TABLE IF NOT EXISTS hub_models (

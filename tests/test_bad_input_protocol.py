@@ -42,6 +42,17 @@ def test_a_view_of_another_text_set_is_refused(db):
             where="view 'v'", fix="fit a view on 'extra'")
 
 
+def test_sql_through_an_unknown_view_is_named_with_the_stored_ones(db):
+    refused(db, ["sql", f"SELECT kl('{KEYS[0]}', '{KEYS[1]}', view := 'nope')"],
+            what="no view 'nope'", where="views: v", fix="atlas view create")
+
+
+def test_sql_through_a_view_of_another_text_set_is_refused(db):
+    refused(db, ["sql", f"SELECT * FROM nearest('{KEYS[0]}', 2, 'extra', view := 'v')"],
+            what="fitted on text set 'eval', not 'extra'", where="view 'v'",
+            fix="fit a view on 'extra'")
+
+
 def test_a_view_name_taken_needs_replace(db):
     refused(db, ["view", "create", "v", "--textset", "eval"], what="a view named 'v' exists",
             where="'v'", fix="--replace")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -45,7 +46,8 @@ def medians(demo) -> dict[str, float]:
 
 
 def test_every_checkpoint_and_finetune_is_ingested_with_its_sketch(demo):
-    n_checkpoints = len(QUICK.sizes) * len(QUICK.seeds) * len(QUICK.schedule())
+    n_checkpoints = sum(len(QUICK.schedule_of(size.name, seed))
+                        for size in QUICK.sizes for seed in QUICK.seeds)
     n_finetunes = len(QUICK.finetunes)
     with Atlas(demo["db"], read_only=True) as atlas:
         models = atlas.models()
@@ -71,6 +73,25 @@ def test_summary_shows_scale_and_diffusion(demo):
                     "layers-adjacent"):
         assert setting in out
     assert "c_q = " in out and "c_w = " in out and "alpha = " in out
+
+
+def test_diffusion_line_fits_after_warm_up_with_intervals(demo):
+    """The printed fit starts at the evenly spaced tail (no fallback to step 0, no note) and its
+    block bootstrap has several windows of starts, so no interval collapses to a point."""
+    line = next(line for line in demo["first"].splitlines() if line.startswith("diffusion of"))
+    dense = QUICK.schedule(dense=True)
+    assert f"minipythia-l/s1 (window 5, {len(dense) - dense.index(10) - 5} starts from step 10)" \
+        in line
+    assert "note:" not in demo["first"]
+    printed = {name: tuple(map(float, numbers)) for name, *numbers in re.findall(
+        r"(c_q|c_w|alpha) = (-?[\d.]+) \[(-?[\d.]+), (-?[\d.]+)\]", line)}
+    assert set(printed) == {"c_q", "c_w", "alpha"}
+    with Atlas(demo["db"], read_only=True) as atlas:
+        fit = atlas.diffusion(atlas.run("minipythia", "l", 1), 5).value.to_dict()
+    for name, (value, low, high) in printed.items():
+        assert low < high and low <= value <= high, (name, printed[name])
+        assert (value, low, high) == pytest.approx(
+            (fit[name]["value"], fit[name]["ci_low"], fit[name]["ci_high"]), abs=0.006)
 
 
 def test_orderings_of_the_papers_hold(medians):
@@ -105,10 +126,12 @@ def test_analysis_commands_on_the_demo_atlas(demo):
     filtered = json.loads(_cli(db, "scale", "--where", "size = 'l'", "--format", "json"))
     assert "sizes" not in {r["setting"] for r in filtered}
     steps = json.loads(_cli(db, "trajectory", *run, "--format", "json"))
-    assert [r["step"] for r in steps] == QUICK.schedule()[:-1]
+    assert [r["step"] for r in steps] == QUICK.schedule(dense=True)[:-1]
     assert all(r["kl"] > 0 and r["weight_sq"] > 0 for r in steps)
     fitted = json.loads(_cli(db, "diffusion", *run, "--window", "5", "--format", "json"))
-    assert fitted["window"] == 5 and len(fitted["per_t0"]) == len(QUICK.schedule()) - 5
+    dense = QUICK.schedule(dense=True)
+    assert fitted["window"] == 5 and fitted["min_t0"] == 10 and not fitted["notes"]
+    assert [r["t0"] for r in fitted["per_t0"]] == dense[dense.index(10):-5]
     for name in ("c_q", "c_w", "alpha"):
         estimate = fitted[name]
         assert estimate["ci_low"] <= estimate["value"] <= estimate["ci_high"]

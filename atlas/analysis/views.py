@@ -1,7 +1,8 @@
 """Views: derived, versioned transforms of a text set's vectors, never baked into stored ones.
 
 A view is fitted once on a chosen model set and stored with what it fitted (``views`` table,
-sql/modelmap.sql): later models get the stored result, so adding models never changes a view.
+sql/views.sql, whose macros apply it in SQL too: ``kl(a, b, view := NAME)``): later models get
+the stored result, so adding models never changes a view.
 
 * ``clip`` (method.md §3, §8): the global ``q``-quantile of every value of the model set
   (numpy's linear quantile) is the threshold; a view raises every value below it to it.
