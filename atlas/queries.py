@@ -26,6 +26,7 @@ import polars as pl
 import pyarrow as pa
 
 from atlas.analysis import protocol, trajectory
+from atlas.analysis.calibration import flag_floors, pair_ratios, with_ratios
 from atlas.analysis.maps import MapError, MapResult
 from atlas.analysis.scale import PROVENANCE, ScaleError
 from atlas.analysis.views import View, ViewError
@@ -807,9 +808,6 @@ def save_view(atlas: Atlas, view: View, keys: list[str], replace: bool) -> None:
 
 
 # calibration (sql/calibration.sql) ---------------------------------------------------------------
-FLOOR_FACTOR = 3.0  # a KL within this many precision floors is flagged
-
-
 def variant_record(atlas: Atlas, key: str) -> dict:
     """How ``key`` was loaded: its models row's source, revision and layer, and its
     quantizations row (None for a float variant)."""
@@ -831,20 +829,26 @@ def scored_floors(atlas: Atlas) -> pl.DataFrame:
         "AND f.dtype = json_extract_string(v.provenance, '$.dtype')")
 
 
-def with_floors(atlas: Atlas, key: str, found: pl.DataFrame) -> pl.DataFrame:
-    """``nearest`` rows with ``floor`` (the larger precision floor of the two vectors, for the
-    dtype each was scored in) and ``within_floor`` (KL < 3 × floor: not to be told from
-    rounding) when some pair has a measured floor; the rows as they were otherwise."""
-    floors = scored_floors(atlas)
-    own = floors.filter(pl.col("key") == atlas.resolve(key)).select(
-        "textset", own_floor="floor")
-    joined = found.join(floors, on=["key", "textset"], how="left").join(
-        own, on="textset", how="left")
-    floor = pl.max_horizontal("floor", "own_floor")
-    if joined.select(floor.is_null().all()).item():
-        return found
-    return joined.with_columns(floor=floor).with_columns(
-        within_floor=pl.col("kl") < FLOOR_FACTOR * pl.col("floor")).drop("own_floor")
+def with_floors(atlas: Atlas, pairs: pl.DataFrame,
+                keys: tuple[str, str] = ("key_a", "key_b")) -> pl.DataFrame:
+    """``pairs`` flagged by the stored precision floors (``flag_floors``: the rule)."""
+    return flag_floors(pairs, scored_floors(atlas), keys)
+
+
+def nearest_floors(atlas: Atlas, key: str, found: pl.DataFrame) -> pl.DataFrame:
+    """``nearest`` rows (key, kl, textset …) with ``floor`` and ``within_floor`` against
+    ``key`` when some pair has a measured floor; the rows as they were otherwise."""
+    return with_floors(atlas, found.with_columns(_of=pl.lit(atlas.resolve(key))),
+                       ("_of", "key")).drop("_of")
+
+
+def with_calibrations(atlas: Atlas, pairs: pl.DataFrame) -> pl.DataFrame:
+    """``pairs`` (key_a, key_b, textset …) with the estimator/MC ratio of their latest stored
+    calibration (``est_over_mc``) when some pair has one; the rows as they were otherwise."""
+    if not _has_table(atlas, "calibrations"):
+        return pairs
+    stored = atlas.sql("SELECT key_a, key_b, textset, ratio, created_at FROM calibrations")
+    return with_ratios(pairs, pair_ratios(stored))
 
 
 def calibrations(atlas: Atlas) -> pl.DataFrame:

@@ -1,9 +1,13 @@
-"""How the estimator's KL relates to the Monte-Carlo KL: a log–log fit over calibrations.
+"""How the estimator's KL relates to the Monte-Carlo KL, and which KLs are rounding.
 
 Pure: takes the rows of ``calibrations`` (``Atlas.calibrations()``) as a frame. The fit is
 ln(estimator) = a + b · ln(MC), MC being the mean of KL(a‖b) and KL(b‖a) in bits/byte, by
 ordinary least squares over the pairs where both are positive: b = 1 would mean a constant
 ratio e^a, b < 1 an estimator that overstates small KLs relative to large ones.
+
+``flag_floors`` is the one rule that marks a KL as within rounding (nearest, scale, report):
+below ``FLOOR_FACTOR`` × the larger precision floor of the two vectors. ``with_ratios`` puts a
+stored calibration's estimator/MC ratio beside the pairs it measured.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import numpy as np
 import polars as pl
 
 from atlas.errors import AtlasError
+
+FLOOR_FACTOR = 3.0  # a KL within this many precision floors is flagged
 
 
 class CalibrationFitError(AtlasError, ValueError):
@@ -55,3 +61,39 @@ def fit_loglog(frame: pl.DataFrame) -> LogLogFit:
     total = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else 1.0
     return LogLogFit(float(intercept), float(slope), r2, usable.height)
+
+
+def flag_floors(pairs: pl.DataFrame, floors: pl.DataFrame,
+                keys: tuple[str, str] = ("key_a", "key_b")) -> pl.DataFrame:
+    """``pairs`` (columns ``keys``, ``textset``, ``kl``) with ``floor``, the larger precision
+    floor of the two vectors (each for the dtype it was scored in), and ``within_floor``
+    (kl < FLOOR_FACTOR × floor: not to be told from rounding), when some pair has a floor; the
+    rows as they were otherwise. ``floors``: (key, textset, floor), as
+    ``atlas.queries.scored_floors`` reads them."""
+    joined = pairs
+    for i, column in enumerate(keys):
+        joined = joined.join(floors.rename({"key": column, "floor": f"_floor{i}"}),
+                             on=[column, "textset"], how="left", maintain_order="left")
+    floor = pl.max_horizontal("_floor0", "_floor1")
+    if joined.select(floor.is_null().all()).item():
+        return pairs
+    return joined.with_columns(floor=floor).with_columns(
+        within_floor=pl.col("kl") < FLOOR_FACTOR * pl.col("floor")).drop("_floor0", "_floor1")
+
+
+def pair_ratios(frame: pl.DataFrame) -> pl.DataFrame:
+    """(key_a, key_b, textset, est_over_mc): the latest stored calibration of each unordered
+    pair on each estimator text set, in both orders (the ratio is symmetric in a and b)."""
+    stored = frame.filter(pl.col("ratio").is_not_null()).select(
+        "key_a", "key_b", "textset", "created_at", est_over_mc="ratio")
+    swapped = stored.with_columns(key_a=pl.col("key_b"), key_b=pl.col("key_a"))
+    return pl.concat([stored, swapped]).sort("created_at").unique(
+        ["key_a", "key_b", "textset"], keep="last", maintain_order=True).drop("created_at")
+
+
+def with_ratios(pairs: pl.DataFrame, ratios: pl.DataFrame) -> pl.DataFrame:
+    """``pairs`` (key_a, key_b, textset …) with ``est_over_mc`` from ``pair_ratios`` when some
+    pair was calibrated; the rows as they were otherwise."""
+    joined = pairs.join(ratios, on=["key_a", "key_b", "textset"], how="left",
+                        maintain_order="left")
+    return pairs if joined["est_over_mc"].is_null().all() else joined
