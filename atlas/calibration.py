@@ -9,7 +9,13 @@ the models' own distribution and small differences. Here KL(p_a ‖ p_b) over se
   is KL(p_a ‖ p_b) of the length-``length`` marginals, with far less variance than the plain
   form; the plain form log p_a(x) − log p_b(x) of the same samples is kept beside it.
 - **Sequence-level** (different tokenizers): log p_a(x) from sampling minus log p_b of the
-  decoded text re-tokenised by b (b's ℓ, as the scorer computes it).
+  decoded text re-tokenised by b. Both are over every token of the text after the model's start
+  token: a's samples follow its start token, and b scores [start] + its encoding of the text by
+  the scorer's ℓ (which never predicts the first token of an encoding). With a tokenizer that
+  adds a BOS, that is b's ℓ of the text; with one that adds none, ℓ alone would leave b's first
+  text token unpredicted and log p_b(x) short of a term, so the start token the sampler uses (BOS,
+  else EOS) is put in front. An EOS the tokenizer appends is left out: samples are cut at
+  ``length`` tokens, not ended.
 
 Sampling is ancestral at temperature 1 over the full vocabulary (the models' generation configs
 are not used: no top-k, top-p or repetition penalty), from the tokenizer's BOS (EOS where it has
@@ -91,17 +97,22 @@ def same_tokenizer(a: LoadedModel, b: LoadedModel) -> bool:
             and special_token_policy(a.tokenizer) == special_token_policy(b.tokenizer))
 
 
+def start_token(tokenizer) -> int:
+    """The token samples start from and sequence-level scores condition on: BOS, else EOS."""
+    start = tokenizer.bos_token_id
+    start = tokenizer.eos_token_id if start is None else start
+    if start is None:
+        raise CalibrationError("the tokenizer has neither a BOS nor an EOS token to start "
+                               "samples from; pass --prompts TEXTSET")
+    return start
+
+
 def start_ids(tokenizer, n: int, prompts: Sequence[str] | None = None,
               prompt_tokens: int = PROMPT_TOKENS) -> torch.Tensor:
     """[n, P] start tokens: BOS (EOS when there is none), or the first tokens of the prompts
     (cycled), all cut to the shortest so that no sequence needs padding."""
     if not prompts:
-        start = tokenizer.bos_token_id
-        start = tokenizer.eos_token_id if start is None else start
-        if start is None:
-            raise CalibrationError("the tokenizer has neither a BOS nor an EOS token to start "
-                                   "samples from; pass --prompts TEXTSET")
-        return torch.full((n, 1), start, dtype=torch.long)
+        return torch.full((n, 1), start_token(tokenizer), dtype=torch.long)
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     width = min(prompt_tokens, *(len(ids) for ids in encoded))
     if width < 1:
@@ -246,15 +257,28 @@ def load_variant(spec: ModelSpec, texts: Sequence[str]) -> LoadedModel:
     return load_for_scoring(spec, texts)
 
 
+def sequence_loglik(model: LoadedModel) -> Callable[[list[str]], np.ndarray]:
+    """log p(text) under ``model``, every token of the text predicted after the start token
+    (the sequence-level form's log p_b; see the module docstring)."""
+    from atlas.scoring import Scorer
+
+    scorer, start = Scorer(model), start_token(model.tokenizer)
+
+    def score(texts: list[str]) -> np.ndarray:
+        encoded = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return scorer.score_encoded([[start, *ids] for ids in encoded])
+
+    return score
+
+
 def measure(a: LoadedModel, b: LoadedModel, *, samples: int, length: int, seed: int,
             prompts: Sequence[str] | None = None, batch_size: int | None = None,
             progress: bool = True) -> tuple[Samples, Samples]:
     """KL(a‖b) on samples of a and KL(b‖a) on samples of b (seeds ``seed``, ``seed + 1``)."""
     from atlas.progress import progress_bar
-    from atlas.scoring import Scorer
 
-    def scorer(model: LoadedModel) -> Callable[[list[str]], np.ndarray]:
-        return lambda texts: Scorer(model).score(texts, progress=False).loglik
+    def scorer(model: LoadedModel) -> Callable[[list[str]], np.ndarray] | None:
+        return None if same_tokenizer(a, b) else sequence_loglik(model)
 
     options = dict(samples=samples, length=length, prompts=prompts, batch_size=batch_size)
     with progress_bar("sampling", transient=True, disable=not progress) as bar:
