@@ -12,9 +12,11 @@ from itertools import pairwise
 import numpy as np
 import polars as pl
 import pytest
+from click.testing import CliRunner
 
 import atlas
 from atlas.analysis import scale
+from atlas.cli import main
 from atlas.keys import size_value
 from atlas.kl import bpb_scale
 
@@ -322,3 +324,6 @@ def test_scale_flags_pairs_within_three_floors_and_shows_calibrations(db, tmp_pa
     summary = db.scale().filter(pl.col("setting") == "seeds").row(0, named=True)
     assert (summary["within_floor"], summary["calibrated"], summary["est_over_mc"]) == (1, 1, 1.7)
     assert db.nearest(S1, 1)["within_floor"].to_list() == [True]  # the one rule
+    db.close()
+    out = CliRunner().invoke(main, ["--db", str(db.path), "scale", "--format", "csv"])
+    assert out.exit_code == 0 and "within_floor,calibrated,est_over_mc" in out.output
