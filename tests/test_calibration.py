@@ -214,3 +214,26 @@ def test_variant_spec_reapplies_the_recorded_quantization(seed_dirs):
     assert variant_spec(Variant("m-s", source, None, None, None), "cpu", "auto").quantize is None
     spec = variant_spec(Variant("m-s+int8", source, None, None, int8), "cpu", "float32")
     assert (spec.quantize.label, spec.source, spec.dtype) == ("int8", source, "float32")
+
+
+@pytest.mark.parametrize("label", [(8, None), (4, 16)])
+def test_torchao_weights_dequantized_once_give_the_same_logits(seed_dirs, label):
+    import torch
+    from torchao.quantization import IntxUnpackedToInt8Tensor
+
+    from atlas.calibration import dequantize_once
+    from atlas.quantize import quantized_copy
+    from atlas.specs import QuantSpec
+
+    bits, group = label
+    exact = _load(seed_dirs[1])
+    quantized = quantized_copy(exact, QuantSpec("torchao", bits, group, None, None))
+    ids = torch.arange(3, 40).reshape(1, -1)
+    with torch.inference_mode():
+        expected = quantized.model(input_ids=ids).logits
+        assert dequantize_once(quantized.model) > 0
+        found = quantized.model(input_ids=ids).logits
+        assert not torch.equal(found, exact.model(input_ids=ids).logits)  # still quantized
+    assert not any(isinstance(p, IntxUnpackedToInt8Tensor)
+                   for p in quantized.model.parameters())
+    assert torch.equal(found, expected)
