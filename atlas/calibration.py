@@ -252,9 +252,13 @@ def variant_spec(variant: Variant, device: str, dtype: str) -> ModelSpec:
 
 def load_variant(spec: ModelSpec, texts: Sequence[str]) -> LoadedModel:
     """Loaded as ingest loads it (GPTQ calibrated on texts outside ``texts``), torchao's weights
-    dequantized once (``dequantize_once``)."""
-    from atlas.quantize import load_for_scoring
+    dequantized once (``dequantize_once``). A float GGUF source loads from the float checkpoint
+    its quantized variants are made from (``dequantized_gguf``, cached): transformers would
+    dequantize the file again on every load."""
+    from atlas.quantize import dequantized_gguf, load_for_scoring
 
+    if spec.gguf_file is not None and spec.quantize is None:
+        spec = dequantized_gguf(spec)
     loaded = load_for_scoring(spec, texts)
     if spec.quantize is not None and spec.quantize.method == "torchao":
         dequantize_once(loaded.model)

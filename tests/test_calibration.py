@@ -237,3 +237,21 @@ def test_torchao_weights_dequantized_once_give_the_same_logits(seed_dirs, label)
     assert not any(isinstance(p, IntxUnpackedToInt8Tensor)
                    for p in quantized.model.parameters())
     assert torch.equal(found, expected)
+
+
+def test_a_float_gguf_loads_from_the_cached_float_checkpoint(seed_dirs, tmp_path, monkeypatch):
+    """transformers dequantizes a GGUF on every load: calibrate reads the float checkpoint
+    ``dequantized_gguf`` caches instead (stood in for by a saved tiny model here)."""
+    from dataclasses import replace
+
+    from atlas import quantize
+    from atlas.calibration import load_variant
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    asked = []
+    monkeypatch.setattr(quantize, "dequantized_gguf", lambda spec: asked.append(spec) or replace(
+        spec, source=str(seed_dirs[1])))
+    loaded = load_variant(ModelSpec(str(gguf), device="cpu", dtype="float32"), [])
+    assert [spec.source for spec in asked] == [str(gguf)]
+    assert loaded.model.config.vocab_size > 0
