@@ -328,7 +328,7 @@ class Atlas:
                 raise AtlasError(f"{self.resolve(key)} has no vector on text set '{textset}' "
                                  f"(it has: {', '.join(has) or 'none'}); choose one of those "
                                  "with --textset")
-        return queries.with_floors(self, key, found)
+        return queries.nearest_floors(self, key, found)
 
     def _nearest_viewed(self, key: str, k: int, textset: str | None,
                         view: str | View) -> pl.DataFrame:
@@ -447,11 +447,6 @@ class Atlas:
         fits the estimator against them)."""
         return queries.calibrations(self)
 
-    def floors(self) -> pl.DataFrame:
-        """(key, textset, floor): each vector's stored precision floor for the dtype it was
-        scored in (``atlas.analysis.calibration.floor_flags`` flags pairs within 3 × it)."""
-        return queries.scored_floors(self)
-
     def _vector_textset(self, key: str) -> str:
         names = self.sql("SELECT textset FROM loglik_vectors WHERE key = ? ORDER BY 1",
                          [key])["textset"].to_list()
@@ -544,7 +539,9 @@ class Atlas:
                     protocol: str | None = None, view: str | View | None = None
                     ) -> pl.DataFrame:
         """Every pair of every setting (atlas.analysis.scale) among the variants on ``textset``
-        that satisfy ``where`` (SQL over model_variants), with its KL and SE in bits/byte.
+        that satisfy ``where`` (SQL over model_variants), with its KL and SE in bits/byte; and
+        where measured, ``floor`` and ``within_floor`` (queries.with_floors, nearest's rule) and
+        the stored calibration's ``est_over_mc``.
 
         ``protocol="kishino2026"`` takes P1's settings instead (atlas.analysis.protocol): its
         early, later, seeds and sizes on ``view`` (default: P1's clip + drop-texts view fitted
@@ -554,8 +551,14 @@ class Atlas:
         if protocol is None:
             found = scale.measured_pairs(chosen.models, chosen.scope, settings)
             matrix = self.kl_matrix(scale.pair_keys(found), textset=chosen.textset, view=view)
-            return scale.with_kl(found, matrix)
-        return self._protocol_pairs(chosen, protocol, view)
+            return self._calibrated(scale.with_kl(found, matrix), chosen.textset)
+        return self._calibrated(self._protocol_pairs(chosen, protocol, view), chosen.textset)
+
+    def _calibrated(self, pairs: pl.DataFrame, textset: str) -> pl.DataFrame:
+        """Pairs with ``floor``/``within_floor`` where a precision floor of either vector is
+        stored, and ``est_over_mc`` where the pair was calibrated on ``textset``."""
+        on_set = pairs.with_columns(textset=pl.lit(textset))
+        return queries.with_calibrations(self, queries.with_floors(self, on_set)).drop("textset")
 
     def _protocol_pairs(self, chosen: queries.Selection, name: str,
                         view: str | View | None) -> pl.DataFrame:
@@ -587,7 +590,8 @@ class Atlas:
               settings: Iterable[str | Setting] | None = None,
               protocol: str | None = None, view: str | View | None = None) -> pl.DataFrame:
         """The KL scale: per setting, the count, median, mean, sd and quartiles of its pairs
-        (``protocol`` and ``view`` as in ``scale_pairs``)."""
+        (``protocol`` and ``view`` as in ``scale_pairs``), and where measured, how many are
+        within 3 precision floors and the calibrated pairs' median estimator/MC ratio."""
         return scale.summarise(self.scale_pairs(where, textset, settings, protocol, view))
 
     # views (atlas.analysis.views) ---------------------------------------------------------------

@@ -9,7 +9,13 @@ the models' own distribution and small differences. Here KL(p_a ‖ p_b) over se
   is KL(p_a ‖ p_b) of the length-``length`` marginals, with far less variance than the plain
   form; the plain form log p_a(x) − log p_b(x) of the same samples is kept beside it.
 - **Sequence-level** (different tokenizers): log p_a(x) from sampling minus log p_b of the
-  decoded text re-tokenised by b (b's ℓ, as the scorer computes it).
+  decoded text re-tokenised by b. Both are over every token of the text after the model's start
+  token: a's samples follow its start token, and b scores [start] + its encoding of the text by
+  the scorer's ℓ (which never predicts the first token of an encoding). With a tokenizer that
+  adds a BOS, that is b's ℓ of the text; with one that adds none, ℓ alone would leave b's first
+  text token unpredicted and log p_b(x) short of a term, so the start token the sampler uses (BOS,
+  else EOS) is put in front. An EOS the tokenizer appends is left out: samples are cut at
+  ``length`` tokens, not ended.
 
 Sampling is ancestral at temperature 1 over the full vocabulary (the models' generation configs
 are not used: no top-k, top-p or repetition penalty), from the tokenizer's BOS (EOS where it has
@@ -91,17 +97,22 @@ def same_tokenizer(a: LoadedModel, b: LoadedModel) -> bool:
             and special_token_policy(a.tokenizer) == special_token_policy(b.tokenizer))
 
 
+def start_token(tokenizer) -> int:
+    """The token samples start from and sequence-level scores condition on: BOS, else EOS."""
+    start = tokenizer.bos_token_id
+    start = tokenizer.eos_token_id if start is None else start
+    if start is None:
+        raise CalibrationError("the tokenizer has neither a BOS nor an EOS token to start "
+                               "samples from; pass --prompts TEXTSET")
+    return start
+
+
 def start_ids(tokenizer, n: int, prompts: Sequence[str] | None = None,
               prompt_tokens: int = PROMPT_TOKENS) -> torch.Tensor:
     """[n, P] start tokens: BOS (EOS when there is none), or the first tokens of the prompts
     (cycled), all cut to the shortest so that no sequence needs padding."""
     if not prompts:
-        start = tokenizer.bos_token_id
-        start = tokenizer.eos_token_id if start is None else start
-        if start is None:
-            raise CalibrationError("the tokenizer has neither a BOS nor an EOS token to start "
-                                   "samples from; pass --prompts TEXTSET")
-        return torch.full((n, 1), start, dtype=torch.long)
+        return torch.full((n, 1), start_token(tokenizer), dtype=torch.long)
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     width = min(prompt_tokens, *(len(ids) for ids in encoded))
     if width < 1:
@@ -240,10 +251,52 @@ def variant_spec(variant: Variant, device: str, dtype: str) -> ModelSpec:
 
 
 def load_variant(spec: ModelSpec, texts: Sequence[str]) -> LoadedModel:
-    """Loaded as ingest loads it (GPTQ calibrated on texts outside ``texts``)."""
-    from atlas.quantize import load_for_scoring
+    """Loaded as ingest loads it (GPTQ calibrated on texts outside ``texts``), torchao's weights
+    dequantized once (``dequantize_once``). A float GGUF source loads from the float checkpoint
+    its quantized variants are made from (``dequantized_gguf``, cached): transformers would
+    dequantize the file again on every load."""
+    from atlas.quantize import dequantized_gguf, load_for_scoring
 
-    return load_for_scoring(spec, texts)
+    if spec.gguf_file is not None and spec.quantize is None:
+        spec = dequantized_gguf(spec)
+    loaded = load_for_scoring(spec, texts)
+    if spec.quantize is not None and spec.quantize.method == "torchao":
+        dequantize_once(loaded.model)
+    return loaded
+
+
+def dequantize_once(model: torch.nn.Module) -> int:
+    """Replace torchao weight-only integer weights by the float weights they stand for.
+
+    torchao's linear for these weights is ``F.linear(x, weight.dequantize(), bias)``: it
+    dequantizes every weight on every call, which made an int8 SmolLM2 step 3× slower than a
+    float one on the CPU. Sampling calls each linear once per token, so dequantizing once gives
+    the same numbers (the same float weights, the same ``F.linear``) at the float speed. Weights
+    with activation quantization are left alone. Returns how many were replaced."""
+    from torchao.quantization import IntxUnpackedToInt8Tensor
+
+    replaced = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, IntxUnpackedToInt8Tensor) and (
+                weight.activation_quantization is None):
+            module.weight = torch.nn.Parameter(weight.dequantize(), requires_grad=False)
+            replaced += 1
+    return replaced
+
+
+def sequence_loglik(model: LoadedModel) -> Callable[[list[str]], np.ndarray]:
+    """log p(text) under ``model``, every token of the text predicted after the start token
+    (the sequence-level form's log p_b; see the module docstring)."""
+    from atlas.scoring import Scorer
+
+    scorer, start = Scorer(model), start_token(model.tokenizer)
+
+    def score(texts: list[str]) -> np.ndarray:
+        encoded = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return scorer.score_encoded([[start, *ids] for ids in encoded])
+
+    return score
 
 
 def measure(a: LoadedModel, b: LoadedModel, *, samples: int, length: int, seed: int,
@@ -251,10 +304,9 @@ def measure(a: LoadedModel, b: LoadedModel, *, samples: int, length: int, seed: 
             progress: bool = True) -> tuple[Samples, Samples]:
     """KL(a‖b) on samples of a and KL(b‖a) on samples of b (seeds ``seed``, ``seed + 1``)."""
     from atlas.progress import progress_bar
-    from atlas.scoring import Scorer
 
-    def scorer(model: LoadedModel) -> Callable[[list[str]], np.ndarray]:
-        return lambda texts: Scorer(model).score(texts, progress=False).loglik
+    def scorer(model: LoadedModel) -> Callable[[list[str]], np.ndarray] | None:
+        return None if same_tokenizer(a, b) else sequence_loglik(model)
 
     options = dict(samples=samples, length=length, prompts=prompts, batch_size=batch_size)
     with progress_bar("sampling", transient=True, disable=not progress) as bar:

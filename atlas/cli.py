@@ -294,12 +294,16 @@ def _one_statement(query: str) -> None:
 @click.option("--view", default=None, help="A stored view (atlas view list) to measure on; with "
               "--protocol, for its pretraining settings (default: P1's, fitted on the fly).")
 @click.option("--pairs", "every_pair", is_flag=True,
-              help="Print every pair (setting, key_a, key_b, kl, se), not the summary.")
+              help="Print every pair (setting, key_a, key_b, kl, se; floor and within_floor "
+                   "where a precision floor is stored, est_over_mc where the pair was "
+                   "calibrated), not the summary.")
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
 def scale(ctx: click.Context, where: str | None, textset: str | None, protocol: str | None,
           view: str | None, every_pair: bool, fmt: str) -> None:
-    """The KL scale: KL distribution per setting (consecutive checkpoints, seeds, sizes …)."""
+    """The KL scale: KL distribution per setting (consecutive checkpoints, seeds, sizes …);
+    where measured, how many pairs are within 3 precision floors (within_floor) and the median
+    estimator/Monte-Carlo ratio of the calibrated ones (est_over_mc)."""
     db = _atlas(ctx, read_only=True)
     if every_pair:
         frame = db.scale_pairs(where=where, textset=textset, protocol=protocol, view=view)

@@ -25,7 +25,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from atlas.analysis import calibration, protocol, trajectory
+from atlas.analysis import protocol, trajectory
+from atlas.analysis.calibration import flag_floors, pair_ratios, with_ratios
 from atlas.analysis.maps import MapError, MapResult
 from atlas.analysis.scale import PROVENANCE, ScaleError
 from atlas.analysis.views import View, ViewError
@@ -821,19 +822,33 @@ def variant_record(atlas: Atlas, key: str) -> dict:
 def scored_floors(atlas: Atlas) -> pl.DataFrame:
     """(key, textset, floor): each vector's precision floor for the dtype it was scored in."""
     if not _has_table(atlas, "precision_floors"):
-        return pl.DataFrame(schema=calibration.FLOOR_SCHEMA)
+        return pl.DataFrame(schema={"key": pl.String, "textset": pl.String, "floor": pl.Float64})
     return atlas.sql(
         "SELECT v.key, t.name AS textset, f.kl_bpb AS floor FROM vectors v "
         "JOIN textsets t USING (textset_id) JOIN precision_floors f ON f.key = v.key "
         "AND f.dtype = json_extract_string(v.provenance, '$.dtype')")
 
 
-def with_floors(atlas: Atlas, key: str, found: pl.DataFrame) -> pl.DataFrame:
-    """``nearest`` rows with ``floor`` and ``within_floor`` (calibration.floor_flags) when some
-    pair has a measured floor; the rows as they were otherwise."""
-    pairs = found.with_columns(key_a=pl.lit(atlas.resolve(key)), key_b=pl.col("key"))
-    flagged = calibration.floor_flags(pairs, scored_floors(atlas)).drop("key_a", "key_b")
-    return found if flagged["floor"].is_null().all() else flagged
+def with_floors(atlas: Atlas, pairs: pl.DataFrame,
+                keys: tuple[str, str] = ("key_a", "key_b")) -> pl.DataFrame:
+    """``pairs`` flagged by the stored precision floors (``flag_floors``: the rule)."""
+    return flag_floors(pairs, scored_floors(atlas), keys)
+
+
+def nearest_floors(atlas: Atlas, key: str, found: pl.DataFrame) -> pl.DataFrame:
+    """``nearest`` rows (key, kl, textset …) with ``floor`` and ``within_floor`` against
+    ``key`` when some pair has a measured floor; the rows as they were otherwise."""
+    return with_floors(atlas, found.with_columns(_of=pl.lit(atlas.resolve(key))),
+                       ("_of", "key")).drop("_of")
+
+
+def with_calibrations(atlas: Atlas, pairs: pl.DataFrame) -> pl.DataFrame:
+    """``pairs`` (key_a, key_b, textset …) with the estimator/MC ratio of their latest stored
+    calibration (``est_over_mc``) when some pair has one; the rows as they were otherwise."""
+    if not _has_table(atlas, "calibrations"):
+        return pairs
+    stored = atlas.sql("SELECT key_a, key_b, textset, ratio, created_at FROM calibrations")
+    return with_ratios(pairs, pair_ratios(stored))
 
 
 def calibrations(atlas: Atlas) -> pl.DataFrame:

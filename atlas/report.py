@@ -5,9 +5,8 @@
 
 Everything is read through the public ``Atlas`` API (the CLI opens the atlas read-only; nothing
 is stored): the KL scale (``Atlas.scale_pairs``, summarised exactly as ``Atlas.scale``
-does) with each setting's calibration (``calibration.by_setting``: the stored Monte-Carlo
-calibrations' estimator/MC ratio and the pairs within 3 × a precision floor); with a protocol,
-the papers' numbers and orderings beside its settings; the consecutive-checkpoint KLs and the
+does, with the pairs within 3 × a precision floor and the calibrated pairs' median
+estimator/MC ratio where measured); with a protocol, the papers' numbers and orderings beside its settings; the consecutive-checkpoint KLs and the
 diffusion exponents of every training run (``Atlas.runs``, ``Atlas.trajectory``,
 ``Atlas.diffusion``); the stored calibrations and maps; and the figures of
 atlas.analysis.figures for each.
@@ -114,7 +113,7 @@ def build(db: Atlas, *, protocol: str | None = None, view: str | None = None,
     intro = [f"Atlas {db.path}; {scope}. KL in bits/byte "
              "(Var(ℓa − ℓb) / (2 B̄ ln 2), method.md §3)."]
     calibrations = _calibrations(db)
-    sections = [_scale_section(pairs, textset, protocol, calibrations, db.floors()),
+    sections = [_scale_section(pairs, protocol),
                 _diffusion_section(db, textset, view, where, n_boot),
                 _calibration_section(calibrations), _map_section(db)]
     return Report(f"LM Atlas report: {db.path.name}", intro,
@@ -139,20 +138,13 @@ def _plot(name: str, *args) -> Callable[[Path], Path]:
     return draw
 
 
-def _scale_section(pairs: pl.DataFrame, textset: str, protocol: str | None,
-                   calibrations: pl.DataFrame, floors: pl.DataFrame) -> Section:
-    summary = scale.summarise(pairs)
-    table = summary.join(calibration.by_setting(pairs, textset, calibrations, floors),
-                         on="setting", how="left", maintain_order="left")
+def _scale_section(pairs: pl.DataFrame, protocol: str | None) -> Section:
+    summary = table = scale.summarise(pairs)
     section = Section("The KL scale")
     section.paragraphs.append(
         f"{'P1 (' + protocol + ')' if protocol else 'The general registry'}: "
-        f"{pairs.height} pairs in {summary.height} settings; statistics over the pairs of each. "
-        + _calibration_note(calibrations, floors))
-    if calibrations.is_empty():
-        table = table.drop("calibrated", "ratio")
-    if floors.is_empty():
-        table = table.drop("floored", "within_floor")
+        f"{pairs.height} pairs in {table.height} settings; statistics over the pairs of each. "
+        + _calibration_note(table))
     beside = None if protocol is None else references(pairs)
     if beside is None:
         section.paragraphs.append("The papers' reference numbers are for P1's settings: "
@@ -174,19 +166,19 @@ def _scale_section(pairs: pl.DataFrame, textset: str, protocol: str | None,
     return section
 
 
-def _calibration_note(calibrations: pl.DataFrame, floors: pl.DataFrame) -> str:
+def _calibration_note(summary: pl.DataFrame) -> str:
     parts = []
-    if calibrations.is_empty():
+    if "est_over_mc" in summary.columns:
+        parts.append("`calibrated`: pairs with a stored Monte-Carlo calibration on this text "
+                     "set; `est_over_mc`: their median estimator / MC KL (the estimator on raw "
+                     "vectors, whatever view the row is measured through).")
+    else:
         parts.append("No Monte-Carlo calibration is stored (`atlas calibrate A B`).")
-    else:
-        parts.append("`calibrated`: pairs with a stored Monte-Carlo calibration; `ratio`: "
-                     "their median estimator / MC KL.")
-    if floors.is_empty():
-        parts.append("No precision floor is stored (`atlas calibrate --floor KEY`).")
-    else:
+    if "within_floor" in summary.columns:
         parts.append(f"`within_floor`: pairs whose KL is under {calibration.FLOOR_FACTOR:g} × "
-                     "the larger precision floor of the two (`floored`: pairs with a floor): "
-                     "not to be told from rounding.")
+                     "the larger precision floor of the two: not to be told from rounding.")
+    else:
+        parts.append("No precision floor is stored (`atlas calibrate --floor KEY`).")
     return " ".join(parts)
 
 

@@ -370,6 +370,17 @@ class Scorer:
         partial = partial or PartialScores(None, len(texts))
         return self._score_rows(texts, progress, partial)[0]
 
+    def score_encoded(self, encodings: Sequence[list[int]]) -> np.ndarray:
+        """ℓ of token sequences the caller encoded (every token after the first predicted, as
+        for texts), not truncated: atlas.calibration puts a start token in front of texts whose
+        tokenizer adds none."""
+        if self.layers is not None:
+            raise ValueError("this scorer reads lens layers: call score_layers()")
+        sums = np.empty(len(encodings))
+        for batch in length_sorted_batches([len(ids) for ids in encodings], self.batch_size):
+            sums[batch] = self._finite_batch([encodings[i] for i in batch], batch)[0]
+        return sums
+
     def score_layers(self, texts: Sequence[str], progress: bool = True,
                      partial: PartialScores | None = None) -> dict[int, Scores]:
         """ℓ through the logit lens for every requested hidden state, from one forward pass per

@@ -80,7 +80,7 @@ def real_pairs(db: atlas.Atlas, source_textset: str) -> list[tuple[str, str, str
 def measure(db: atlas.Atlas, pairs, samples: int, length: int) -> pl.DataFrame:
     rows = []
     for setting, key_a, key_b in pairs:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         found = db.calibrate(key_a, key_b, samples=samples, length=length, device="cpu",
                              dtype="float32", progress=False)
         est, ab, ba = found["estimator"], found["mc_ab"], found["mc_ba"]
@@ -90,10 +90,11 @@ def measure(db: atlas.Atlas, pairs, samples: int, length: int) -> pl.DataFrame:
                      "mc_ab_se": ab["se_bits_per_byte"], "mc_ba": ba["bits_per_byte"],
                      "mc_ba_se": ba["se_bits_per_byte"], "ratio": found["ratio"],
                      "mc_ab_nats_per_token": ab["nats_per_token"],
-                     "seconds": time.perf_counter() - started})
+                     "seconds": time.perf_counter() - started,
+                     "cpu_seconds": time.process_time() - cpu})
         print(f"{setting:28s} est {est['bits_per_byte']:.4g}  MC {ab['bits_per_byte']:.4g} / "
               f"{ba['bits_per_byte']:.4g}  ratio {found['ratio']:.3g}  "
-              f"({rows[-1]['seconds']:.0f} s)", flush=True)
+              f"({rows[-1]['seconds']:.0f} s, {rows[-1]['cpu_seconds']:.0f} s CPU)", flush=True)
     return pl.DataFrame(rows)
 
 

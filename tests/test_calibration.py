@@ -169,6 +169,42 @@ def test_models_that_tokenize_differently_get_the_sequence_level_kl(tmp_path, pa
         monte_carlo(a, other, samples=3, length=4, score_b=score_b, prompts=["import os"])
 
 
+def _full_logprob(loaded, texts: list[str]) -> np.ndarray:
+    """log p(text | start token): a plain forward pass over [start] + the text's tokens."""
+    import torch
+
+    from atlas.calibration import start_token
+
+    sums = []
+    for text in texts:
+        ids = torch.tensor([[start_token(loaded.tokenizer),
+                             *loaded.tokenizer(text, add_special_tokens=False)["input_ids"]]])
+        with torch.inference_mode():
+            logp = loaded.model(input_ids=ids).logits.float().log_softmax(-1)
+        sums.append(float(logp[0, :-1].gather(-1, ids[0, 1:, None]).sum()))
+    return np.array(sums)
+
+
+def test_sequence_level_kl_scores_every_token_when_a_tokenizer_adds_no_bos(tmp_path, pair,
+                                                                         bos_tokenizer):
+    """b's first text token is predicted (after the sampler's start token) whether or not b's
+    tokenizer adds a BOS: both directions equal the plain log p_a(x) − log p_b(x)."""
+    from atlas import tiny
+    from atlas.calibration import measure
+    from atlas.scoring import special_token_policy
+
+    no_bos, _ = pair
+    with_bos = _load(tiny.save(tiny.build_model(tiny.tiny_config("gpt2", bos_tokenizer), seed=4),
+                               bos_tokenizer, tmp_path / "bos"))
+    assert special_token_policy(no_bos.tokenizer) == "none"
+    ab, ba = measure(with_bos, no_bos, samples=4, length=10, seed=0, progress=False)
+    for found, a, b, seed in ((ab, with_bos, no_bos, 0), (ba, no_bos, with_bos, 1)):
+        expected = monte_carlo(a, b, samples=4, length=10, seed=seed,
+                               score_b=lambda texts, b=b: _full_logprob(b, texts))
+        assert found.method == "sequence"
+        np.testing.assert_allclose(found.kl, expected.kl, rtol=1e-4, atol=1e-3)
+
+
 def test_variant_spec_reapplies_the_recorded_quantization(seed_dirs):
     from atlas.calibration import Variant, variant_spec
 
@@ -178,3 +214,44 @@ def test_variant_spec_reapplies_the_recorded_quantization(seed_dirs):
     assert variant_spec(Variant("m-s", source, None, None, None), "cpu", "auto").quantize is None
     spec = variant_spec(Variant("m-s+int8", source, None, None, int8), "cpu", "float32")
     assert (spec.quantize.label, spec.source, spec.dtype) == ("int8", source, "float32")
+
+
+@pytest.mark.parametrize("label", [(8, None), (4, 16)])
+def test_torchao_weights_dequantized_once_give_the_same_logits(seed_dirs, label):
+    import torch
+    from torchao.quantization import IntxUnpackedToInt8Tensor
+
+    from atlas.calibration import dequantize_once
+    from atlas.quantize import quantized_copy
+    from atlas.specs import QuantSpec
+
+    bits, group = label
+    exact = _load(seed_dirs[1])
+    quantized = quantized_copy(exact, QuantSpec("torchao", bits, group, None, None))
+    ids = torch.arange(3, 40).reshape(1, -1)
+    with torch.inference_mode():
+        expected = quantized.model(input_ids=ids).logits
+        assert dequantize_once(quantized.model) > 0
+        found = quantized.model(input_ids=ids).logits
+        assert not torch.equal(found, exact.model(input_ids=ids).logits)  # still quantized
+    assert not any(isinstance(p, IntxUnpackedToInt8Tensor)
+                   for p in quantized.model.parameters())
+    assert torch.equal(found, expected)
+
+
+def test_a_float_gguf_loads_from_the_cached_float_checkpoint(seed_dirs, tmp_path, monkeypatch):
+    """transformers dequantizes a GGUF on every load: calibrate reads the float checkpoint
+    ``dequantized_gguf`` caches instead (stood in for by a saved tiny model here)."""
+    from dataclasses import replace
+
+    from atlas import quantize
+    from atlas.calibration import load_variant
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    asked = []
+    monkeypatch.setattr(quantize, "dequantized_gguf", lambda spec: asked.append(spec) or replace(
+        spec, source=str(seed_dirs[1])))
+    loaded = load_variant(ModelSpec(str(gguf), device="cpu", dtype="float32"), [])
+    assert [spec.source for spec in asked] == [str(gguf)]
+    assert loaded.model.config.vocab_size > 0

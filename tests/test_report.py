@@ -1,6 +1,6 @@
 """`atlas report` (atlas.report) and what it puts beside the scale: the papers' references
 (atlas.analysis.protocol.REFERENCES) and the calibrations and precision floors of each setting
-(atlas.analysis.calibration.by_setting)."""
+(as Atlas.scale counts them: atlas.analysis.calibration)."""
 
 from __future__ import annotations
 
@@ -24,26 +24,23 @@ def _calibration(key_a: str, key_b: str, ratio: float, day: int, textset: str = 
             "created_at": datetime.datetime(2026, 1, day)}
 
 
-def test_by_setting_counts_calibrations_and_floors_per_setting():
-    pairs = pl.DataFrame({"setting": ["seeds", "seeds", "sizes"], "key_a": ["a", "a", "a"],
-                          "key_b": ["b", "c", "d"], "kl": [0.5, 2.0, 1.0]})
+def test_a_pair_gets_its_latest_calibration_in_either_order_on_its_text_set_only():
+    pairs = pl.DataFrame({"key_a": ["a", "a", "a"], "key_b": ["b", "c", "d"],
+                          "textset": ["eval"] * 3, "kl": [0.5, 2.0, 1.0]})
     calibrations = pl.DataFrame([
         _calibration("b", "a", 4.0, 1),  # stored the other way round: still the pair a, b
         _calibration("a", "b", 6.0, 2),  # newer: the one that counts
         _calibration("a", "c", 9.0, 1, textset="other"),  # another text set: not this pair
     ])
-    floors = pl.DataFrame({"key": ["b", "c"], "textset": ["eval", "eval"], "floor": [0.2, 0.1]},
-                          schema=calibration.FLOOR_SCHEMA)
-    found = calibration.by_setting(pairs, "eval", calibrations, floors)
-    assert found.rows() == [("seeds", 1, 6.0, 2, 1), ("sizes", 0, None, 0, 0)]
-    assert found.columns == ["setting", "calibrated", "ratio", "floored", "within_floor"]
+    found = calibration.with_ratios(pairs, calibration.pair_ratios(calibrations))
+    assert found["est_over_mc"].to_list() == [6.0, None, None]
 
 
 def test_floor_flags_take_the_larger_floor_of_the_two():
     pairs = pl.DataFrame({"key_a": ["a", "a", "x"], "key_b": ["b", "c", "y"],
                           "textset": ["eval"] * 3, "kl": [0.5, 0.5, 0.5]})
     floors = pl.DataFrame({"key": ["a", "b"], "textset": ["eval", "eval"], "floor": [0.1, 0.2]})
-    flagged = calibration.floor_flags(pairs, floors)
+    flagged = calibration.flag_floors(pairs, floors)
     assert flagged["floor"].to_list() == [0.2, 0.1, None]
     assert flagged["within_floor"].to_list() == [True, False, None]  # 0.5 < 3 × 0.2, not 3 × 0.1
 
@@ -172,7 +169,7 @@ def test_html_scale_rows_are_atlas_scale_with_calibration_and_floors(html_page):
         shown = rows[row["setting"]]
         assert [shown[c] for c in expected.columns] == [
             "—" if v is None else cell(v) for v in row.values()]
-    assert (rows["seeds"]["calibrated"], rows["seeds"]["ratio"]) == ("1", cell(RATIO))
+    assert (rows["seeds"]["calibrated"], rows["seeds"]["est_over_mc"]) == ("1", cell(RATIO))
     assert {s for s, r in rows.items() if r["calibrated"] != "0"} == {"seeds"}
     assert {s: r["within_floor"] for s, r in rows.items() if r["within_floor"] != "0"} == {
         "sizes": "1", "quant-8bit": "1", "quant-4bit": "1", "later": "1"}  # pairs with 410m@143k
@@ -259,7 +256,7 @@ def test_markdown_links_its_figures_and_where_and_view_pass_through(world, tmp_p
     start = lines.index("**per setting (bits/byte)**") + 2
     header, *rows = _md_rows(lines[start:])
     expected = db.scale(where=ONE_RUN, view="p1")
-    assert header == [*expected.columns, "calibrated", "ratio", "floored", "within_floor"]
+    assert header == expected.columns
     assert [row[:expected.width] for row in rows] == [
         ["—" if v is None else cell(v) for v in row] for row in expected.iter_rows()]
     assert "`atlas report --protocol kishino2026` shows them" in text

@@ -12,9 +12,11 @@ from itertools import pairwise
 import numpy as np
 import polars as pl
 import pytest
+from click.testing import CliRunner
 
 import atlas
 from atlas.analysis import scale
+from atlas.cli import main
 from atlas.keys import size_value
 from atlas.kl import bpb_scale
 
@@ -276,3 +278,52 @@ def test_quantization_pairs_a_chained_label_with_its_source_and_same_provenance_
         ("smol-135m+gguf-q4_1", "smol-135m+gguf-q4_1.int8"),  # not smol-135m: never its source
         ("smol-135m", "smol-135m+bnb-nf4"),  # same dtype (int8 was scored in float32)
     }  # int4-g32's tokenizer differs from its source's: refused
+
+
+FLOORED = {f"{P}1000": MODELS[f"{P}1000"][0], "pythia-70m/s1@step1000": 7.5,
+           "pythia-70m/s2@step1000": 8.0, "pythia-160m@step1000": 9.0}
+S1, S2 = "pythia-70m/s1@step1000", "pythia-70m/s2@step1000"
+
+
+def _calibration(key_a: str, key_b: str, ratio: float, created_at: str) -> dict:
+    mc = {f"{d}_{m}": 0.1 for d in ("mc_ab", "mc_ba") for m in ("nats", "se", "bpb", "se_bpb")}
+    return {"key_a": key_a, "key_b": key_b, "method": "rao-blackwell", "samples": 8,
+            "length": 8, "seed": 0, **mc, "estimator_bpb": 0.1, "textset": "eval",
+            "ratio": ratio, "device": "cpu", "dtype": "float32", "versions": "{}",
+            "created_at": created_at}
+
+
+def test_scale_flags_pairs_within_three_floors_and_shows_calibrations(db, tmp_path, textset):
+    """The floor of either vector (for the dtype it was scored in) flags a pair by nearest's
+    rule; the latest calibration of a pair, stored in either order, stands beside it."""
+    u, base = _unit(len(textset)), -np.linspace(1, 4, len(textset))
+    pl.DataFrame({"key": list(FLOORED), "loglik": [(base + c * u).tolist()
+                                                   for c in FLOORED.values()],
+                  "provenance": ['{"dtype": "float32"}'] * len(FLOORED)}
+                 ).write_parquet(tmp_path / "v.parquet")
+    db.import_vectors(tmp_path / "v.parquet", "eval")
+    factor = bpb_scale(db.store.textset("eval").mean_bytes)  # KL(s1, s2) = 0.25 factor
+    floor = {"dtype": "float32", "textset": "eval", "se": 0.0, "batch_kl_bpb": 0.0,
+             "device": "cpu", "batch_size": 8, "versions": "{}"}
+    db.store.set_floor({"key": S2, "kl_bpb": 0.3 * factor, **floor})
+    db.store.set_floor({"key": S1, **floor, "dtype": "bfloat16", "kl_bpb": 1e9})  # not scored so
+    db.store.add_calibration(_calibration(S1, S2, 9.0, "2026-01-01 00:00:00"))
+    db.store.add_calibration(_calibration(S2, S1, 1.7, "2026-01-02 00:00:00"))
+    pairs = db.scale_pairs()
+    for row in pairs.iter_rows(named=True):
+        if S2 in (row["key_a"], row["key_b"]):
+            assert row["floor"] == pytest.approx(0.3 * factor)
+            assert row["within_floor"] == (row["kl"] < 0.9 * factor)
+        else:
+            assert row["floor"] is None and row["within_floor"] is None
+        calibrated = {row["key_a"], row["key_b"]} == {S1, S2}
+        assert row["est_over_mc"] == (1.7 if calibrated else None)
+    flagged = pairs.filter(pl.col("within_floor"))
+    assert flagged.height > 0 and all({a, b} == {S1, S2} for a, b in flagged.select(
+        "key_a", "key_b").iter_rows())  # 0.25 < 3 × 0.3; every other pair is ≥ 1 × factor
+    summary = db.scale().filter(pl.col("setting") == "seeds").row(0, named=True)
+    assert (summary["within_floor"], summary["calibrated"], summary["est_over_mc"]) == (1, 1, 1.7)
+    assert db.nearest(S1, 1)["within_floor"].to_list() == [True]  # the one rule
+    db.close()
+    out = CliRunner().invoke(main, ["--db", str(db.path), "scale", "--format", "csv"])
+    assert out.exit_code == 0 and "within_floor,calibrated,est_over_mc" in out.output

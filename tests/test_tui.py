@@ -511,6 +511,46 @@ def test_scale_screen(world, reader):
     drive(world, scenario)
 
 
+def _calibrated_copy(world: Path, root: Path) -> Path:
+    """The world, copied, with its vectors marked as scored in float32, a float32 precision
+    floor of PARENT (so large that every pair of it is within 3 floors) and a calibration of
+    PARENT's seeds pair."""
+    path = root / "atlas.duckdb"
+    shutil.copy(world, path)
+    db = Atlas(path)
+    db.sql("""UPDATE vectors SET provenance = '{"dtype": "float32"}'""")
+    db.store.set_floor({"key": PARENT, "dtype": "float32", "textset": "eval", "kl_bpb": 1e9,
+                        "se": 0.0, "batch_kl_bpb": 0.0, "device": "cpu", "batch_size": 8,
+                        "versions": "{}"})
+    mc = {f"{d}_{m}": 0.1 for d in ("mc_ab", "mc_ba") for m in ("nats", "se", "bpb", "se_bpb")}
+    db.store.add_calibration({"key_a": "toy-m/s2@step64", "key_b": PARENT, "method": "sequence",
+                              "samples": 8, "length": 8, "seed": 0, **mc, "textset": "eval",
+                              "estimator_bpb": 0.15, "ratio": 1.5, "device": "cpu",
+                              "dtype": "float32", "versions": "{}"})
+    db.close()
+    return path
+
+
+def test_scale_screen_shows_floors_and_calibrations(world, tmp_path):
+    path = _calibrated_copy(world, tmp_path)
+    with Atlas(path, read_only=True) as handle:
+        expected = handle.scale(textset="eval")
+
+    async def scenario(app, pilot):
+        await pilot.press("3")
+        await settle(pilot)
+        table = app.screen.query_one("#stats", DataTable)
+        headings = [str(c.label) for c in table.columns.values()]
+        assert headings[-2:] == ["≤3 floors", "est/MC"]
+        shown = {r[0]: r[-2:] for r in rows(table)}
+        for r in expected.iter_rows(named=True):
+            assert shown[r["setting"]][0] == f"{r['within_floor']}/{r['count']}"
+        assert shown["seeds"] == ["1/2", "1.50 (1)"]  # PARENT's pair of the two
+        assert shown["consecutive-early"][1] == "—"
+
+    drive(path, scenario)
+
+
 def test_trajectory_screen(world, reader):
     async def scenario(app, pilot):
         await pilot.press("4")

@@ -1,12 +1,13 @@
-"""How the estimator's KL relates to the Monte-Carlo KL: a log–log fit over calibrations.
+"""How the estimator's KL relates to the Monte-Carlo KL, and which KLs are rounding.
 
 Pure: takes the rows of ``calibrations`` (``Atlas.calibrations()``) as a frame. The fit is
 ln(estimator) = a + b · ln(MC), MC being the mean of KL(a‖b) and KL(b‖a) in bits/byte, by
 ordinary least squares over the pairs where both are positive: b = 1 would mean a constant
 ratio e^a, b < 1 an estimator that overstates small KLs relative to large ones.
 
-``floor_flags`` and ``by_setting`` put the stored calibrations and precision floors beside pairs
-of models (``nearest``, the scale's settings): one rule for "within 3 × the floor" everywhere.
+``flag_floors`` is the one rule that marks a KL as within rounding (nearest, scale, report):
+below ``FLOOR_FACTOR`` × the larger precision floor of the two vectors. ``with_ratios`` puts a
+stored calibration's estimator/MC ratio beside the pairs it measured.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import polars as pl
 
 from atlas.errors import AtlasError
 
-FLOOR_FACTOR = 3.0  # a KL under this many precision floors cannot be told from rounding
-FLOOR_SCHEMA = {"key": pl.String, "textset": pl.String, "floor": pl.Float64}
+FLOOR_FACTOR = 3.0  # a KL within this many precision floors is flagged
 
 
 class CalibrationFitError(AtlasError, ValueError):
@@ -63,40 +63,37 @@ def fit_loglog(frame: pl.DataFrame) -> LogLogFit:
     return LogLogFit(float(intercept), float(slope), r2, usable.height)
 
 
-def floor_flags(pairs: pl.DataFrame, floors: pl.DataFrame) -> pl.DataFrame:
-    """``pairs`` (key_a, key_b, textset, kl, …) with ``floor``, the larger precision floor of
-    the two vectors (``floors``: key, textset, floor, as ``Atlas.floors()``), and
-    ``within_floor`` (kl < FLOOR_FACTOR × floor); both null where neither vector has a floor."""
-    own = floors.select("textset", key_a="key", floor_a="floor")
-    other = floors.select("textset", key_b="key", floor_b="floor")
-    joined = pairs.join(own, on=["key_a", "textset"], how="left", maintain_order="left").join(
-        other, on=["key_b", "textset"], how="left", maintain_order="left")
-    return joined.with_columns(floor=pl.max_horizontal("floor_a", "floor_b")).with_columns(
-        within_floor=pl.col("kl") < FLOOR_FACTOR * pl.col("floor")).drop("floor_a", "floor_b")
+def flag_floors(pairs: pl.DataFrame, floors: pl.DataFrame,
+                keys: tuple[str, str] = ("key_a", "key_b")) -> pl.DataFrame:
+    """``pairs`` (columns ``keys``, ``textset``, ``kl``) with ``floor``, the larger precision
+    floor of the two vectors (each for the dtype it was scored in), and ``within_floor``
+    (kl < FLOOR_FACTOR × floor: not to be told from rounding), when some pair has a floor; the
+    rows as they were otherwise. ``floors``: (key, textset, floor), as
+    ``atlas.queries.scored_floors`` reads them."""
+    joined = pairs
+    for i, column in enumerate(keys):
+        joined = joined.join(floors.rename({"key": column, "floor": f"_floor{i}"}),
+                             on=[column, "textset"], how="left", maintain_order="left")
+    floor = pl.max_horizontal("_floor0", "_floor1")
+    if joined.select(floor.is_null().all()).item():
+        return pairs
+    return joined.with_columns(floor=floor).with_columns(
+        within_floor=pl.col("kl") < FLOOR_FACTOR * pl.col("floor")).drop("_floor0", "_floor1")
 
 
-def latest_ratios(calibrations: pl.DataFrame) -> pl.DataFrame:
-    """(key_a, key_b, textset, ratio) of the newest calibration of each unordered pair and text
-    set, listed in both orientations so that a pair joins however it is oriented."""
-    newest = calibrations.filter(pl.col("ratio").is_not_null()).sort("created_at").with_columns(
-        lo=pl.min_horizontal("key_a", "key_b"), hi=pl.max_horizontal("key_a", "key_b")
-    ).unique(["lo", "hi", "textset"], keep="last")
-    forward = newest.select("key_a", "key_b", "textset", "ratio")
-    return pl.concat([forward, forward.select(key_a="key_b", key_b="key_a",
-                                              textset="textset", ratio="ratio")]).unique()
+def pair_ratios(frame: pl.DataFrame) -> pl.DataFrame:
+    """(key_a, key_b, textset, est_over_mc): the latest stored calibration of each unordered
+    pair on each estimator text set, in both orders (the ratio is symmetric in a and b)."""
+    stored = frame.filter(pl.col("ratio").is_not_null()).select(
+        "key_a", "key_b", "textset", "created_at", est_over_mc="ratio")
+    swapped = stored.with_columns(key_a=pl.col("key_b"), key_b=pl.col("key_a"))
+    return pl.concat([stored, swapped]).sort("created_at").unique(
+        ["key_a", "key_b", "textset"], keep="last", maintain_order=True).drop("created_at")
 
 
-def by_setting(pairs: pl.DataFrame, textset: str, calibrations: pl.DataFrame,
-               floors: pl.DataFrame) -> pl.DataFrame:
-    """Per setting of ``pairs`` (setting, key_a, key_b, kl: ``Atlas.scale_pairs``, measured on
-    ``textset``): ``calibrated`` (pairs with a stored Monte-Carlo calibration on that text
-    set), ``ratio`` (the median estimator / MC ratio over them, as stored: the estimator on
-    raw vectors, whatever view the pairs were measured through), ``floored`` (pairs with a
-    precision floor) and ``within_floor`` (pairs with kl < FLOOR_FACTOR × floor)."""
-    marked = floor_flags(pairs.with_columns(textset=pl.lit(textset)), floors).join(
-        latest_ratios(calibrations), on=["key_a", "key_b", "textset"], how="left",
-        maintain_order="left")
-    return marked.group_by("setting", maintain_order=True).agg(
-        calibrated=pl.col("ratio").is_not_null().sum(), ratio=pl.col("ratio").median(),
-        floored=pl.col("floor").is_not_null().sum(),
-        within_floor=pl.col("within_floor").fill_null(False).sum())
+def with_ratios(pairs: pl.DataFrame, ratios: pl.DataFrame) -> pl.DataFrame:
+    """``pairs`` (key_a, key_b, textset …) with ``est_over_mc`` from ``pair_ratios`` when some
+    pair was calibrated; the rows as they were otherwise."""
+    joined = pairs.join(ratios, on=["key_a", "key_b", "textset"], how="left",
+                        maintain_order="left")
+    return pairs if joined["est_over_mc"].is_null().all() else joined

@@ -440,10 +440,17 @@ def with_kl(chosen: pl.DataFrame, matrix: KLMatrix) -> pl.DataFrame:
 
 
 def summarise(scaled: pl.DataFrame) -> pl.DataFrame:
-    """Per setting (first-seen order): count, median, mean, sd, q1, q3 of the pair KLs."""
+    """Per setting (first-seen order): count, median, mean, sd, q1, q3 of the pair KLs; where
+    the pairs carry them, ``within_floor`` (how many pairs are) and ``calibrated`` (how many
+    have an ``est_over_mc``) with the median ``est_over_mc``."""
     kl = pl.col("kl")
-    return scaled.group_by("setting", maintain_order=True).agg(
-        count=pl.len(), median=kl.median(), mean=kl.mean(), sd=kl.std(ddof=1),
-        q1=kl.quantile(0.25, interpolation="linear"),
-        q3=kl.quantile(0.75, interpolation="linear"))
+    columns = {"count": pl.len(), "median": kl.median(), "mean": kl.mean(),
+               "sd": kl.std(ddof=1), "q1": kl.quantile(0.25, interpolation="linear"),
+               "q3": kl.quantile(0.75, interpolation="linear")}
+    if "within_floor" in scaled.columns:
+        columns["within_floor"] = pl.col("within_floor").sum()
+    if "est_over_mc" in scaled.columns:
+        columns |= {"calibrated": pl.col("est_over_mc").count(),
+                    "est_over_mc": pl.col("est_over_mc").median()}
+    return scaled.group_by("setting", maintain_order=True).agg(**columns)
 

@@ -1,7 +1,10 @@
 """The KL scale: median and quartiles of the KL per setting on one log axis.
 
 The answer to "is this difference large?": a KL between two models reads against how far apart
-consecutive checkpoints, seeds, sizes, fine-tunes and random pairs are in the same atlas.
+consecutive checkpoints, seeds, sizes, fine-tunes and random pairs are in the same atlas. Where
+the atlas holds them, two columns say how far to trust each setting's numbers: how many of its
+pairs are within 3 precision floors (rounding, `atlas calibrate --floor`), and the median
+estimator/Monte-Carlo ratio of its calibrated pairs (`atlas calibrate`), with their count.
 """
 
 from __future__ import annotations
@@ -40,6 +43,20 @@ class ScaleChart(Static):
     def _draw(self) -> None:
         if self.rows:
             self.update(scale_chart(self.rows, max(40, self.size.width - 1)))
+
+
+MEASURED = {"within_floor": "≤3 floors", "est_over_mc": "est/MC"}  # column → heading
+
+
+def measured_cell(name: str, row: dict) -> str:
+    """A setting's floor flag (flagged/pairs) or calibration ratio (median, pairs); '—' when
+    none of its pairs has one."""
+    if name == "within_floor":
+        flagged = row.get("within_floor")
+        return "—" if flagged is None else f"{flagged}/{row['count']}"
+    if not row.get("calibrated"):
+        return "—"
+    return f"{number(row['est_over_mc'])} ({row['calibrated']})"
 
 
 class ScaleScreen(AtlasScreen):
@@ -101,10 +118,14 @@ class ScaleScreen(AtlasScreen):
         self.query_one("#chart", ScaleChart).set_rows(rows)
         table = self.query_one("#stats", DataTable)
         table.clear()
+        for name, heading in MEASURED.items():  # kept once shown: other text sets get '—'
+            if name in frame.columns and name not in table.columns:
+                table.add_column(heading, key=name)
+        measured = [name for name in MEASURED if name in table.columns]
         for r in frame.iter_rows(named=True):
             table.add_row(r["setting"], str(r["count"]), number(r["median"]), number(r["q1"]),
                           number(r["q3"]), number(r["mean"]), number(r["sd"]),
-                          key=r["setting"])
+                          *(measured_cell(name, r) for name in measured), key=r["setting"])
 
     def failed_scale(self, error: str) -> None:
         self.query_one("#chart", ScaleChart).set_rows([], "")
