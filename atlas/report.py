@@ -8,8 +8,8 @@ is stored): the KL scale (``Atlas.scale_pairs``, summarised exactly as ``Atlas.s
 does, with the pairs within 3 × a precision floor and the calibrated pairs' median
 estimator/MC ratio where measured); with a protocol, the papers' numbers and orderings beside
 its settings; the consecutive-checkpoint KLs and the diffusion exponents of every training run
-(``Atlas.runs``, ``Atlas.trajectory``, ``Atlas.diffusion``); the stored calibrations and maps; and the figures of
-atlas.analysis.figures for each.
+(``Atlas.runs``, ``Atlas.trajectory``, ``Atlas.diffusion``); the stored calibrations and maps;
+and the figures of atlas.analysis.figures for each.
 
 Decisions:
 
