@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from atlas.errors import (
     DamagedError,
@@ -35,10 +36,12 @@ from atlas.keys import ModelKey
 from atlas.textsets import TextSet, check_name
 from atlas.weights import WeightSketch
 
-SCHEMA_VERSION = "2"  # 2: no DOUBLE centred copy; sketches and their bases (vector_bases)
-SKETCH_DIM = 64  # the FLOAT[64] of vectors.sketch
+SCHEMA_VERSION = "3"  # 2: no DOUBLE centred copy, sketches; 3: ℓ in parts (vector_parts)
+SKETCH_DIM = 64  # the FLOAT[64] of vector_rows.sketch
+LOGLIK_PART = 256  # values per row of vector_parts, its FLOAT[256]
 BASIS_MIN = 128  # vectors a text set holds before its sketch basis is fitted
 BASIS_SAMPLE = 512  # vectors the basis is fitted on, at most (its cost: BASIS_SAMPLE² × N)
+UPGRADE_BATCH = 2048  # vectors moved into parts per step of the schema-3 upgrade
 LOCK_RETRY_SECONDS = 10.0
 PARENT_FIX = "store the parent first (atlas ingest, atlas import vectors), or drop the parent"
 _LOCK_RE = re.compile(r"(Could not set lock|Conflicting lock)", re.IGNORECASE)
@@ -152,6 +155,28 @@ def _sketch_array(sketch: np.ndarray | None, rows: int) -> pa.Array:
     if sketch is None:
         return pa.nulls(rows, kind)
     return pa.FixedSizeListArray.from_arrays(pa.array(sketch.ravel()), SKETCH_DIM)
+
+
+def _parts_table(vids: np.ndarray, loglik: np.ndarray) -> pa.Table:
+    """The vector_parts rows of K vectors (K × N float32): each cut into LOGLIK_PART values a
+    row, its last part padded with zeros."""
+    rows, n_texts = loglik.shape
+    n_parts = -(-n_texts // LOGLIK_PART)
+    padded = np.zeros((rows, n_parts * LOGLIK_PART), dtype=np.float32)
+    padded[:, :n_texts] = loglik
+    return pa.table({
+        "vid": np.repeat(np.asarray(vids, dtype=np.int64), n_parts),
+        "part": np.tile(np.arange(n_parts, dtype=np.int32), rows),
+        "loglik": pa.FixedSizeListArray.from_arrays(pa.array(padded.ravel()), LOGLIK_PART)})
+
+
+def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    """One INSERT of an Arrow table's rows (by column name)."""
+    con.register("atlas_arrow_rows", rows)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM atlas_arrow_rows")
+    finally:
+        con.unregister("atlas_arrow_rows")
 
 
 def _model_row(record: VectorRecord) -> dict:
@@ -399,20 +424,41 @@ class Store:
 
     @staticmethod
     def _upgrade_vectors(con: duckdb.DuckDBPyConnection) -> None:
-        """Schema 1 → 2: drop the DOUBLE centred copy, add the sketch columns."""
+        """A ``vectors`` table of schema 1 or 2 becomes schema 3's vector_rows and vector_parts
+        (the view ``vectors`` takes its name): 1 → 2 drops the DOUBLE centred copy and adds
+        the sketch columns, 2 → 3 moves ℓ into parts, a few thousand vectors at a time."""
         columns = {row[0] for row in con.execute(
             "SELECT column_name FROM duckdb_columns() WHERE table_name = 'vectors' "
-            "AND database_name = current_database()").fetchall()}
+            "AND database_name = current_database() AND table_oid IN (SELECT table_oid "
+            "FROM duckdb_tables() WHERE database_name = current_database())").fetchall()}
+        if not columns:
+            return
         if "loglik_centred" in columns:
             con.execute("ALTER TABLE vectors DROP COLUMN loglik_centred")
-        if columns and "sketch" not in columns:
+        if "sketch" not in columns:
             con.execute(f"ALTER TABLE vectors ADD COLUMN sketch FLOAT[{SKETCH_DIM}]")
             con.execute("ALTER TABLE vectors ADD COLUMN sketch_resid DOUBLE")
+        con.execute(read_sql("schema.sql"))
+        con.execute("INSERT INTO vector_rows BY NAME SELECT nextval('vector_ids') AS vid, "
+                    "* EXCLUDE (loglik) FROM vectors")
+        last = first_row(con, "SELECT coalesce(max(rowid), -1) FROM vectors")[0]
+        for start in range(0, last + 1, UPGRADE_BATCH):
+            table = con.sql(
+                "SELECT r.vid, v.loglik FROM vectors v JOIN vector_rows r USING (key, textset_id) "
+                "WHERE v.rowid >= ? AND v.rowid < ?", params=[start, start + UPGRADE_BATCH]
+            ).to_arrow_table()
+            column = table.column("loglik").combine_chunks()
+            for n_texts in np.unique(column.value_lengths().to_numpy()):
+                rows = table.filter(pc.equal(column.value_lengths(), n_texts))
+                loglik = rows.column("loglik").combine_chunks().flatten().to_numpy()
+                _insert_arrow(con, "vector_parts", _parts_table(
+                    rows.column("vid").to_numpy(), loglik.reshape(len(rows), n_texts)))
+        con.execute("DROP TABLE vectors")
 
     def _sketch_unsketched(self, con: duckdb.DuckDBPyConnection) -> None:
         """Fit the basis of every text set that has enough vectors but none (an upgraded file)."""
         for (textset_id,) in con.execute(
-                "SELECT textset_id FROM vectors WHERE textset_id NOT IN "
+                "SELECT textset_id FROM vector_rows WHERE textset_id NOT IN "
                 "(SELECT textset_id FROM vector_bases) GROUP BY textset_id "
                 "HAVING count(*) >= ?", [BASIS_MIN]).fetchall():
             self._basis(con, textset_id, np.empty((0, 0)))
@@ -495,7 +541,7 @@ class Store:
         """Whether a vector must be (re)written; raises on conflicts, as ``write_vector`` does."""
         with self.connect() as con:
             model = first_row(con, "SELECT source FROM models WHERE key = ?", [key])
-            vector = first_row(con, "SELECT config_id FROM vectors WHERE key = ? "
+            vector = first_row(con, "SELECT config_id FROM vector_rows WHERE key = ? "
                                     "AND textset_id = ?", [key, textset_id])
         return _conflict(key, source, config_id, force, model and model[0],
                          vector and vector[0])
@@ -565,7 +611,7 @@ class Store:
         keys = [str(r.key) for r in records]
         sources = dict(con.execute("SELECT key, source FROM models WHERE list_contains(?, key)",
                                    [keys]).fetchall())
-        configs = dict(con.execute("SELECT key, config_id FROM vectors WHERE textset_id = ? "
+        configs = dict(con.execute("SELECT key, config_id FROM vector_rows WHERE textset_id = ? "
                                    "AND list_contains(?, key)", [textset_id, keys]).fetchall())
         written = []
         for i, record in enumerate(records):
@@ -590,17 +636,25 @@ class Store:
 
     def _insert(self, con, records: list[VectorRecord], matrix: np.ndarray,
                 textset_id: int) -> None:
-        """Quantizations and vectors (with sketches) of the records, one Arrow insert."""
+        """Quantizations and vectors (with sketches) of the records: the rows they replace
+        deleted, then one Arrow insert into vector_rows and one into vector_parts."""
         keys = [str(r.key) for r in records]
         for record in records:
             self._record_quantization(con, record.key, record.provenance.get("quantization"))
-        con.execute("DELETE FROM vectors WHERE textset_id = ? AND list_contains(?, key)",
-                    [textset_id, keys])
+        replaced = [row[0] for row in con.execute(
+            "SELECT vid FROM vector_rows WHERE textset_id = ? AND list_contains(?, key)",
+            [textset_id, keys]).fetchall()]
+        if replaced:
+            con.execute("DELETE FROM vector_parts WHERE list_contains(?, vid)", [replaced])
+            con.execute("DELETE FROM vector_rows WHERE list_contains(?, vid)", [replaced])
+        vids = np.array([row[0] for row in con.execute(
+            "SELECT nextval('vector_ids') FROM range(?)", [len(keys)]).fetchall()], np.int64)
         basis = self._basis(con, textset_id, matrix)
         columns = vector_columns(matrix, basis)
-        table = pa.table({
-            "key": keys, "textset_id": pa.array([textset_id] * len(keys), pa.int32()),
-            "loglik": _list_array(columns["loglik"]), "loglik_mean": columns["loglik_mean"],
+        _insert_arrow(con, "vector_rows", pa.table({
+            "vid": vids, "key": keys,
+            "textset_id": pa.array([textset_id] * len(keys), pa.int32()),
+            "loglik_mean": columns["loglik_mean"],
             "n_tokens": pa.array([None if r.n_tokens is None else
                                   np.asarray(r.n_tokens, dtype=np.int32) for r in records],
                                  pa.list_(pa.int32())),
@@ -612,11 +666,8 @@ class Store:
             "sketch": _sketch_array(columns.get("sketch"), len(keys)),
             "sketch_resid": pa.array(columns.get("sketch_resid", [None] * len(keys)),
                                      pa.float64()),
-        })
-        con.register("atlas_new_vectors", table)
-        con.execute(f"INSERT INTO vectors ({', '.join(table.column_names)}) "
-                    "SELECT * FROM atlas_new_vectors")
-        con.unregister("atlas_new_vectors")
+        }))
+        _insert_arrow(con, "vector_parts", _parts_table(vids, columns["loglik"]))
 
     def _basis(self, con, textset_id: int, new: np.ndarray) -> SketchBasis | None:
         """The text set's sketch basis; fitted (and the stored vectors sketched) the first time
@@ -627,39 +678,31 @@ class Store:
             flat = table.column("basis").combine_chunks().flatten().to_numpy()
             return SketchBasis(table.column("mean").combine_chunks().flatten().to_numpy(),
                                flat.astype(np.float64).reshape(table["dim"][0].as_py(), -1))
-        stored = first_row(con, "SELECT count(*) FROM vectors WHERE textset_id = ?",
+        stored = first_row(con, "SELECT count(*) FROM vector_rows WHERE textset_id = ?",
                            [textset_id])[0]
         if stored + len(new) < BASIS_MIN:
             return None
-        parts = ([self._stored(con, textset_id)] if stored else []) + ([new] if len(new) else [])
-        sample = np.vstack(parts)
+        vids, stored_loglik = _stored_loglik(con, textset_id) if stored else (None, None)
+        parts = ([stored_loglik] if stored else []) + ([new] if len(new) else [])
+        sample = np.vstack(parts).astype(np.float64)
         basis = SketchBasis.fit(sample)
         con.execute("INSERT INTO vector_bases (textset_id, dim, n_fit, mean, basis) "
                     "VALUES (?, ?, ?, ?, ?::FLOAT[])",
                     [textset_id, basis.basis.shape[0], len(sample), basis.mean.tolist(),
                      basis.basis.ravel().tolist()])
         if stored:
-            self._sketch_stored(con, textset_id, basis)
+            self._sketch_stored(con, vids, stored_loglik, basis)
         return basis
 
     @staticmethod
-    def _stored(con, textset_id: int) -> np.ndarray:
-        table = con.sql("SELECT loglik FROM vectors WHERE textset_id = ? ORDER BY key",
-                        params=[textset_id]).to_arrow_table()
-        flat = table.column("loglik").combine_chunks().flatten().to_numpy()
-        return flat.reshape(len(table), -1).astype(np.float64)
-
-    def _sketch_stored(self, con, textset_id: int, basis: SketchBasis) -> None:
-        """Sketch every stored vector of the set (a new basis), as one Arrow update."""
-        keys = [row[0] for row in con.execute(
-            "SELECT key FROM vectors WHERE textset_id = ? ORDER BY key", [textset_id]).fetchall()]
-        columns = vector_columns(self._stored(con, textset_id), basis)
-        table = pa.table({"key": keys, "sketch": _sketch_array(columns["sketch"], len(keys)),
+    def _sketch_stored(con, vids: np.ndarray, loglik: np.ndarray, basis: SketchBasis) -> None:
+        """Sketch stored vectors (a new basis), as one Arrow update."""
+        columns = vector_columns(loglik.astype(np.float64), basis)
+        table = pa.table({"vid": vids, "sketch": _sketch_array(columns["sketch"], len(vids)),
                           "sketch_resid": columns["sketch_resid"]})
         con.register("atlas_sketches", table)
-        con.execute("UPDATE vectors SET sketch = s.sketch, sketch_resid = s.sketch_resid "
-                    "FROM atlas_sketches s WHERE vectors.key = s.key "
-                    "AND vectors.textset_id = ?", [textset_id])
+        con.execute("UPDATE vector_rows SET sketch = s.sketch, sketch_resid = s.sketch_resid "
+                    "FROM atlas_sketches s WHERE vector_rows.vid = s.vid")
         con.unregister("atlas_sketches")
 
     @staticmethod
@@ -719,23 +762,23 @@ class Store:
         """Raw vectors of ``keys`` (all on the text set if None) as a K × N float64 matrix."""
         stored = self.textset(textset)
         with self.connect() as con:
-            query = ("SELECT key, loglik FROM vectors WHERE textset_id = ?"
-                     + (" AND list_contains(?, key)" if keys is not None else "") + " ORDER BY key")
-            params = [stored.textset_id] + ([keys] if keys is not None else [])
-            table = con.sql(query, params=params).to_arrow_table()
-        found = table.column("key").to_pylist()
+            vids, loglik = _stored_loglik(con, stored.textset_id, keys)
+            table, vid = _row_table(con)
+            names = dict(con.execute(
+                f"SELECT {vid}, key FROM {table} WHERE textset_id = ?"
+                + (" AND list_contains(?, key)" if keys is not None else ""),
+                [stored.textset_id] + ([keys] if keys is not None else [])).fetchall())
+        found = [names[vid] for vid in vids.tolist()]
         if keys is not None:
             missing = sorted(set(keys) - set(found))
             if missing:
                 raise UnknownKeyError(
                     f"no vector on text set '{textset}' for: {', '.join(missing)}")
             order = {k: i for i, k in enumerate(found)}
-            found, rows = keys, [order[k] for k in keys]
-        else:
-            rows = list(range(len(found)))
-        flat = table.column("loglik").combine_chunks().flatten().to_numpy()
-        matrix = flat.reshape(len(table), stored.n_texts).astype(np.float64)[rows]
-        return found, matrix, stored.mean_bytes
+            rows = [order[k] for k in keys]
+            return keys, loglik[rows].astype(np.float64), stored.mean_bytes
+        order = np.argsort(np.array(found, dtype=object), kind="stable")
+        return [found[i] for i in order], loglik[order].astype(np.float64), stored.mean_bytes
 
     # calibration (sql/calibration.sql) ---------------------------------------------------------
     def add_calibration(self, row: dict) -> None:
@@ -809,6 +852,45 @@ class Store:
             con.execute(
                 "UPDATE ingest_runs SET status = ?, error = ?, finished_at = now(), seconds = ?, "
                 "tokens = ? WHERE run_id = ?", [status, error, seconds, tokens, run_id])
+
+
+def _stored_loglik(con: duckdb.DuckDBPyConnection, textset_id: int,
+                   keys: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The vids and float32 ℓ (K × N, in vid order) of the text set's vectors (of ``keys``
+    only, if given): their parts read in one scan and put in order here, not by the query."""
+    n_texts = first_row(con, "SELECT n_texts FROM textsets WHERE textset_id = ?",
+                        [textset_id])[0]
+    if _row_table(con)[0] == "vectors":
+        return _listed_loglik(con, textset_id, n_texts, keys)
+    table = con.sql(
+        "SELECT p.vid, p.part, p.loglik FROM vector_rows r JOIN vector_parts p USING (vid) "
+        "WHERE r.textset_id = ?" + (" AND list_contains(?, r.key)" if keys is not None else ""),
+        params=[textset_id] + ([keys] if keys is not None else [])).to_arrow_table()
+    vid, part = table.column("vid").to_numpy(), table.column("part").to_numpy()
+    order = np.lexsort((part, vid))
+    n_parts = -(-n_texts // LOGLIK_PART)
+    flat = table.column("loglik").combine_chunks().flatten().to_numpy()
+    parts = flat.reshape(len(table), LOGLIK_PART)[order]
+    loglik = parts.reshape(len(table) // n_parts, n_parts * LOGLIK_PART)[:, :n_texts]
+    return vid[order][::n_parts], loglik
+
+
+def _row_table(con: duckdb.DuckDBPyConnection) -> tuple[str, str]:
+    """The table of one row per vector and its vector id: (vector_rows, vid), or (vectors,
+    rowid) in a file of schema 1 or 2 open read-only (it cannot be upgraded)."""
+    current = first_row(con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = "
+                             "'vector_rows' AND database_name = current_database()")[0]
+    return ("vector_rows", "vid") if current else ("vectors", "rowid")
+
+
+def _listed_loglik(con: duckdb.DuckDBPyConnection, textset_id: int, n_texts: int,
+                   keys: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """``_stored_loglik`` of a file of schema 1 or 2: ℓ as one list per row of ``vectors``."""
+    table = con.sql("SELECT rowid AS vid, loglik FROM vectors WHERE textset_id = ?"
+                    + (" AND list_contains(?, key)" if keys is not None else "") + " ORDER BY vid",
+                    params=[textset_id] + ([keys] if keys is not None else [])).to_arrow_table()
+    flat = table.column("loglik").combine_chunks().flatten().to_numpy()
+    return table.column("vid").to_numpy(), flat.reshape(len(table), n_texts)
 
 
 def _put_sketch(con: duckdb.DuckDBPyConnection, key: str, sketch: WeightSketch) -> None:

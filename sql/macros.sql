@@ -9,6 +9,19 @@
 --   centred_loglik(loglik, mean)        ℓ − mean(ℓ) as DOUBLE[] (the file stores only ℓ)
 --   resolve_key(text)                   canonical key of a key or unambiguous shorthand
 --   model_variants, loglik_vectors      public views (stable columns)
+--   vectors                             one row per stored vector, ℓ as one list (FLOAT[])
+
+-- ℓ whole again from its fixed-size parts (schema.sql: vector_parts), the padding cut off.
+CREATE OR REPLACE MACRO joined_parts(parts, n_texts) AS
+    flatten(list_transform(list_sort(parts), lambda p: p[2]::FLOAT[]))[1:n_texts];
+
+CREATE OR REPLACE VIEW vectors AS
+WITH whole AS (
+    SELECT vid, list((part, loglik)) AS parts FROM vector_parts GROUP BY vid)
+SELECT r.key, r.textset_id, joined_parts(w.parts, t.n_texts) AS loglik, r.loglik_mean,
+       r.n_tokens, r.total_tokens, r.n_truncated, r.config_id, r.provenance, r.scored_at,
+       r.sketch, r.sketch_resid
+FROM vector_rows r JOIN textsets t USING (textset_id) JOIN whole w USING (vid);
 
 CREATE OR REPLACE VIEW loglik_vectors AS
 SELECT v.key, t.name AS textset, v.loglik, t.mean_bytes
@@ -137,6 +150,10 @@ CREATE OR REPLACE MACRO kl_se(key_a, key_b, textset_name := NULL) AS (
 CREATE OR REPLACE MACRO centred_sq_distance(l_a, mean_a, l_b, mean_b) AS
     pow(list_distance(l_a::DOUBLE[], l_b::DOUBLE[]), 2) - len(l_a) * pow(mean_a - mean_b, 2);
 
+-- ‖a − b‖² of two parts of vectors (vector_parts.loglik), in DOUBLE.
+CREATE OR REPLACE MACRO part_sq_distance(a, b) AS
+    pow(array_distance(a::DOUBLE[256], b::DOUBLE[256]), 2);
+
 -- How many candidates per text set the sketch pass keeps, for each of its two orderings.
 CREATE OR REPLACE MACRO nearest_candidates(k) AS greatest(4 * k, 32);
 
@@ -145,37 +162,55 @@ CREATE OR REPLACE MACRO nearest_candidates(k) AS greatest(4 * k, 32);
 -- vectors give the exact ranking, KL and SE. Candidates are the best by the lower bound
 -- ‖s_q − s_v‖² + (r_q − r_v)² (right for variants that share what the sketch leaves out:
 -- fine-tunes, quantizations, checkpoints) and the best by ‖s_q − s_v‖² + r_q² + r_v² (right when
--- the left-out parts are unrelated noise); vectors without a sketch are always candidates.
+-- the left-out parts are unrelated noise); vectors without a sketch are always candidates. The
+-- second pass reads only the candidates' parts (a join on vid the scan filters on), ranks them
+-- by ‖c_q − c_v‖² summed over parts, and joins the parts of the best k + 2 back into lists.
 CREATE OR REPLACE MACRO nearest(query_key, k, textset_name := NULL) AS TABLE
 WITH query AS MATERIALIZED (
-    SELECT v.textset_id, v.key, v.loglik AS l_q, v.loglik_mean AS m_q, v.sketch AS s_q,
-           v.sketch_resid AS r_q, t.mean_bytes, t.name AS textset
-    FROM vectors v JOIN textsets t USING (textset_id)
+    SELECT v.textset_id, v.vid, v.loglik_mean AS m_q, v.sketch AS s_q, v.sketch_resid AS r_q,
+           t.mean_bytes, t.n_texts, t.name AS textset
+    FROM vector_rows v JOIN textsets t USING (textset_id)
     WHERE v.key = resolve_key(query_key)
       AND (textset_name IS NULL OR t.name = textset_name)),
+query_parts AS MATERIALIZED (
+    SELECT q.textset_id, p.part, p.loglik FROM query q JOIN vector_parts p USING (vid)),
 bounds AS (
-    SELECT v.key, v.textset_id, pow(array_distance(v.sketch, q.s_q), 2) AS near,
+    SELECT v.vid, v.textset_id, pow(array_distance(v.sketch, q.s_q), 2) AS near,
            near + pow(v.sketch_resid - q.r_q, 2) AS lower,
            near + pow(v.sketch_resid, 2) + pow(q.r_q, 2) AS guess
-    FROM query q JOIN vectors v ON v.textset_id = q.textset_id AND v.key <> q.key),
+    FROM query q JOIN vector_rows v ON v.textset_id = q.textset_id AND v.vid <> q.vid),
 picked AS (
     SELECT textset_id,
-           list_distinct(coalesce(min_by(key, lower, nearest_candidates(k)), [])
-                         || coalesce(min_by(key, guess, nearest_candidates(k)), [])
-                         || coalesce(list(key) FILTER (WHERE lower IS NULL), [])) AS keys
+           list_distinct(coalesce(min_by(vid, lower, nearest_candidates(k)), [])
+                         || coalesce(min_by(vid, guess, nearest_candidates(k)), [])
+                         || coalesce(list(vid) FILTER (WHERE lower IS NULL), [])) AS vids
     FROM bounds GROUP BY textset_id),
-candidates AS MATERIALIZED (SELECT textset_id, unnest(keys) AS key FROM picked),
-ranked AS (
-    SELECT v.key, v.textset_id, v.loglik AS l_v,
-           centred_sq_distance(q.l_q, q.m_q, v.loglik, v.loglik_mean) / len(q.l_q)
+candidates AS MATERIALIZED (SELECT textset_id, unnest(vids) AS vid FROM picked),
+candidate_parts AS MATERIALIZED (  -- on its own: a join on vid alone is what the scan filters
+    SELECT c.vid, c.textset_id, p.part, p.loglik FROM candidates c JOIN vector_parts p USING (vid)),
+distances AS (
+    SELECT c.vid, c.textset_id, sum(part_sq_distance(c.loglik, qp.loglik)) AS sq
+    FROM candidate_parts c JOIN query_parts qp USING (textset_id, part)
+    GROUP BY c.vid, c.textset_id),
+ranked AS MATERIALIZED (
+    SELECT d.vid, d.textset_id, v.key,
+           (d.sq - q.n_texts * pow(q.m_q - v.loglik_mean, 2)) / q.n_texts
                * bpb_scale(q.mean_bytes) AS approx
-    FROM candidates c JOIN vectors v USING (textset_id, key) JOIN query q USING (textset_id)
+    FROM distances d JOIN vector_rows v USING (vid) JOIN query q ON q.textset_id = d.textset_id
     ORDER BY approx, v.key
-    LIMIT k + 2)  -- exact values below may reorder near-ties: keep a margin
-SELECT r.key, kl_bpb(q.l_q, r.l_v, q.mean_bytes) AS kl, kl_se_bpb(q.l_q, r.l_v, q.mean_bytes) AS se,
-       q.textset
-FROM ranked r JOIN query q USING (textset_id)
-ORDER BY kl, r.key
+    LIMIT k + 2),  -- exact values below may reorder near-ties: keep a margin
+lists AS (
+    SELECT r.key, r.textset_id, list((p.part, p.loglik)) AS parts
+    FROM ranked r JOIN vector_parts p USING (vid) GROUP BY r.key, r.textset_id),
+query_lists AS (
+    SELECT textset_id, list((part, loglik)) AS parts FROM query_parts GROUP BY textset_id),
+pairs AS (
+    SELECT l.key, joined_parts(ql.parts, q.n_texts) AS l_q,
+           joined_parts(l.parts, q.n_texts) AS l_v, q.mean_bytes, q.textset
+    FROM lists l JOIN query_lists ql USING (textset_id) JOIN query q USING (textset_id))
+SELECT key, kl_bpb(l_q, l_v, mean_bytes) AS kl, kl_se_bpb(l_q, l_v, mean_bytes) AS se, textset
+FROM pairs
+ORDER BY kl, key
 LIMIT k;
 
 -- Weight space (method.md §5): ‖S(a) − S(b)‖², the sketch estimate of ‖W_a − W_b‖², from the

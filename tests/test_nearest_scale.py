@@ -108,9 +108,28 @@ def test_rewriting_a_batch_is_a_no_op(db):
     assert db.sql("SELECT * FROM vectors ORDER BY key").rows() == before
 
 
-def downgrade(path) -> None:
-    """Turn a schema-2 file into what version 1 wrote: a DOUBLE centred copy, no sketches."""
+def downgrade_to_2(path) -> duckdb.DuckDBPyConnection:
+    """Turn a current file into what schema 2 wrote: one ``vectors`` table holding ℓ as a list,
+    and a nearest of its own (a brute force over those lists)."""
     con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE old_vectors AS SELECT * FROM vectors")
+    con.execute("DROP VIEW vectors")
+    con.execute("ALTER TABLE old_vectors RENAME TO vectors")
+    con.execute("DROP TABLE vector_rows")
+    con.execute("DROP TABLE vector_parts")
+    con.execute("DROP MACRO TABLE nearest")
+    con.execute("CREATE MACRO nearest(query_key, k, textset_name := NULL) AS TABLE "
+                "SELECT v.key, 0.0 AS kl, 0.0 AS se, 'eval' AS textset FROM vectors v, "
+                "(SELECT loglik AS l, loglik_mean AS m FROM vectors WHERE key = query_key) q "
+                "WHERE v.key <> query_key ORDER BY centred_sq_distance(v.loglik, v.loglik_mean, "
+                "q.l, q.m), v.key LIMIT k")
+    con.execute("UPDATE atlas_meta SET value = '2' WHERE name = 'schema_version'")
+    return con
+
+
+def downgrade(path) -> None:
+    """Turn a current file into what version 1 wrote: a DOUBLE centred copy, no sketches."""
+    con = downgrade_to_2(path)
     con.execute("ALTER TABLE vectors ADD COLUMN loglik_centred DOUBLE[]")
     con.execute("UPDATE vectors SET loglik_centred = "
                 "list_transform(loglik, lambda x: x::DOUBLE - loglik_mean)")
@@ -147,6 +166,35 @@ def test_older_file_read_only_keeps_its_nearest_and_is_upgraded_when_writable(db
     assert found["kl"][0] == pytest.approx(
         kl_bpb(loglik[5], loglik[int(found["key"][0][2:])], b), rel=1e-9)
     assert upgraded.sql("SELECT len(sketch) AS d FROM vectors LIMIT 1")["d"][0] == SKETCH_DIM
+
+
+def test_schema_2_file_reads_as_it_was_and_moves_into_parts_when_writable(db, tmp_path):
+    """ℓ as one list per vector (schema 2): read-only opens use the file's own tables and
+    nearest; a writable open moves ℓ into vector_parts, every value and row kept."""
+    loglik = synthetic(K, seed=3)
+    db.store.write_vectors(records(loglik), textset_id=textset_id(db))
+    before = db.sql("SELECT * FROM vectors ORDER BY key").rows()
+    db.close()
+    path = tmp_path / "a.duckdb"
+    downgrade_to_2(path).close()
+    with atlas.open(path, read_only=True) as old:
+        assert old.nearest("m-8", 10)["key"].to_list() == brute_force(loglik, 8, 10)
+        b = old.store.textset("eval").mean_bytes
+        assert old.kl("m-1", "m-9").value == pytest.approx(kl_bpb(loglik[1], loglik[9], b),
+                                                            rel=1e-9)
+        assert old.store.matrix(["m-3"], "eval")[1][0] == pytest.approx(loglik[3])
+    upgraded = atlas.open(path)
+    assert upgraded.sql("SELECT * FROM vectors ORDER BY key").rows() == before
+    assert upgraded.sql("SELECT table_type AS t FROM information_schema.tables "
+                        "WHERE table_name = 'vectors'")["t"].to_list() == ["VIEW"]
+    assert upgraded.sql("SELECT count(*) AS n FROM vector_parts")["n"][0] == K * -(-N // 256)
+    found = upgraded.nearest("m-8", 10)
+    assert found["key"].to_list() == brute_force(loglik, 8, 10)
+    assert found["kl"][0] == pytest.approx(
+        kl_bpb(loglik[8], loglik[int(found["key"][0][2:])], b), rel=1e-9)
+    keys, matrix, _ = upgraded.store.matrix(None, "eval")
+    assert keys == sorted(keys) and len(keys) == K
+    assert (matrix == loglik[[int(key[2:]) for key in keys]]).all()
 
 
 def test_text_sets_shorter_than_the_sketch_are_sketched_whole(tmp_path):

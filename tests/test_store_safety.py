@@ -133,11 +133,11 @@ def truncate(db: Path) -> None:
 
 
 def flip_a_data_block(db: Path) -> None:
-    """Invert bytes inside the last block of the vectors (not the header, not the catalog)."""
+    """Invert bytes inside the last block of ℓ (not the header, not the catalog)."""
     import duckdb
 
     con = duckdb.connect(str(db), read_only=True)
-    block = con.execute("SELECT max(block_id) FROM pragma_storage_info('vectors')").fetchone()[0]
+    block = con.execute("SELECT max(block_id) FROM pragma_storage_info('vector_parts')").fetchone()[0]
     size = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()[0]
     con.close()
     with db.open("r+b") as f:
