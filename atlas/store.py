@@ -427,10 +427,7 @@ class Store:
         """A ``vectors`` table of schema 1 or 2 becomes schema 3's vector_rows and vector_parts
         (the view ``vectors`` takes its name): 1 → 2 drops the DOUBLE centred copy and adds
         the sketch columns, 2 → 3 moves ℓ into parts, a few thousand vectors at a time."""
-        columns = {row[0] for row in con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'vectors' "
-            "AND database_name = current_database() AND table_oid IN (SELECT table_oid "
-            "FROM duckdb_tables() WHERE database_name = current_database())").fetchall()}
+        columns = _listed_vectors(con)
         if not columns:
             return
         if "loglik_centred" in columns:
@@ -763,9 +760,8 @@ class Store:
         stored = self.textset(textset)
         with self.connect() as con:
             vids, loglik = _stored_loglik(con, stored.textset_id, keys)
-            table, vid = _row_table(con)
             names = dict(con.execute(
-                f"SELECT {vid}, key FROM {table} WHERE textset_id = ?"
+                "SELECT vid, key FROM vector_rows WHERE textset_id = ?"
                 + (" AND list_contains(?, key)" if keys is not None else ""),
                 [stored.textset_id] + ([keys] if keys is not None else [])).fetchall())
         found = [names[vid] for vid in vids.tolist()]
@@ -860,8 +856,6 @@ def _stored_loglik(con: duckdb.DuckDBPyConnection, textset_id: int,
     only, if given): their parts read in one scan and put in order here, not by the query."""
     n_texts = first_row(con, "SELECT n_texts FROM textsets WHERE textset_id = ?",
                         [textset_id])[0]
-    if _row_table(con)[0] == "vectors":
-        return _listed_loglik(con, textset_id, n_texts, keys)
     table = con.sql(
         "SELECT p.vid, p.part, p.loglik FROM vector_rows r JOIN vector_parts p USING (vid) "
         "WHERE r.textset_id = ?" + (" AND list_contains(?, r.key)" if keys is not None else ""),
@@ -873,24 +867,6 @@ def _stored_loglik(con: duckdb.DuckDBPyConnection, textset_id: int,
     parts = flat.reshape(len(table), LOGLIK_PART)[order]
     loglik = parts.reshape(len(table) // n_parts, n_parts * LOGLIK_PART)[:, :n_texts]
     return vid[order][::n_parts], loglik
-
-
-def _row_table(con: duckdb.DuckDBPyConnection) -> tuple[str, str]:
-    """The table of one row per vector and its vector id: (vector_rows, vid), or (vectors,
-    rowid) in a file of schema 1 or 2 open read-only (it cannot be upgraded)."""
-    current = first_row(con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = "
-                             "'vector_rows' AND database_name = current_database()")[0]
-    return ("vector_rows", "vid") if current else ("vectors", "rowid")
-
-
-def _listed_loglik(con: duckdb.DuckDBPyConnection, textset_id: int, n_texts: int,
-                   keys: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
-    """``_stored_loglik`` of a file of schema 1 or 2: ℓ as one list per row of ``vectors``."""
-    table = con.sql("SELECT rowid AS vid, loglik FROM vectors WHERE textset_id = ?"
-                    + (" AND list_contains(?, key)" if keys is not None else "") + " ORDER BY vid",
-                    params=[textset_id] + ([keys] if keys is not None else [])).to_arrow_table()
-    flat = table.column("loglik").combine_chunks().flatten().to_numpy()
-    return table.column("vid").to_numpy(), flat.reshape(len(table), n_texts)
 
 
 def _put_sketch(con: duckdb.DuckDBPyConnection, key: str, sketch: WeightSketch) -> None:
@@ -921,14 +897,50 @@ def _overlay_current_sql(con: duckdb.DuckDBPyConnection) -> None:
                               "WHERE table_name = 'atlas_meta'")[0]
     if has_meta and Store._macros_current(con):
         return
+    listed = _overlay_vector_parts(con)
     for name in sql_files():
         for statement in duckdb.extract_statements(read_sql(name)):
             text = statement.query
-            if not _DEFINITION.match(text):
-                continue
+            if not _DEFINITION.match(text) or (listed and _VECTORS_VIEW.search(text)):
+                continue  # a file of schema 1 or 2 keeps its table `vectors`
             with contextlib.suppress(duckdb.CatalogException, duckdb.BinderException):
                 # one over a table this older file lacks keeps the file's own (or none)
                 con.execute(_DEFINITION.sub(r"\1CREATE OR REPLACE TEMP \2", text, count=1))
+
+
+_VECTORS_VIEW = re.compile(r"\bVIEW\s+vectors\s+AS\b", re.IGNORECASE)
+
+
+def _listed_vectors(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The columns of a ``vectors`` table, ℓ one list per row (schemas 1 and 2); none in a
+    file of schema 3, where ``vectors`` is a view."""
+    return {row[0] for row in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = 'vectors' "
+        "AND database_name = current_database() AND table_oid IN (SELECT table_oid "
+        "FROM duckdb_tables() WHERE database_name = current_database())").fetchall()}
+
+
+def _overlay_vector_parts(con: duckdb.DuckDBPyConnection) -> bool:
+    """In a read-only file of schema 1 or 2, temporary views vector_rows and vector_parts
+    over its ``vectors`` table (the row number as vid, ℓ cut into parts as schema 3 stores
+    it), so this version's macros and ``Store.matrix`` read it. Whether it is such a file."""
+    columns = _listed_vectors(con)
+    if not columns:
+        return False
+    table = f'"{first_row(con, "SELECT current_database()")[0]}".main.vectors'
+    sketch = ("sketch, sketch_resid" if "sketch" in columns else
+              f"NULL::FLOAT[{SKETCH_DIM}] AS sketch, NULL::DOUBLE AS sketch_resid")
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW vector_rows AS SELECT rowid AS vid, key, textset_id, "
+        "loglik_mean, n_tokens, total_tokens, n_truncated, config_id, provenance, scored_at, "
+        f"{sketch} FROM {table}")
+    size = LOGLIK_PART
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW vector_parts AS SELECT v.rowid AS vid, p.part, "
+        f"list_resize(v.loglik[p.part * {size} + 1:(p.part + 1) * {size}], {size}, 0)"
+        f"::FLOAT[{size}] AS loglik FROM {table} v, LATERAL (SELECT unnest(range("
+        f"((len(v.loglik) + {size} - 1) // {size})::BIGINT)) AS part) p")
+    return True
 
 
 def _macros_sha() -> str:

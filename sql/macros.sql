@@ -11,17 +11,35 @@
 --   model_variants, loglik_vectors      public views (stable columns)
 --   vectors                             one row per stored vector, ℓ as one list (FLOAT[])
 
--- ℓ whole again from its fixed-size parts (schema.sql: vector_parts), the padding cut off.
-CREATE OR REPLACE MACRO joined_parts(parts, n_texts) AS
-    flatten(list_transform(list_sort(parts), lambda p: p[2]::FLOAT[]))[1:n_texts];
+-- ℓ whole again from its fixed-size parts (schema.sql: vector_parts), the padding cut off: an
+-- aggregate over the parts of one vector. DuckDB builds such lists at ~1 ms per 10,000 values,
+-- so a query that joins back many vectors is slow: bulk reads go to vector_parts directly
+-- (ORDER BY vid, part; atlas.store.Store.matrix does so).
+CREATE OR REPLACE MACRO joined_parts(part, loglik, n_texts) AS
+    flatten(list(loglik ORDER BY part))[1:any_value(n_texts)];
 
+-- The vectors of a variant (a canonical key; a subquery is fine: its rows are found first and
+-- only their parts are read), one row per text set.
+CREATE OR REPLACE MACRO variant_vectors(variant) AS TABLE
+WITH picked AS MATERIALIZED (
+    SELECT r.vid, r.textset_id, r.loglik_mean, t.n_texts
+    FROM vector_rows r JOIN textsets t USING (textset_id) WHERE r.key = variant)
+SELECT r.textset_id, any_value(r.loglik_mean) AS loglik_mean,
+       joined_parts(p.part, p.loglik, r.n_texts) AS loglik
+FROM picked r JOIN vector_parts p USING (vid) GROUP BY r.vid, r.textset_id;
+
+-- One row per stored vector, ℓ as one list (what schema 2 stored). Fast when filtered by a
+-- constant key; a filter by a subquery is applied after every vector is joined back (use
+-- variant_vectors).
 CREATE OR REPLACE VIEW vectors AS
-WITH whole AS (
-    SELECT vid, list((part, loglik)) AS parts FROM vector_parts GROUP BY vid)
-SELECT r.key, r.textset_id, joined_parts(w.parts, t.n_texts) AS loglik, r.loglik_mean,
-       r.n_tokens, r.total_tokens, r.n_truncated, r.config_id, r.provenance, r.scored_at,
-       r.sketch, r.sketch_resid
-FROM vector_rows r JOIN textsets t USING (textset_id) JOIN whole w USING (vid);
+SELECT r.key, r.textset_id, joined_parts(p.part, p.loglik, t.n_texts) AS loglik,
+       any_value(r.loglik_mean) AS loglik_mean, any_value(r.n_tokens) AS n_tokens,
+       any_value(r.total_tokens) AS total_tokens, any_value(r.n_truncated) AS n_truncated,
+       any_value(r.config_id) AS config_id, any_value(r.provenance) AS provenance,
+       any_value(r.scored_at) AS scored_at, any_value(r.sketch) AS sketch,
+       any_value(r.sketch_resid) AS sketch_resid
+FROM vector_rows r JOIN textsets t USING (textset_id) JOIN vector_parts p USING (vid)
+GROUP BY r.vid, r.key, r.textset_id;
 
 CREATE OR REPLACE VIEW loglik_vectors AS
 SELECT v.key, t.name AS textset, v.loglik, t.mean_bytes
@@ -117,9 +135,9 @@ CREATE OR REPLACE MACRO centred_loglik(loglik, loglik_mean) AS
 -- The vectors of two variants on each text set they share (optionally one named set).
 CREATE OR REPLACE MACRO shared_vectors(key_a, key_b, textset_name := NULL) AS TABLE
 WITH va AS MATERIALIZED (SELECT textset_id, centred_loglik(loglik, loglik_mean) AS c
-                         FROM vectors WHERE key = resolve_key(key_a)),
+                         FROM variant_vectors(resolve_key(key_a))),
      vb AS MATERIALIZED (SELECT textset_id, centred_loglik(loglik, loglik_mean) AS c
-                         FROM vectors WHERE key = resolve_key(key_b))
+                         FROM variant_vectors(resolve_key(key_b)))
 SELECT t.name AS textset, t.mean_bytes, va.c AS c_a, vb.c AS c_b
 FROM va JOIN vb USING (textset_id) JOIN textsets t USING (textset_id)
 WHERE textset_name IS NULL OR t.name = textset_name;
@@ -200,13 +218,14 @@ ranked AS MATERIALIZED (
     ORDER BY approx, v.key
     LIMIT k + 2),  -- exact values below may reorder near-ties: keep a margin
 lists AS (
-    SELECT r.key, r.textset_id, list((p.part, p.loglik)) AS parts
-    FROM ranked r JOIN vector_parts p USING (vid) GROUP BY r.key, r.textset_id),
+    SELECT r.key, r.textset_id, joined_parts(p.part, p.loglik, q.n_texts) AS l_v
+    FROM ranked r JOIN vector_parts p USING (vid) JOIN query q USING (textset_id)
+    GROUP BY r.key, r.textset_id),
 query_lists AS (
-    SELECT textset_id, list((part, loglik)) AS parts FROM query_parts GROUP BY textset_id),
+    SELECT q.textset_id, joined_parts(p.part, p.loglik, q.n_texts) AS l_q
+    FROM query q JOIN query_parts p USING (textset_id) GROUP BY q.textset_id),
 pairs AS (
-    SELECT l.key, joined_parts(ql.parts, q.n_texts) AS l_q,
-           joined_parts(l.parts, q.n_texts) AS l_v, q.mean_bytes, q.textset
+    SELECT l.key, ql.l_q, l.l_v, q.mean_bytes, q.textset
     FROM lists l JOIN query_lists ql USING (textset_id) JOIN query q USING (textset_id))
 SELECT key, kl_bpb(l_q, l_v, mean_bytes) AS kl, kl_se_bpb(l_q, l_v, mean_bytes) AS se, textset
 FROM pairs

@@ -124,6 +124,7 @@ def downgrade_to_2(path) -> duckdb.DuckDBPyConnection:
                 "WHERE v.key <> query_key ORDER BY centred_sq_distance(v.loglik, v.loglik_mean, "
                 "q.l, q.m), v.key LIMIT k")
     con.execute("UPDATE atlas_meta SET value = '2' WHERE name = 'schema_version'")
+    con.execute("UPDATE atlas_meta SET value = 'of schema 2' WHERE name = 'macros_sha'")
     return con
 
 
@@ -177,9 +178,12 @@ def test_schema_2_file_reads_as_it_was_and_moves_into_parts_when_writable(db, tm
     db.close()
     path = tmp_path / "a.duckdb"
     downgrade_to_2(path).close()
-    with atlas.open(path, read_only=True) as old:
-        assert old.nearest("m-8", 10)["key"].to_list() == brute_force(loglik, 8, 10)
+    with atlas.open(path, read_only=True) as old:  # this version's macros, over its table
+        found = old.nearest("m-8", 10)
+        assert found["key"].to_list() == brute_force(loglik, 8, 10)
         b = old.store.textset("eval").mean_bytes
+        assert found["kl"][0] == pytest.approx(
+            kl_bpb(loglik[8], loglik[int(found["key"][0][2:])], b), rel=1e-9)
         assert old.kl("m-1", "m-9").value == pytest.approx(kl_bpb(loglik[1], loglik[9], b),
                                                             rel=1e-9)
         assert old.store.matrix(["m-3"], "eval")[1][0] == pytest.approx(loglik[3])

@@ -137,7 +137,8 @@ def flip_a_data_block(db: Path) -> None:
     import duckdb
 
     con = duckdb.connect(str(db), read_only=True)
-    block = con.execute("SELECT max(block_id) FROM pragma_storage_info('vector_parts')").fetchone()[0]
+    block = con.execute("SELECT max(block_id) FROM pragma_storage_info('vector_parts')"
+                        ).fetchone()[0]
     size = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()[0]
     con.close()
     with db.open("r+b") as f:
