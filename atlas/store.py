@@ -81,7 +81,9 @@ class StoredTextSet:
 
 @dataclass
 class VectorRecord:
-    """One vector to store and its variant's fields (``Store.write_vectors``)."""
+    """One vector to store and its variant's fields (``Store.write_vectors``); a scored one
+    also names its text set and carries its model's weight sketch, or why there is none
+    (atlas.pipeline; a bulk shard and a pending file are its Parquet form)."""
 
     key: ModelKey
     loglik: np.ndarray
@@ -93,6 +95,9 @@ class VectorRecord:
     parent: str | None = None
     source: str | None = None
     revision: str | None = None
+    textset: str | None = None
+    sketch: WeightSketch | None = None
+    sketch_note: str | None = None  # why no sketch (disabled, quantized weights …); not stored
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,17 @@ def _parts_table(vids: np.ndarray, loglik: np.ndarray) -> pa.Table:
         "vid": np.repeat(np.asarray(vids, dtype=np.int64), n_parts),
         "part": np.tile(np.arange(n_parts, dtype=np.int32), rows),
         "loglik": pa.FixedSizeListArray.from_arrays(pa.array(padded.ravel()), LOGLIK_PART)})
+
+
+def _rows_of_keys(con: duckdb.DuckDBPyConnection, query: str, keys: list[str],
+                  params: list | None = None) -> list[tuple]:
+    """The rows of ``query``, which joins ``atlas_keys``: ``keys`` as a table (a hash join;
+    ``list_contains(?, key)`` compares every row with every key, hours at 10⁶ models)."""
+    con.register("atlas_keys", pa.table({"key": pa.array(keys, pa.string())}))
+    try:
+        return con.execute(query, params).fetchall()
+    finally:
+        con.unregister("atlas_keys")
 
 
 def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
@@ -606,10 +622,11 @@ class Store:
                   force: bool) -> list[bool]:
         """Which records to write (conflicts raise), their parents resolved in place."""
         keys = [str(r.key) for r in records]
-        sources = dict(con.execute("SELECT key, source FROM models WHERE list_contains(?, key)",
-                                   [keys]).fetchall())
-        configs = dict(con.execute("SELECT key, config_id FROM vector_rows WHERE textset_id = ? "
-                                   "AND list_contains(?, key)", [textset_id, keys]).fetchall())
+        sources = dict(_rows_of_keys(
+            con, "SELECT key, source FROM models JOIN atlas_keys USING (key)", keys))
+        configs = dict(_rows_of_keys(
+            con, "SELECT key, config_id FROM vector_rows JOIN atlas_keys USING (key) "
+            "WHERE textset_id = ?", keys, [textset_id]))
         written = []
         for i, record in enumerate(records):
             if record.parent is not None:  # a dangling parent would break kl(key, parent)
@@ -638,9 +655,9 @@ class Store:
         keys = [str(r.key) for r in records]
         for record in records:
             self._record_quantization(con, record.key, record.provenance.get("quantization"))
-        replaced = [row[0] for row in con.execute(
-            "SELECT vid FROM vector_rows WHERE textset_id = ? AND list_contains(?, key)",
-            [textset_id, keys]).fetchall()]
+        replaced = [row[0] for row in _rows_of_keys(
+            con, "SELECT vid FROM vector_rows JOIN atlas_keys USING (key) WHERE textset_id = ?",
+            keys, [textset_id])]
         if replaced:
             con.execute("DELETE FROM vector_parts WHERE list_contains(?, vid)", [replaced])
             con.execute("DELETE FROM vector_rows WHERE list_contains(?, vid)", [replaced])

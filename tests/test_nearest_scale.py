@@ -16,13 +16,13 @@ N = 200
 K = BASIS_MIN + 72
 
 
-def synthetic(k: int, seed: int = 0) -> np.ndarray:
+def synthetic(k: int, seed: int = 0, n: int = N) -> np.ndarray:
     """Low-rank structure plus per-model noise, with close pairs (fine-tune-like)."""
     rng = np.random.default_rng(seed)
-    loglik = (rng.normal(-900, 150, N) + rng.normal(0, 30, (k, 1))
-              + rng.normal(0, 1, (k, 8)) @ rng.normal(0, 4, (8, N))
-              + rng.normal(0, 5, (k, N)) * rng.uniform(0.5, 1.5, (k, 1)))
-    loglik[1::7] = loglik[0::7][:len(loglik[1::7])] + rng.normal(0, 1, (len(loglik[1::7]), N))
+    loglik = (rng.normal(-900, 150, n) + rng.normal(0, 30, (k, 1))
+              + rng.normal(0, 1, (k, 8)) @ rng.normal(0, 4, (8, n))
+              + rng.normal(0, 5, (k, n)) * rng.uniform(0.5, 1.5, (k, 1)))
+    loglik[1::7] = loglik[0::7][:len(loglik[1::7])] + rng.normal(0, 1, (len(loglik[1::7]), n))
     return loglik.astype(np.float32)
 
 
@@ -218,3 +218,21 @@ def test_text_sets_shorter_than_the_sketch_are_sketched_whole(tmp_path):
     centred = loglik - loglik.mean(axis=1, keepdims=True)
     expected = np.argsort(((centred[1:] - centred[0]) ** 2).sum(axis=1))[:5] + 1
     assert db.nearest("m-0m", k=5)["key"].to_list() == [f"m-{i}m" for i in expected]
+
+
+@pytest.mark.slow
+def test_nearest_among_ten_thousand_models_is_the_brute_force_top_ten(tmp_path):
+    """10⁴ models × 300 texts (two parts each, the second padded), written in batches as an
+    import does; nearest from a bare DuckDB client equals numpy's brute force (~1 min)."""
+    n_texts, k = 300, 10_000
+    db = atlas.open(tmp_path / "big.duckdb")
+    db.import_textset(TextSet([f"text {i} " * (1 + i % 9) for i in range(n_texts)]), "eval")
+    loglik = synthetic(k, seed=5, n=n_texts)
+    batch = records(loglik)
+    for start in range(0, k, 2048):
+        db.store.write_vectors(batch[start:start + 2048], textset_id=textset_id(db))
+    db.close()
+    con = duckdb.connect(str(tmp_path / "big.duckdb"), read_only=True)
+    for query in range(0, k, 997):
+        found = con.execute("SELECT key FROM nearest(?, 10)", [f"m-{query}"]).fetchall()
+        assert [key for (key,) in found] == brute_force(loglik, query, 10)
