@@ -105,24 +105,31 @@ CREATE OR REPLACE MACRO loglik_diff(vec_a, vec_b) AS CASE
                       len(vec_a), len(vec_b)))
 END;
 
-CREATE OR REPLACE MACRO kl_bpb(vec_a, vec_b, mean_bytes) AS
-    list_aggregate(loglik_diff(vec_a, vec_b), 'var_pop') * bpb_scale(mean_bytes);
+-- KL from the differences d = a − b (DOUBLE[]): Var(d) / (2 B̄ ln 2).
+CREATE OR REPLACE MACRO diff_kl(d, mean_bytes) AS
+    list_aggregate(d, 'var_pop') * bpb_scale(mean_bytes);
 
--- k-th moment of a − b about `shift` (a constant close to the mean keeps the sums well scaled).
-CREATE OR REPLACE MACRO diff_moment(vec_a, vec_b, shift, k) AS
-    list_avg(list_transform(loglik_diff(vec_a, vec_b), lambda x: pow(x - shift, k)));
+CREATE OR REPLACE MACRO kl_bpb(vec_a, vec_b, mean_bytes) AS
+    diff_kl(loglik_diff(vec_a, vec_b), mean_bytes);
+
+-- k-th moment of d about `shift` (a constant close to the mean keeps the sums well scaled).
+CREATE OR REPLACE MACRO diff_moment(d, shift, k) AS
+    list_avg(list_transform(d, lambda x: pow(x - shift, k)));
 
 -- Delta method: SE = √((m4 − m2²)/N) / (2 B̄ ln 2), central moments from shifted raw moments.
 CREATE OR REPLACE MACRO delta_se(r1, r2, r3, r4, n, mean_bytes) AS
     sqrt(greatest((r4 - 4 * r1 * r3 + 6 * r1 * r1 * r2 - 3 * pow(r1, 4)) - pow(r2 - r1 * r1, 2), 0)
          / n) * bpb_scale(mean_bytes);
 
-CREATE OR REPLACE MACRO kl_se_bpb(vec_a, vec_b, mean_bytes) AS delta_se(
-    diff_moment(vec_a, vec_b, vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, 1),
-    diff_moment(vec_a, vec_b, vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, 2),
-    diff_moment(vec_a, vec_b, vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, 3),
-    diff_moment(vec_a, vec_b, vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, 4),
-    len(vec_a), mean_bytes);
+-- The SE of diff_kl for n differences d, moments about `shift` (e.g. d[1]). A macro's argument
+-- is expanded wherever it is used: d as a column (as in nearest) computes a − b once, not four
+-- times.
+CREATE OR REPLACE MACRO diff_se(d, shift, n, mean_bytes) AS delta_se(
+    diff_moment(d, shift, 1), diff_moment(d, shift, 2), diff_moment(d, shift, 3),
+    diff_moment(d, shift, 4), n, mean_bytes);
+
+CREATE OR REPLACE MACRO kl_se_bpb(vec_a, vec_b, mean_bytes) AS diff_se(
+    loglik_diff(vec_a, vec_b), vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, len(vec_a), mean_bytes);
 
 -- KL from stored centred vectors: ‖c_a − c_b‖² / N, vectorised (list_distance).
 CREATE OR REPLACE MACRO kl_centred(c_a, c_b, mean_bytes) AS
@@ -225,9 +232,9 @@ query_lists AS (
     SELECT q.textset_id, joined_parts(p.part, p.loglik, q.n_texts) AS l_q
     FROM query q JOIN query_parts p USING (textset_id) GROUP BY q.textset_id),
 pairs AS (
-    SELECT l.key, ql.l_q, l.l_v, q.mean_bytes, q.textset
+    SELECT l.key, loglik_diff(ql.l_q, l.l_v) AS d, q.mean_bytes, q.textset
     FROM lists l JOIN query_lists ql USING (textset_id) JOIN query q USING (textset_id))
-SELECT key, kl_bpb(l_q, l_v, mean_bytes) AS kl, kl_se_bpb(l_q, l_v, mean_bytes) AS se, textset
+SELECT key, diff_kl(d, mean_bytes) AS kl, diff_se(d, d[1], len(d), mean_bytes) AS se, textset
 FROM pairs
 ORDER BY kl, key
 LIMIT k;
