@@ -175,15 +175,22 @@ def _parts_table(vids: np.ndarray, loglik: np.ndarray) -> pa.Table:
         "loglik": pa.FixedSizeListArray.from_arrays(pa.array(padded.ravel()), LOGLIK_PART)})
 
 
-def _rows_of_keys(con: duckdb.DuckDBPyConnection, query: str, keys: list[str],
-                  params: list | None = None) -> list[tuple]:
-    """The rows of ``query``, which joins ``atlas_keys``: ``keys`` as a table (a hash join;
-    ``list_contains(?, key)`` compares every row with every key, hours at 10⁶ models)."""
+@contextlib.contextmanager
+def _keys_table(con: duckdb.DuckDBPyConnection, keys: list[str]) -> Iterator[None]:
+    """``keys`` as the table ``atlas_keys`` (key) for queries to join: a hash join, where
+    ``list_contains(?, key)`` compares every row with every key (hours at 10⁶ models)."""
     con.register("atlas_keys", pa.table({"key": pa.array(keys, pa.string())}))
     try:
-        return con.execute(query, params).fetchall()
+        yield
     finally:
         con.unregister("atlas_keys")
+
+
+def _rows_of_keys(con: duckdb.DuckDBPyConnection, query: str, keys: list[str],
+                  params: list | None = None) -> list[tuple]:
+    """The rows of ``query``, which joins ``atlas_keys`` (``_keys_table``)."""
+    with _keys_table(con, keys):
+        return con.execute(query, params).fetchall()
 
 
 def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
@@ -696,9 +703,9 @@ class Store:
                            [textset_id])[0]
         if stored + len(new) < BASIS_MIN:
             return None
-        vids, stored_loglik = _stored_loglik(con, textset_id) if stored else (None, None)
-        parts = ([stored_loglik] if stored else []) + ([new] if len(new) else [])
-        sample = np.vstack(parts).astype(np.float64)
+        vids, _, stored_loglik = _stored_loglik(con, textset_id)
+        sample = np.vstack([stored_loglik, new.reshape(-1, stored_loglik.shape[1])])
+        sample = sample.astype(np.float64)
         basis = SketchBasis.fit(sample)
         con.execute("INSERT INTO vector_bases (textset_id, dim, n_fit, mean, basis) "
                     "VALUES (?, ?, ?, ?, ?::FLOAT[])",
@@ -773,25 +780,20 @@ class Store:
                 raise UnknownKeyError(duckdb_message(exc)) from None
 
     def matrix(self, keys: list[str] | None, textset: str) -> tuple[list[str], np.ndarray, float]:
-        """Raw vectors of ``keys`` (all on the text set if None) as a K × N float64 matrix."""
+        """Raw vectors of ``keys`` (all on the text set, by key, if None) as a K × N float64
+        matrix."""
         stored = self.textset(textset)
         with self.connect() as con:
-            vids, loglik = _stored_loglik(con, stored.textset_id, keys)
-            names = dict(con.execute(
-                "SELECT vid, key FROM vector_rows WHERE textset_id = ?"
-                + (" AND list_contains(?, key)" if keys is not None else ""),
-                [stored.textset_id] + ([keys] if keys is not None else [])).fetchall())
-        found = [names[vid] for vid in vids.tolist()]
-        if keys is not None:
-            missing = sorted(set(keys) - set(found))
-            if missing:
-                raise UnknownKeyError(
-                    f"no vector on text set '{textset}' for: {', '.join(missing)}")
-            order = {k: i for i, k in enumerate(found)}
-            rows = [order[k] for k in keys]
-            return keys, loglik[rows].astype(np.float64), stored.mean_bytes
-        order = np.argsort(np.array(found, dtype=object), kind="stable")
-        return [found[i] for i in order], loglik[order].astype(np.float64), stored.mean_bytes
+            _, found, loglik = _stored_loglik(con, stored.textset_id, keys)
+        if keys is None:
+            return found, loglik.astype(np.float64), stored.mean_bytes
+        missing = sorted(set(keys) - set(found))
+        if missing:
+            raise UnknownKeyError(f"no vector on text set '{textset}' for: {', '.join(missing)}")
+        if len(found) < len(keys):  # a key asked for twice
+            row = {key: i for i, key in enumerate(found)}
+            loglik = loglik[[row[key] for key in keys]]
+        return keys, loglik.astype(np.float64), stored.mean_bytes
 
     # calibration (sql/calibration.sql) ---------------------------------------------------------
     def add_calibration(self, row: dict) -> None:
@@ -868,22 +870,33 @@ class Store:
 
 
 def _stored_loglik(con: duckdb.DuckDBPyConnection, textset_id: int,
-                   keys: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The vids and float32 ℓ (K × N, in vid order) of the text set's vectors (of ``keys``
-    only, if given): their parts read in one scan and put in order here, not by the query."""
+                   keys: list[str] | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The vids, keys and float32 ℓ (K × N) of the text set's vectors: of ``keys`` in their
+    order (those stored, once each), else all by key. The parts are read in one scan and put
+    in place by one gather (ordering 1 KB rows in SQL, or twice in numpy, costs seconds)."""
     n_texts = first_row(con, "SELECT n_texts FROM textsets WHERE textset_id = ?",
                         [textset_id])[0]
-    table = con.sql(
-        "SELECT p.vid, p.part, p.loglik FROM vector_rows r JOIN vector_parts p USING (vid) "
-        "WHERE r.textset_id = ?" + (" AND list_contains(?, r.key)" if keys is not None else ""),
-        params=[textset_id] + ([keys] if keys is not None else [])).to_arrow_table()
-    vid, part = table.column("vid").to_numpy(), table.column("part").to_numpy()
-    order = np.lexsort((part, vid))
+    keys = None if keys is None else list(dict.fromkeys(keys))
+    rows = "vector_rows r" + ("" if keys is None else " JOIN atlas_keys USING (key)")
+    with _keys_table(con, keys or []):
+        vid_of = dict(con.execute(f"SELECT r.key, r.vid FROM {rows} WHERE r.textset_id = ?",
+                                  [textset_id]).fetchall())
+    names = sorted(vid_of) if keys is None else [k for k in keys if k in vid_of]
+    vids = np.array([vid_of[k] for k in names], dtype=np.int64)
+    con.register("atlas_vids", pa.table({"vid": vids}))
+    try:  # a join on vid alone: the scan of vector_parts reads only these vectors' rows
+        table = con.sql("SELECT p.vid, p.part, p.loglik FROM atlas_vids "
+                        "JOIN vector_parts p USING (vid)").to_arrow_table()
+    finally:
+        con.unregister("atlas_vids")
     n_parts = -(-n_texts // LOGLIK_PART)
-    flat = table.column("loglik").combine_chunks().flatten().to_numpy()
-    parts = flat.reshape(len(table), LOGLIK_PART)[order]
-    loglik = parts.reshape(len(table) // n_parts, n_parts * LOGLIK_PART)[:, :n_texts]
-    return vid[order][::n_parts], loglik
+    sorter = np.argsort(vids)
+    rank = sorter[np.searchsorted(vids, table.column("vid").to_numpy(), sorter=sorter)]
+    index = np.empty(len(table), dtype=np.int64)
+    index[rank * n_parts + table.column("part").to_numpy()] = np.arange(len(table))
+    parts = table.column("loglik").combine_chunks().flatten().to_numpy()
+    loglik = parts.reshape(-1, LOGLIK_PART)[index].reshape(len(names), n_parts * LOGLIK_PART)
+    return vids, names, loglik[:, :n_texts]
 
 
 def _put_sketch(con: duckdb.DuckDBPyConnection, key: str, sketch: WeightSketch) -> None:

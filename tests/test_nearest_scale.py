@@ -199,6 +199,8 @@ def test_schema_2_file_reads_as_it_was_and_moves_into_parts_when_writable(db, tm
     keys, matrix, _ = upgraded.store.matrix(None, "eval")
     assert keys == sorted(keys) and len(keys) == K
     assert (matrix == loglik[[int(key[2:]) for key in keys]]).all()
+    keys, matrix, _ = upgraded.store.matrix(["m-3", "m-1", "m-3"], "eval")
+    assert keys == ["m-3", "m-1", "m-3"] and (matrix == loglik[[3, 1, 3]]).all()
 
 
 def test_text_sets_shorter_than_the_sketch_are_sketched_whole(tmp_path):
