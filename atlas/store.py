@@ -149,12 +149,6 @@ def vector_columns(loglik: np.ndarray, basis: SketchBasis | None) -> dict[str, n
     return columns
 
 
-def _list_array(matrix: np.ndarray) -> pa.ListArray:
-    rows, width = matrix.shape
-    offsets = pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel()))
-
-
 def _sketch_array(sketch: np.ndarray | None, rows: int) -> pa.Array:
     kind = pa.list_(pa.float32(), SKETCH_DIM)
     if sketch is None:
@@ -662,12 +656,11 @@ class Store:
         keys = [str(r.key) for r in records]
         for record in records:
             self._record_quantization(con, record.key, record.provenance.get("quantization"))
-        replaced = [row[0] for row in _rows_of_keys(
-            con, "SELECT vid FROM vector_rows JOIN atlas_keys USING (key) WHERE textset_id = ?",
-            keys, [textset_id])]
-        if replaced:
-            con.execute("DELETE FROM vector_parts WHERE list_contains(?, vid)", [replaced])
-            con.execute("DELETE FROM vector_rows WHERE list_contains(?, vid)", [replaced])
+        replaced = "SELECT vid FROM vector_rows JOIN atlas_keys USING (key) WHERE textset_id = ?"
+        if _rows_of_keys(con, replaced, keys, [textset_id]):
+            with _keys_table(con, keys):
+                con.execute(f"DELETE FROM vector_parts WHERE vid IN ({replaced})", [textset_id])
+                con.execute(f"DELETE FROM vector_rows WHERE vid IN ({replaced})", [textset_id])
         vids = np.array([row[0] for row in con.execute(
             "SELECT nextval('vector_ids') FROM range(?)", [len(keys)]).fetchall()], np.int64)
         basis = self._basis(con, textset_id, matrix)

@@ -108,6 +108,22 @@ def test_rewriting_a_batch_is_a_no_op(db):
     assert db.sql("SELECT * FROM vectors ORDER BY key").rows() == before
 
 
+def test_a_forced_rewrite_replaces_the_parts_of_its_vectors(db):
+    loglik = synthetic(BASIS_MIN + 10)
+    db.store.write_vectors(records(loglik)[:20], textset_id=textset_id(db))
+    other = loglik[::-1].copy()  # other values under the same keys, some of them stored
+    again = records(other)
+    for record in again:
+        record.config_id += "-b"
+    written = db.store.write_vectors(again, textset_id=textset_id(db), force=True)
+    assert written == [True] * len(loglik)
+    parts = db.sql("SELECT count(*) AS n, count(DISTINCT vid) AS v FROM vector_parts").row(0)
+    assert parts == (len(loglik) * -(-N // 256), len(loglik))
+    keys, matrix, _ = db.store.matrix(None, "eval")
+    assert (matrix == other[[int(key[2:]) for key in keys]]).all()
+    assert db.nearest("m-3", 5)["key"].to_list() == brute_force(other, 3, 5)
+
+
 def downgrade_to_2(path) -> duckdb.DuckDBPyConnection:
     """Turn a current file into what schema 2 wrote: one ``vectors`` table holding ℓ as a list,
     and a nearest of its own (a brute force over those lists)."""
