@@ -304,6 +304,8 @@ def import_vectors(store: Store, path: str | Path, textset: str, force: bool = F
                    progress: bool = False) -> list[tuple[str, bool]]:
     """Validate every vector in the file, then write them IMPORT_BATCH at a time (with a
     progress bar if ``progress``); returns (key, written) pairs."""
+    from rich.console import Console
+
     path = Path(path)
     if not path.is_file():
         raise ImportFormatError(f"{path}: no such file; give the path of a .parquet file or "
@@ -318,7 +320,8 @@ def import_vectors(store: Store, path: str | Path, textset: str, force: bool = F
                                 "keep one row per key")
     records = [_record(vector, path) for vector in _with_parents(store, path, vectors)]
     written = []
-    with progress_bar("importing", transient=True, disable=not progress) as bar:
+    with progress_bar("importing", transient=True, disable=not progress,
+                      console=Console(stderr=True)) as bar:  # stdout: the command's result
         task = bar.add_task("importing", total=len(records))
         for start in range(0, len(records), IMPORT_BATCH):
             batch = records[start:start + IMPORT_BATCH]

@@ -8,8 +8,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
 from atlas import imports
+from atlas.cli import main
 from atlas.errors import ImportFormatError, StoreError
 from atlas.imports import key_from_name
 
@@ -240,3 +242,13 @@ def test_an_import_stopped_between_batches_resumes(db, tmp_path, n, monkeypatch)
     results = db.import_vectors(path, "eval")
     assert [done for _, done in results] == [False, False, True, True, True]
     assert db.import_vectors(path, "eval") == [(key, False) for key, _ in results]
+
+
+def test_the_import_command_prints_only_its_result_on_stdout(db, tmp_path, n):
+    """The progress bar goes to stderr: a script reading stdout gets the one result line."""
+    path = _parquet(tmp_path / "v.parquet", n, key=["a-1b", "b-1b"])
+    db.close()
+    result = CliRunner().invoke(main, ["--db", str(db.path), "import", "vectors", str(path),
+                                       "--textset", "eval"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "imported 2 vectors (0 already stored) into text set 'eval'\n"
