@@ -190,14 +190,14 @@ def empty():
     resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
 
 if sys.argv[1] == "at-write":  # the disk fills while the model is scored
-    write = Store.write_vector
+    write = Store.write_vectors  # every writer's one transaction
     def full_write(*args, **kwargs):
         fill()
         try:
             return write(*args, **kwargs)
         finally:
             empty()
-    Store.write_vector = full_write
+    Store.write_vectors = full_write
 else:  # the disk is full once the command has started (its imports done)
     import atlas.pipeline.ingest  # noqa: F401
     fill()
