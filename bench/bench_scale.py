@@ -77,10 +77,13 @@ def numpy_top(centred: np.ndarray, norms: np.ndarray, query: int, k: int) -> lis
 
 
 def cached_atlas(cache: Path, loglik: np.ndarray) -> tuple[Path, float]:
-    """The atlas of ``loglik`` in ``cache`` (built once) and the time its import took."""
+    """The atlas of ``loglik`` in ``cache`` (built once, upgraded to this version's schema and
+    macros when reused) and the time its import took."""
     folder = cache / f"scale-{loglik.shape[0]}x{loglik.shape[1]}"
     done = folder / "import.json"
-    if not done.exists():
+    if done.exists():
+        atlas.open(folder / "scale.duckdb").close()
+    else:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         done.write_text(json.dumps({"import_s": build(folder, loglik)}))
