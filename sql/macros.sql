@@ -10,6 +10,7 @@
 --   resolve_key(text)                   canonical key of a key or unambiguous shorthand
 --   model_variants, loglik_vectors      public views (stable columns)
 --   vectors                             one row per stored vector, ℓ as one list (FLOAT[])
+--   variant_vectors(key)                table (textset_id, loglik_mean, loglik) of one variant
 
 -- ℓ whole again from its fixed-size parts (schema.sql: vector_parts), the padding cut off: an
 -- aggregate over the parts of one vector. DuckDB builds such lists at ~1 ms per 10,000 values,
