@@ -184,8 +184,8 @@ class Atlas:
                       max_length=max_length, force=force, progress=progress,
                       sketch_dim=sketch_dim, layers=layers, lens=lens)
 
-    def import_vectors(self, path: str | Path, textset: str,
-                       force: bool = False) -> list[tuple[str, bool]]:
+    def import_vectors(self, path: str | Path, textset: str, force: bool = False,
+                       progress: bool = False) -> list[tuple[str, bool]]:
         """Import precomputed vectors: Parquet or the reference pickle (atlas.imports), or the
         reference scorer's per-model JSONL files, a folder of them or one (atlas.modelmap)."""
         path = Path(path)
@@ -195,7 +195,7 @@ class Atlas:
             return import_scorer_files(self.store, path, textset, force=force)
         from atlas.imports import import_vectors
 
-        return import_vectors(self.store, path, textset, force=force)
+        return import_vectors(self.store, path, textset, force=force, progress=progress)
 
     def import_release(self, folder: str | Path, textset: str | None = None,
                        force: bool = False) -> ReleaseReport:

@@ -658,7 +658,7 @@ def import_() -> None:
 @click.pass_context
 def import_vectors(ctx: click.Context, path: Path, textset: str, force: bool) -> None:
     """Import vectors from Parquet or the reference pickle (dict name → list of floats)."""
-    results = _atlas(ctx).import_vectors(path, textset, force=force)
+    results = _atlas(ctx).import_vectors(path, textset, force=force, progress=True)
     written = sum(done for _, done in results)
     click.echo(f"imported {written} vectors ({len(results) - written} already stored) "
                f"into text set '{textset}'")

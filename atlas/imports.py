@@ -38,6 +38,7 @@ import numpy as np
 
 from atlas.errors import ImportFormatError, InvalidKeyError, StoreError
 from atlas.keys import ModelKey
+from atlas.progress import progress_bar
 from atlas.store import Store, VectorRecord
 
 IMPORT_BATCH = 2048  # vectors per transaction: one Arrow insert each (~80 MB at 10k texts)
@@ -220,24 +221,49 @@ def _row_fields(row: dict, where: str) -> dict:
 
 
 def read_parquet(path: Path, n_texts: int) -> list[ImportedVector]:
-    import polars as pl
+    """The file's vectors: ``loglik`` read straight into one matrix, the other (small)
+    columns row by row."""
+    import pyarrow.parquet as pq
 
     try:
-        frame = pl.read_parquet(path)
+        table = pq.read_table(path)
     except Exception as exc:
         raise ImportFormatError(f"{path}: not a readable Parquet file ({exc})") from None
-    if "loglik" not in frame.columns:
+    if "loglik" not in table.column_names:
         raise ImportFormatError(f"{path}: needs a 'loglik' column (list of floats per model)")
+    matrix = _loglik_matrix(table.column("loglik").combine_chunks(), path, n_texts)
     vectors = []
-    for i, row in enumerate(frame.iter_rows(named=True)):
+    for i, row in enumerate(table.drop_columns(["loglik"]).to_pylist()):
         where = f"{path}: row {i}"
         try:
             key = _row_key(row, where)
         except InvalidKeyError as exc:
             raise ImportFormatError(f"{where}: {exc}") from None
-        fields = _row_fields(row, f"{where} ({key})")
-        vectors.append(ImportedVector(key, as_vector(row["loglik"], where, n_texts), fields))
+        vectors.append(ImportedVector(key, matrix[i], _row_fields(row, f"{where} ({key})")))
     return vectors
+
+
+def _loglik_matrix(column, path: Path, n_texts: int) -> np.ndarray:
+    """A ``loglik`` column as a K × N float64 matrix with no Python object per value (a list
+    column of numbers, N each, all finite); otherwise row by row, so the first bad row is
+    named as ``as_vector`` names it."""
+    import pyarrow as pa
+
+    kind = column.type
+    if ((pa.types.is_list(kind) or pa.types.is_large_list(kind)
+         or pa.types.is_fixed_size_list(kind))
+            and (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type))
+            and column.null_count == 0):
+        values = column.flatten()
+        lengths = column.value_lengths().to_numpy(zero_copy_only=False)
+        if values.null_count == 0 and (lengths == n_texts).all():
+            matrix = values.to_numpy(zero_copy_only=False).astype(np.float64)
+            matrix = matrix.reshape(len(column), n_texts)
+            if np.isfinite(matrix).all():
+                return matrix
+    rows = [as_vector(column[i].as_py(), f"{path}: row {i}", n_texts)
+            for i in range(len(column))]
+    return np.stack(rows) if rows else np.empty((0, n_texts))
 
 
 def _with_parents(store: Store, path: Path, vectors: list[ImportedVector]
@@ -274,9 +300,12 @@ def _with_parents(store: Store, path: Path, vectors: list[ImportedVector]
     return list(ordered.values())
 
 
-def import_vectors(store: Store, path: str | Path, textset: str,
-                   force: bool = False) -> list[tuple[str, bool]]:
-    """Validate every vector in the file, then write each; returns (key, written) pairs."""
+def import_vectors(store: Store, path: str | Path, textset: str, force: bool = False,
+                   progress: bool = False) -> list[tuple[str, bool]]:
+    """Validate every vector in the file, then write them IMPORT_BATCH at a time (with a
+    progress bar if ``progress``); returns (key, written) pairs."""
+    from rich.console import Console
+
     path = Path(path)
     if not path.is_file():
         raise ImportFormatError(f"{path}: no such file; give the path of a .parquet file or "
@@ -291,9 +320,13 @@ def import_vectors(store: Store, path: str | Path, textset: str,
                                 "keep one row per key")
     records = [_record(vector, path) for vector in _with_parents(store, path, vectors)]
     written = []
-    for start in range(0, len(records), IMPORT_BATCH):
-        written += store.write_vectors(records[start:start + IMPORT_BATCH],
-                                       textset_id=stored.textset_id, force=force)
+    with progress_bar("importing", transient=True, disable=not progress,
+                      console=Console(stderr=True)) as bar:  # stdout: the command's result
+        task = bar.add_task("importing", total=len(records))
+        for start in range(0, len(records), IMPORT_BATCH):
+            batch = records[start:start + IMPORT_BATCH]
+            written += store.write_vectors(batch, textset_id=stored.textset_id, force=force)
+            bar.update(task, advance=len(batch))
     return [(str(r.key), w) for r, w in zip(records, written, strict=True)]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from atlas.errors import (
     DamagedError,
@@ -35,10 +36,12 @@ from atlas.keys import ModelKey
 from atlas.textsets import TextSet, check_name
 from atlas.weights import WeightSketch
 
-SCHEMA_VERSION = "2"  # 2: no DOUBLE centred copy; sketches and their bases (vector_bases)
-SKETCH_DIM = 64  # the FLOAT[64] of vectors.sketch
+SCHEMA_VERSION = "3"  # 2: no DOUBLE centred copy, sketches; 3: ℓ in parts (vector_parts)
+SKETCH_DIM = 64  # the FLOAT[64] of vector_rows.sketch
+LOGLIK_PART = 256  # values per row of vector_parts, its FLOAT[256]
 BASIS_MIN = 128  # vectors a text set holds before its sketch basis is fitted
 BASIS_SAMPLE = 512  # vectors the basis is fitted on, at most (its cost: BASIS_SAMPLE² × N)
+UPGRADE_BATCH = 2048  # vectors moved into parts per step of the schema-3 upgrade
 LOCK_RETRY_SECONDS = 10.0
 PARENT_FIX = "store the parent first (atlas ingest, atlas import vectors), or drop the parent"
 _LOCK_RE = re.compile(r"(Could not set lock|Conflicting lock)", re.IGNORECASE)
@@ -79,7 +82,9 @@ class StoredTextSet:
 
 @dataclass
 class VectorRecord:
-    """One vector to store and its variant's fields (``Store.write_vectors``)."""
+    """One vector to store and its variant's fields (``Store.write_vectors``); a scored one
+    also names its text set and carries its model's weight sketch, or why there is none
+    (atlas.pipeline; a bulk shard and a pending file are its Parquet form)."""
 
     key: ModelKey
     loglik: np.ndarray
@@ -91,6 +96,9 @@ class VectorRecord:
     parent: str | None = None
     source: str | None = None
     revision: str | None = None
+    textset: str | None = None
+    sketch: WeightSketch | None = None
+    sketch_note: str | None = None  # why no sketch (disabled, quantized weights …); not stored
 
 
 @dataclass(frozen=True)
@@ -142,17 +150,51 @@ def vector_columns(loglik: np.ndarray, basis: SketchBasis | None) -> dict[str, n
     return columns
 
 
-def _list_array(matrix: np.ndarray) -> pa.ListArray:
-    rows, width = matrix.shape
-    offsets = pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel()))
-
-
 def _sketch_array(sketch: np.ndarray | None, rows: int) -> pa.Array:
     kind = pa.list_(pa.float32(), SKETCH_DIM)
     if sketch is None:
         return pa.nulls(rows, kind)
     return pa.FixedSizeListArray.from_arrays(pa.array(sketch.ravel()), SKETCH_DIM)
+
+
+def _parts_table(vids: np.ndarray, loglik: np.ndarray) -> pa.Table:
+    """The vector_parts rows of K vectors (K × N float32): each cut into LOGLIK_PART values a
+    row, its last part padded with zeros."""
+    rows, n_texts = loglik.shape
+    n_parts = -(-n_texts // LOGLIK_PART)
+    padded = np.zeros((rows, n_parts * LOGLIK_PART), dtype=np.float32)
+    padded[:, :n_texts] = loglik
+    return pa.table({
+        "vid": np.repeat(np.asarray(vids, dtype=np.int64), n_parts),
+        "part": np.tile(np.arange(n_parts, dtype=np.int32), rows),
+        "loglik": pa.FixedSizeListArray.from_arrays(pa.array(padded.ravel()), LOGLIK_PART)})
+
+
+@contextlib.contextmanager
+def _keys_table(con: duckdb.DuckDBPyConnection, keys: list[str]) -> Iterator[None]:
+    """``keys`` as the table ``atlas_keys`` (key) for queries to join: a hash join, where
+    ``list_contains(?, key)`` compares every row with every key (hours at 10⁶ models)."""
+    con.register("atlas_keys", pa.table({"key": pa.array(keys, pa.string())}))
+    try:
+        yield
+    finally:
+        con.unregister("atlas_keys")
+
+
+def _rows_of_keys(con: duckdb.DuckDBPyConnection, query: str, keys: list[str],
+                  params: list | None = None) -> list[tuple]:
+    """The rows of ``query``, which joins ``atlas_keys`` (``_keys_table``)."""
+    with _keys_table(con, keys):
+        return con.execute(query, params).fetchall()
+
+
+def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    """One INSERT of an Arrow table's rows (by column name)."""
+    con.register("atlas_arrow_rows", rows)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM atlas_arrow_rows")
+    finally:
+        con.unregister("atlas_arrow_rows")
 
 
 def _model_row(record: VectorRecord) -> dict:
@@ -174,10 +216,9 @@ class StoredStates:
 
 def _stored_states(con: duckdb.DuckDBPyConnection, keys: list[str],
                    textset_id: int) -> StoredStates:
-    rows = con.execute("SELECT m.key, m.source, v.config_id FROM models m LEFT JOIN vectors v "
-                       "ON v.key = m.key AND v.textset_id = ? "
-                       "WHERE m.key IN (SELECT unnest(?::VARCHAR[]))",
-                       [textset_id, keys]).fetchall()
+    rows = _rows_of_keys(con, "SELECT m.key, m.source, v.config_id FROM models m "
+                              "JOIN atlas_keys USING (key) LEFT JOIN vector_rows v "
+                              "ON v.key = m.key AND v.textset_id = ?", keys, [textset_id])
     return StoredStates({key: source for key, source, _ in rows},
                         {key: config for key, _, config in rows if config is not None})
 
@@ -420,20 +461,38 @@ class Store:
 
     @staticmethod
     def _upgrade_vectors(con: duckdb.DuckDBPyConnection) -> None:
-        """Schema 1 → 2: drop the DOUBLE centred copy, add the sketch columns."""
-        columns = {row[0] for row in con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'vectors' "
-            "AND database_name = current_database()").fetchall()}
+        """A ``vectors`` table of schema 1 or 2 becomes schema 3's vector_rows and vector_parts
+        (the view ``vectors`` takes its name): 1 → 2 drops the DOUBLE centred copy and adds
+        the sketch columns, 2 → 3 moves ℓ into parts, a few thousand vectors at a time."""
+        columns = _listed_vectors(con)
+        if not columns:
+            return
         if "loglik_centred" in columns:
             con.execute("ALTER TABLE vectors DROP COLUMN loglik_centred")
-        if columns and "sketch" not in columns:
+        if "sketch" not in columns:
             con.execute(f"ALTER TABLE vectors ADD COLUMN sketch FLOAT[{SKETCH_DIM}]")
             con.execute("ALTER TABLE vectors ADD COLUMN sketch_resid DOUBLE")
+        con.execute(read_sql("schema.sql"))
+        con.execute("INSERT INTO vector_rows BY NAME SELECT nextval('vector_ids') AS vid, "
+                    "* EXCLUDE (loglik) FROM vectors")
+        last = first_row(con, "SELECT coalesce(max(rowid), -1) FROM vectors")[0]
+        for start in range(0, last + 1, UPGRADE_BATCH):
+            table = con.sql(
+                "SELECT r.vid, v.loglik FROM vectors v JOIN vector_rows r USING (key, textset_id) "
+                "WHERE v.rowid >= ? AND v.rowid < ?", params=[start, start + UPGRADE_BATCH]
+            ).to_arrow_table()
+            column = table.column("loglik").combine_chunks()
+            for n_texts in np.unique(column.value_lengths().to_numpy()):
+                rows = table.filter(pc.equal(column.value_lengths(), n_texts))
+                loglik = rows.column("loglik").combine_chunks().flatten().to_numpy()
+                _insert_arrow(con, "vector_parts", _parts_table(
+                    rows.column("vid").to_numpy(), loglik.reshape(len(rows), n_texts)))
+        con.execute("DROP TABLE vectors")
 
     def _sketch_unsketched(self, con: duckdb.DuckDBPyConnection) -> None:
         """Fit the basis of every text set that has enough vectors but none (an upgraded file)."""
         for (textset_id,) in con.execute(
-                "SELECT textset_id FROM vectors WHERE textset_id NOT IN "
+                "SELECT textset_id FROM vector_rows WHERE textset_id NOT IN "
                 "(SELECT textset_id FROM vector_bases) GROUP BY textset_id "
                 "HAVING count(*) >= ?", [BASIS_MIN]).fetchall():
             self._basis(con, textset_id, np.empty((0, 0)))
@@ -607,17 +666,24 @@ class Store:
 
     def _insert(self, con, records: list[VectorRecord], matrix: np.ndarray,
                 textset_id: int) -> None:
-        """Quantizations and vectors (with sketches) of the records, one Arrow insert."""
+        """Quantizations and vectors (with sketches) of the records: the rows they replace
+        deleted, then one Arrow insert into vector_rows and one into vector_parts."""
         keys = [str(r.key) for r in records]
         for record in records:
             self._record_quantization(con, record.key, record.provenance.get("quantization"))
-        con.execute("DELETE FROM vectors WHERE textset_id = ? AND list_contains(?, key)",
-                    [textset_id, keys])
+        replaced = "SELECT vid FROM vector_rows JOIN atlas_keys USING (key) WHERE textset_id = ?"
+        if _rows_of_keys(con, replaced, keys, [textset_id]):
+            with _keys_table(con, keys):
+                con.execute(f"DELETE FROM vector_parts WHERE vid IN ({replaced})", [textset_id])
+                con.execute(f"DELETE FROM vector_rows WHERE vid IN ({replaced})", [textset_id])
+        vids = np.array([row[0] for row in con.execute(
+            "SELECT nextval('vector_ids') FROM range(?)", [len(keys)]).fetchall()], np.int64)
         basis = self._basis(con, textset_id, matrix)
         columns = vector_columns(matrix, basis)
-        table = pa.table({
-            "key": keys, "textset_id": pa.array([textset_id] * len(keys), pa.int32()),
-            "loglik": _list_array(columns["loglik"]), "loglik_mean": columns["loglik_mean"],
+        _insert_arrow(con, "vector_rows", pa.table({
+            "vid": vids, "key": keys,
+            "textset_id": pa.array([textset_id] * len(keys), pa.int32()),
+            "loglik_mean": columns["loglik_mean"],
             "n_tokens": pa.array([None if r.n_tokens is None else
                                   np.asarray(r.n_tokens, dtype=np.int32) for r in records],
                                  pa.list_(pa.int32())),
@@ -629,11 +695,8 @@ class Store:
             "sketch": _sketch_array(columns.get("sketch"), len(keys)),
             "sketch_resid": pa.array(columns.get("sketch_resid", [None] * len(keys)),
                                      pa.float64()),
-        })
-        con.register("atlas_new_vectors", table)
-        con.execute(f"INSERT INTO vectors ({', '.join(table.column_names)}) "
-                    "SELECT * FROM atlas_new_vectors")
-        con.unregister("atlas_new_vectors")
+        }))
+        _insert_arrow(con, "vector_parts", _parts_table(vids, columns["loglik"]))
 
     def _basis(self, con, textset_id: int, new: np.ndarray) -> SketchBasis | None:
         """The text set's sketch basis; fitted (and the stored vectors sketched) the first time
@@ -644,39 +707,31 @@ class Store:
             flat = table.column("basis").combine_chunks().flatten().to_numpy()
             return SketchBasis(table.column("mean").combine_chunks().flatten().to_numpy(),
                                flat.astype(np.float64).reshape(table["dim"][0].as_py(), -1))
-        stored = first_row(con, "SELECT count(*) FROM vectors WHERE textset_id = ?",
+        stored = first_row(con, "SELECT count(*) FROM vector_rows WHERE textset_id = ?",
                            [textset_id])[0]
         if stored + len(new) < BASIS_MIN:
             return None
-        parts = ([self._stored(con, textset_id)] if stored else []) + ([new] if len(new) else [])
-        sample = np.vstack(parts)
+        vids, _, stored_loglik = _stored_loglik(con, textset_id)
+        sample = np.vstack([stored_loglik, new.reshape(-1, stored_loglik.shape[1])])
+        sample = sample.astype(np.float64)
         basis = SketchBasis.fit(sample)
         con.execute("INSERT INTO vector_bases (textset_id, dim, n_fit, mean, basis) "
                     "VALUES (?, ?, ?, ?, ?::FLOAT[])",
                     [textset_id, basis.basis.shape[0], len(sample), basis.mean.tolist(),
                      basis.basis.ravel().tolist()])
         if stored:
-            self._sketch_stored(con, textset_id, basis)
+            self._sketch_stored(con, vids, stored_loglik, basis)
         return basis
 
     @staticmethod
-    def _stored(con, textset_id: int) -> np.ndarray:
-        table = con.sql("SELECT loglik FROM vectors WHERE textset_id = ? ORDER BY key",
-                        params=[textset_id]).to_arrow_table()
-        flat = table.column("loglik").combine_chunks().flatten().to_numpy()
-        return flat.reshape(len(table), -1).astype(np.float64)
-
-    def _sketch_stored(self, con, textset_id: int, basis: SketchBasis) -> None:
-        """Sketch every stored vector of the set (a new basis), as one Arrow update."""
-        keys = [row[0] for row in con.execute(
-            "SELECT key FROM vectors WHERE textset_id = ? ORDER BY key", [textset_id]).fetchall()]
-        columns = vector_columns(self._stored(con, textset_id), basis)
-        table = pa.table({"key": keys, "sketch": _sketch_array(columns["sketch"], len(keys)),
+    def _sketch_stored(con, vids: np.ndarray, loglik: np.ndarray, basis: SketchBasis) -> None:
+        """Sketch stored vectors (a new basis), as one Arrow update."""
+        columns = vector_columns(loglik.astype(np.float64), basis)
+        table = pa.table({"vid": vids, "sketch": _sketch_array(columns["sketch"], len(vids)),
                           "sketch_resid": columns["sketch_resid"]})
         con.register("atlas_sketches", table)
-        con.execute("UPDATE vectors SET sketch = s.sketch, sketch_resid = s.sketch_resid "
-                    "FROM atlas_sketches s WHERE vectors.key = s.key "
-                    "AND vectors.textset_id = ?", [textset_id])
+        con.execute("UPDATE vector_rows SET sketch = s.sketch, sketch_resid = s.sketch_resid "
+                    "FROM atlas_sketches s WHERE vector_rows.vid = s.vid")
         con.unregister("atlas_sketches")
 
     @staticmethod
@@ -733,26 +788,20 @@ class Store:
                 raise UnknownKeyError(duckdb_message(exc)) from None
 
     def matrix(self, keys: list[str] | None, textset: str) -> tuple[list[str], np.ndarray, float]:
-        """Raw vectors of ``keys`` (all on the text set if None) as a K × N float64 matrix."""
+        """Raw vectors of ``keys`` (all on the text set, by key, if None) as a K × N float64
+        matrix."""
         stored = self.textset(textset)
         with self.connect() as con:
-            query = ("SELECT key, loglik FROM vectors WHERE textset_id = ?"
-                     + (" AND list_contains(?, key)" if keys is not None else "") + " ORDER BY key")
-            params = [stored.textset_id] + ([keys] if keys is not None else [])
-            table = con.sql(query, params=params).to_arrow_table()
-        found = table.column("key").to_pylist()
-        if keys is not None:
-            missing = sorted(set(keys) - set(found))
-            if missing:
-                raise UnknownKeyError(
-                    f"no vector on text set '{textset}' for: {', '.join(missing)}")
-            order = {k: i for i, k in enumerate(found)}
-            found, rows = keys, [order[k] for k in keys]
-        else:
-            rows = list(range(len(found)))
-        flat = table.column("loglik").combine_chunks().flatten().to_numpy()
-        matrix = flat.reshape(len(table), stored.n_texts).astype(np.float64)[rows]
-        return found, matrix, stored.mean_bytes
+            _, found, loglik = _stored_loglik(con, stored.textset_id, keys)
+        if keys is None:
+            return found, loglik.astype(np.float64), stored.mean_bytes
+        missing = sorted(set(keys) - set(found))
+        if missing:
+            raise UnknownKeyError(f"no vector on text set '{textset}' for: {', '.join(missing)}")
+        if len(found) < len(keys):  # a key asked for twice
+            row = {key: i for i, key in enumerate(found)}
+            loglik = loglik[[row[key] for key in keys]]
+        return keys, loglik.astype(np.float64), stored.mean_bytes
 
     # calibration (sql/calibration.sql) ---------------------------------------------------------
     def add_calibration(self, row: dict) -> None:
@@ -828,6 +877,36 @@ class Store:
                 "tokens = ? WHERE run_id = ?", [status, error, seconds, tokens, run_id])
 
 
+def _stored_loglik(con: duckdb.DuckDBPyConnection, textset_id: int,
+                   keys: list[str] | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The vids, keys and float32 ℓ (K × N) of the text set's vectors: of ``keys`` in their
+    order (those stored, once each), else all by key. The parts are read in one scan and put
+    in place by one gather (ordering 1 KB rows in SQL, or twice in numpy, costs seconds)."""
+    n_texts = first_row(con, "SELECT n_texts FROM textsets WHERE textset_id = ?",
+                        [textset_id])[0]
+    keys = None if keys is None else list(dict.fromkeys(keys))
+    rows = "vector_rows r" + ("" if keys is None else " JOIN atlas_keys USING (key)")
+    with _keys_table(con, keys or []):
+        vid_of = dict(con.execute(f"SELECT r.key, r.vid FROM {rows} WHERE r.textset_id = ?",
+                                  [textset_id]).fetchall())
+    names = sorted(vid_of) if keys is None else [k for k in keys if k in vid_of]
+    vids = np.array([vid_of[k] for k in names], dtype=np.int64)
+    con.register("atlas_vids", pa.table({"vid": vids}))
+    try:  # a join on vid alone: the scan of vector_parts reads only these vectors' rows
+        table = con.sql("SELECT p.vid, p.part, p.loglik FROM atlas_vids "
+                        "JOIN vector_parts p USING (vid)").to_arrow_table()
+    finally:
+        con.unregister("atlas_vids")
+    n_parts = -(-n_texts // LOGLIK_PART)
+    sorter = np.argsort(vids)
+    rank = sorter[np.searchsorted(vids, table.column("vid").to_numpy(), sorter=sorter)]
+    index = np.empty(len(table), dtype=np.int64)
+    index[rank * n_parts + table.column("part").to_numpy()] = np.arange(len(table))
+    parts = table.column("loglik").combine_chunks().flatten().to_numpy()
+    loglik = parts.reshape(-1, LOGLIK_PART)[index].reshape(len(names), n_parts * LOGLIK_PART)
+    return vids, names, loglik[:, :n_texts]
+
+
 def _put_sketch(con: duckdb.DuckDBPyConnection, key: str, sketch: WeightSketch) -> None:
     con.execute(
         "INSERT OR REPLACE INTO weight_sketches (key, method, dim, seed, layout_hash, "
@@ -863,12 +942,13 @@ def _overlay_current_sql(con: duckdb.DuckDBPyConnection) -> None:
                               "WHERE table_name = 'atlas_meta'")[0]
     if has_meta and Store._macros_current(con):
         return
+    listed = _overlay_vector_parts(con)
     for name in sql_files():
         for statement in duckdb.extract_statements(read_sql(name)):
             text = statement.query
             _overlay_table(con, text)
-            if not _DEFINITION.match(text):
-                continue
+            if not _DEFINITION.match(text) or (listed and _VECTORS_VIEW.search(text)):
+                continue  # a file of schema 1 or 2 keeps its table `vectors`
             with contextlib.suppress(duckdb.CatalogException, duckdb.BinderException):
                 # one over a table this older file lacks keeps the file's own (or none)
                 con.execute(_DEFINITION.sub(r"\1CREATE OR REPLACE TEMP \2", text, count=1))
@@ -881,6 +961,41 @@ def _overlay_table(con: duckdb.DuckDBPyConnection, text: str) -> None:
             con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
             [table.group(2)])[0]:
         con.execute(_TABLE.sub(r"\1CREATE TEMP TABLE \2", text, count=1))
+
+
+_VECTORS_VIEW = re.compile(r"\bVIEW\s+vectors\s+AS\b", re.IGNORECASE)
+
+
+def _listed_vectors(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The columns of a ``vectors`` table, ℓ one list per row (schemas 1 and 2); none in a
+    file of schema 3, where ``vectors`` is a view."""
+    return {row[0] for row in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = 'vectors' "
+        "AND database_name = current_database() AND table_oid IN (SELECT table_oid "
+        "FROM duckdb_tables() WHERE database_name = current_database())").fetchall()}
+
+
+def _overlay_vector_parts(con: duckdb.DuckDBPyConnection) -> bool:
+    """In a read-only file of schema 1 or 2, temporary views vector_rows and vector_parts
+    over its ``vectors`` table (the row number as vid, ℓ cut into parts as schema 3 stores
+    it), so this version's macros and ``Store.matrix`` read it. Whether it is such a file."""
+    columns = _listed_vectors(con)
+    if not columns:
+        return False
+    table = f'"{first_row(con, "SELECT current_database()")[0]}".main.vectors'
+    sketch = ("sketch, sketch_resid" if "sketch" in columns else
+              f"NULL::FLOAT[{SKETCH_DIM}] AS sketch, NULL::DOUBLE AS sketch_resid")
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW vector_rows AS SELECT rowid AS vid, key, textset_id, "
+        "loglik_mean, n_tokens, total_tokens, n_truncated, config_id, provenance, scored_at, "
+        f"{sketch} FROM {table}")
+    size = LOGLIK_PART
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW vector_parts AS SELECT v.rowid AS vid, p.part, "
+        f"list_resize(v.loglik[p.part * {size} + 1:(p.part + 1) * {size}], {size}, 0)"
+        f"::FLOAT[{size}] AS loglik FROM {table} v, LATERAL (SELECT unnest(range("
+        f"((len(v.loglik) + {size} - 1) // {size})::BIGINT)) AS part) p")
+    return True
 
 
 def _macros_sha() -> str:

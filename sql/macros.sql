@@ -11,6 +11,38 @@
 --   centred_loglik(loglik, mean)        ℓ − mean(ℓ) as DOUBLE[] (the file stores only ℓ)
 --   resolve_key(text)                   canonical key of a key or unambiguous shorthand
 --   model_variants, loglik_vectors      public views (stable columns)
+--   vectors                             one row per stored vector, ℓ as one list (FLOAT[])
+--   variant_vectors(key)                table (textset_id, loglik_mean, loglik) of one variant
+
+-- ℓ whole again from its fixed-size parts (schema.sql: vector_parts), the padding cut off: an
+-- aggregate over the parts of one vector. DuckDB builds such lists at ~1 ms per 10,000 values,
+-- so a query that joins back many vectors is slow: bulk reads go to vector_parts directly
+-- (ORDER BY vid, part; atlas.store.Store.matrix does so).
+CREATE OR REPLACE MACRO joined_parts(part, loglik, n_texts) AS
+    flatten(list(loglik ORDER BY part))[1:any_value(n_texts)];
+
+-- The vectors of a variant (a canonical key; a subquery is fine: its rows are found first and
+-- only their parts are read), one row per text set.
+CREATE OR REPLACE MACRO variant_vectors(variant) AS TABLE
+WITH picked AS MATERIALIZED (
+    SELECT r.vid, r.textset_id, r.loglik_mean, t.n_texts
+    FROM vector_rows r JOIN textsets t USING (textset_id) WHERE r.key = variant)
+SELECT r.textset_id, any_value(r.loglik_mean) AS loglik_mean,
+       joined_parts(p.part, p.loglik, r.n_texts) AS loglik
+FROM picked r JOIN vector_parts p USING (vid) GROUP BY r.vid, r.textset_id;
+
+-- One row per stored vector, ℓ as one list (what schema 2 stored). Fast when filtered by a
+-- constant key; a filter by a subquery is applied after every vector is joined back (use
+-- variant_vectors).
+CREATE OR REPLACE VIEW vectors AS
+SELECT r.key, r.textset_id, joined_parts(p.part, p.loglik, t.n_texts) AS loglik,
+       any_value(r.loglik_mean) AS loglik_mean, any_value(r.n_tokens) AS n_tokens,
+       any_value(r.total_tokens) AS total_tokens, any_value(r.n_truncated) AS n_truncated,
+       any_value(r.config_id) AS config_id, any_value(r.provenance) AS provenance,
+       any_value(r.scored_at) AS scored_at, any_value(r.sketch) AS sketch,
+       any_value(r.sketch_resid) AS sketch_resid
+FROM vector_rows r JOIN textsets t USING (textset_id) JOIN vector_parts p USING (vid)
+GROUP BY r.vid, r.key, r.textset_id;
 
 CREATE OR REPLACE VIEW loglik_vectors AS
 SELECT v.key, t.name AS textset, v.loglik, t.mean_bytes
@@ -76,24 +108,31 @@ CREATE OR REPLACE MACRO loglik_diff(vec_a, vec_b) AS CASE
                       len(vec_a), len(vec_b)))
 END;
 
-CREATE OR REPLACE MACRO kl_bpb(vec_a, vec_b, mean_bytes) AS
-    list_aggregate(loglik_diff(vec_a, vec_b), 'var_pop') * bpb_scale(mean_bytes);
+-- KL from the differences d = a − b (DOUBLE[]): Var(d) / (2 B̄ ln 2).
+CREATE OR REPLACE MACRO diff_kl(d, mean_bytes) AS
+    list_aggregate(d, 'var_pop') * bpb_scale(mean_bytes);
 
--- k-th moment of a − b about `shift` (a constant close to the mean keeps the sums well scaled).
-CREATE OR REPLACE MACRO diff_moment(vec_a, vec_b, shift, k) AS
-    list_avg(list_transform(loglik_diff(vec_a, vec_b), lambda x: pow(x - shift, k)));
+CREATE OR REPLACE MACRO kl_bpb(vec_a, vec_b, mean_bytes) AS
+    diff_kl(loglik_diff(vec_a, vec_b), mean_bytes);
+
+-- k-th moment of d about `shift` (a constant close to the mean keeps the sums well scaled).
+CREATE OR REPLACE MACRO diff_moment(d, shift, k) AS
+    list_avg(list_transform(d, lambda x: pow(x - shift, k)));
 
 -- Delta method: SE = √((m4 − m2²)/N) / (2 B̄ ln 2), central moments from shifted raw moments.
 CREATE OR REPLACE MACRO delta_se(r1, r2, r3, r4, n, mean_bytes) AS
     sqrt(greatest((r4 - 4 * r1 * r3 + 6 * r1 * r1 * r2 - 3 * pow(r1, 4)) - pow(r2 - r1 * r1, 2), 0)
          / n) * bpb_scale(mean_bytes);
 
-CREATE OR REPLACE MACRO kl_se_bpb(vec_a, vec_b, mean_bytes) AS delta_se(
-    diff_moment(vec_a, vec_b, vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, 1),
-    diff_moment(vec_a, vec_b, vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, 2),
-    diff_moment(vec_a, vec_b, vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, 3),
-    diff_moment(vec_a, vec_b, vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, 4),
-    len(vec_a), mean_bytes);
+-- The SE of diff_kl for n differences d, moments about `shift` (e.g. d[1]). A macro's argument
+-- is expanded wherever it is used: d as a column (as in nearest) computes a − b once, not four
+-- times.
+CREATE OR REPLACE MACRO diff_se(d, shift, n, mean_bytes) AS delta_se(
+    diff_moment(d, shift, 1), diff_moment(d, shift, 2), diff_moment(d, shift, 3),
+    diff_moment(d, shift, 4), n, mean_bytes);
+
+CREATE OR REPLACE MACRO kl_se_bpb(vec_a, vec_b, mean_bytes) AS diff_se(
+    loglik_diff(vec_a, vec_b), vec_a[1]::DOUBLE - vec_b[1]::DOUBLE, len(vec_a), mean_bytes);
 
 -- KL from stored centred vectors: ‖c_a − c_b‖² / N, vectorised (list_distance).
 CREATE OR REPLACE MACRO kl_centred(c_a, c_b, mean_bytes) AS
@@ -106,9 +145,9 @@ CREATE OR REPLACE MACRO centred_loglik(loglik, loglik_mean) AS
 -- The vectors of two variants on each text set they share (optionally one named set).
 CREATE OR REPLACE MACRO shared_vectors(key_a, key_b, textset_name := NULL) AS TABLE
 WITH va AS MATERIALIZED (SELECT textset_id, centred_loglik(loglik, loglik_mean) AS c
-                         FROM vectors WHERE key = resolve_key(key_a)),
+                         FROM variant_vectors(resolve_key(key_a))),
      vb AS MATERIALIZED (SELECT textset_id, centred_loglik(loglik, loglik_mean) AS c
-                         FROM vectors WHERE key = resolve_key(key_b))
+                         FROM variant_vectors(resolve_key(key_b)))
 SELECT t.name AS textset, t.mean_bytes, va.c AS c_a, vb.c AS c_b
 FROM va JOIN vb USING (textset_id) JOIN textsets t USING (textset_id)
 WHERE textset_name IS NULL OR t.name = textset_name;
@@ -133,8 +172,8 @@ WITH w AS NOT MATERIALIZED (  -- without a view this plans to nothing: no key is
     SELECT * FROM view_of(view_name, textset_name := textset_name) WHERE view_name IS NOT NULL),
      keyed AS (SELECT w.*, resolve_key(key_a) AS found_a, resolve_key(key_b) AS found_b FROM w),
      pair AS (SELECT keyed.*, a.loglik AS l_a, b.loglik AS l_b
-              FROM keyed LEFT JOIN vectors a ON a.textset_id = keyed.textset_id AND a.key = found_a
-              LEFT JOIN vectors b ON b.textset_id = keyed.textset_id AND b.key = found_b),
+              FROM keyed LEFT JOIN variant_vectors(resolve_key(key_a)) a USING (textset_id)
+              LEFT JOIN variant_vectors(resolve_key(key_b)) b USING (textset_id)),
      viewed AS (SELECT textset, mean_bytes, view_loglik(l_a, threshold, keep) AS v_a,
                        view_loglik(l_b, threshold, keep) AS v_b
                 FROM pair WHERE CASE WHEN l_a IS NULL OR l_b IS NULL THEN error(format(
@@ -166,6 +205,10 @@ CREATE OR REPLACE MACRO kl_se(key_a, key_b, textset_name := NULL, view := NULL) 
 CREATE OR REPLACE MACRO centred_sq_distance(l_a, mean_a, l_b, mean_b) AS
     pow(list_distance(l_a::DOUBLE[], l_b::DOUBLE[]), 2) - len(l_a) * pow(mean_a - mean_b, 2);
 
+-- ‖a − b‖² of two parts of vectors (vector_parts.loglik), in DOUBLE.
+CREATE OR REPLACE MACRO part_sq_distance(a, b) AS
+    pow(array_distance(a::DOUBLE[256], b::DOUBLE[256]), 2);
+
 -- How many candidates per text set the sketch pass keeps, for each of its two orderings.
 CREATE OR REPLACE MACRO nearest_candidates(k) AS greatest(4 * k, 32);
 
@@ -178,11 +221,11 @@ WITH w AS NOT MATERIALIZED (  -- without a view this plans to nothing: no key is
     SELECT * FROM view_of(view_name, textset_name := textset_name) WHERE view_name IS NOT NULL),
 keyed AS (SELECT w.*, resolve_key(query_key) AS found FROM w),
 query AS MATERIALIZED (
-    SELECT q.key, w.textset, w.mean_bytes, CASE WHEN q.key IS NULL THEN error(format(
+    SELECT w.found AS key, w.textset, w.mean_bytes, CASE WHEN q.loglik IS NULL THEN error(format(
                '{} has no vector on text set ''{}'', the text set of view ''{}''; score it on '
                || 'that set first', w.found, w.textset, w.name))
                ELSE view_loglik(q.loglik, w.threshold, w.keep) END AS l_q
-    FROM keyed w LEFT JOIN vectors q ON q.textset_id = w.textset_id AND q.key = w.found),
+    FROM keyed w LEFT JOIN variant_vectors(resolve_key(query_key)) q USING (textset_id)),
 others AS (
     SELECT v.key, view_loglik(v.loglik, w.threshold, w.keep) AS l_v
     FROM w JOIN vectors v ON v.textset_id = w.textset_id
@@ -204,40 +247,60 @@ LIMIT k;
 -- vectors give the exact ranking, KL and SE. Candidates are the best by the lower bound
 -- ‖s_q − s_v‖² + (r_q − r_v)² (right for variants that share what the sketch leaves out:
 -- fine-tunes, quantizations, checkpoints) and the best by ‖s_q − s_v‖² + r_q² + r_v² (right when
--- the left-out parts are unrelated noise); vectors without a sketch are always candidates.
+-- the left-out parts are unrelated noise); vectors without a sketch are always candidates. The
+-- second pass reads only the candidates' parts (a join on vid the scan filters on), ranks them
+-- by ‖c_q − c_v‖² summed over parts, and joins the parts of the best k + 2 back into lists.
+-- Through a view (view := NAME) it is nearest_viewed's exact scan instead.
 CREATE OR REPLACE MACRO nearest(query_key, k, textset_name := NULL, view := NULL) AS TABLE
 SELECT * FROM nearest_viewed(query_key, k, textset_name, view)
 UNION ALL
 SELECT * FROM (
 WITH query AS MATERIALIZED (
-    SELECT v.textset_id, v.key, v.loglik AS l_q, v.loglik_mean AS m_q, v.sketch AS s_q,
-           v.sketch_resid AS r_q, t.mean_bytes, t.name AS textset
-    FROM vectors v JOIN textsets t USING (textset_id)
+    SELECT v.textset_id, v.vid, v.loglik_mean AS m_q, v.sketch AS s_q, v.sketch_resid AS r_q,
+           t.mean_bytes, t.n_texts, t.name AS textset
+    FROM vector_rows v JOIN textsets t USING (textset_id)
     WHERE v.key = resolve_key(query_key)
       AND (textset_name IS NULL OR t.name = textset_name)),
+query_parts AS MATERIALIZED (
+    SELECT q.textset_id, p.part, p.loglik FROM query q JOIN vector_parts p USING (vid)),
 bounds AS (
-    SELECT v.key, v.textset_id, pow(array_distance(v.sketch, q.s_q), 2) AS near,
+    SELECT v.vid, v.textset_id, pow(array_distance(v.sketch, q.s_q), 2) AS near,
            near + pow(v.sketch_resid - q.r_q, 2) AS lower,
            near + pow(v.sketch_resid, 2) + pow(q.r_q, 2) AS guess
-    FROM query q JOIN vectors v ON v.textset_id = q.textset_id AND v.key <> q.key),
+    FROM query q JOIN vector_rows v ON v.textset_id = q.textset_id AND v.vid <> q.vid),
 picked AS (
     SELECT textset_id,
-           list_distinct(coalesce(min_by(key, lower, nearest_candidates(k)), [])
-                         || coalesce(min_by(key, guess, nearest_candidates(k)), [])
-                         || coalesce(list(key) FILTER (WHERE lower IS NULL), [])) AS keys
+           list_distinct(coalesce(min_by(vid, lower, nearest_candidates(k)), [])
+                         || coalesce(min_by(vid, guess, nearest_candidates(k)), [])
+                         || coalesce(list(vid) FILTER (WHERE lower IS NULL), [])) AS vids
     FROM bounds GROUP BY textset_id),
-candidates AS MATERIALIZED (SELECT textset_id, unnest(keys) AS key FROM picked),
-ranked AS (
-    SELECT v.key, v.textset_id, v.loglik AS l_v,
-           centred_sq_distance(q.l_q, q.m_q, v.loglik, v.loglik_mean) / len(q.l_q)
+candidates AS MATERIALIZED (SELECT textset_id, unnest(vids) AS vid FROM picked),
+candidate_parts AS MATERIALIZED (  -- on its own: a join on vid alone is what the scan filters
+    SELECT c.vid, c.textset_id, p.part, p.loglik FROM candidates c JOIN vector_parts p USING (vid)),
+distances AS (
+    SELECT c.vid, c.textset_id, sum(part_sq_distance(c.loglik, qp.loglik)) AS sq
+    FROM candidate_parts c JOIN query_parts qp USING (textset_id, part)
+    GROUP BY c.vid, c.textset_id),
+ranked AS MATERIALIZED (
+    SELECT d.vid, d.textset_id, v.key,
+           (d.sq - q.n_texts * pow(q.m_q - v.loglik_mean, 2)) / q.n_texts
                * bpb_scale(q.mean_bytes) AS approx
-    FROM candidates c JOIN vectors v USING (textset_id, key) JOIN query q USING (textset_id)
+    FROM distances d JOIN vector_rows v USING (vid) JOIN query q ON q.textset_id = d.textset_id
     ORDER BY approx, v.key
-    LIMIT k + 2)  -- exact values below may reorder near-ties: keep a margin
-SELECT r.key, kl_bpb(q.l_q, r.l_v, q.mean_bytes) AS kl, kl_se_bpb(q.l_q, r.l_v, q.mean_bytes) AS se,
-       q.textset
-FROM ranked r JOIN query q USING (textset_id)
-ORDER BY kl, r.key
+    LIMIT k + 2),  -- exact values below may reorder near-ties: keep a margin
+lists AS (
+    SELECT r.key, r.textset_id, joined_parts(p.part, p.loglik, q.n_texts) AS l_v
+    FROM ranked r JOIN vector_parts p USING (vid) JOIN query q USING (textset_id)
+    GROUP BY r.key, r.textset_id),
+query_lists AS (
+    SELECT q.textset_id, joined_parts(p.part, p.loglik, q.n_texts) AS l_q
+    FROM query q JOIN query_parts p USING (textset_id) GROUP BY q.textset_id),
+pairs AS (
+    SELECT l.key, loglik_diff(ql.l_q, l.l_v) AS d, q.mean_bytes, q.textset
+    FROM lists l JOIN query_lists ql USING (textset_id) JOIN query q USING (textset_id))
+SELECT key, diff_kl(d, mean_bytes) AS kl, diff_se(d, d[1], len(d), mean_bytes) AS se, textset
+FROM pairs
+ORDER BY kl, key
 LIMIT k) WHERE view IS NULL
 ORDER BY kl, key;
 

@@ -46,16 +46,19 @@ CREATE TABLE IF NOT EXISTS models (
     created_at TIMESTAMP DEFAULT current_timestamp
 );
 
--- One complete vector per (variant, text set), written in one transaction with its sketch.
--- The raw float32 ℓ is the only full copy (the centred vector is derived where needed: a DOUBLE
--- copy made the file 4.8× the raw size). sketch/sketch_resid make `nearest` sublinear: sketch is
--- B(c − μ) for the text set's PCA basis B (vector_bases; NULL until the set has one), so
+-- One complete vector per (variant, text set), written in one transaction with its sketch:
+-- its row here, ℓ in vector_parts (the view `vectors` joins them back). The raw float32 ℓ is the
+-- only full copy (the centred vector is derived where needed: a DOUBLE copy made the file 4.8×
+-- the raw size). sketch/sketch_resid make `nearest` sublinear: sketch is B(c − μ) for the text
+-- set's PCA basis B (vector_bases; NULL until the set has one), so
 -- ‖s_a − s_b‖² + (r_a − r_b)² ≤ ‖c_a − c_b‖² with r = ‖(I − BᵀB)(c − μ)‖, c = ℓ − mean(ℓ).
-CREATE TABLE IF NOT EXISTS vectors (
-    key            VARCHAR NOT NULL,
-    textset_id     INTEGER NOT NULL,
-    loglik         FLOAT[]  NOT NULL,       -- ℓ in nats, text-set order
-    loglik_mean    DOUBLE   NOT NULL,
+CREATE SEQUENCE IF NOT EXISTS vector_ids START 1;
+
+CREATE TABLE IF NOT EXISTS vector_rows (
+    vid            BIGINT   NOT NULL,       -- its parts in vector_parts (vector_ids; new per write)
+    key            VARCHAR  NOT NULL,
+    textset_id     INTEGER  NOT NULL,
+    loglik_mean    DOUBLE   NOT NULL,       -- of the stored float32 ℓ
     n_tokens       INTEGER[],
     total_tokens   BIGINT,
     n_truncated    INTEGER,
@@ -65,6 +68,16 @@ CREATE TABLE IF NOT EXISTS vectors (
     sketch         FLOAT[64],               -- B(c − μ): PCA coordinates (NULL: no basis yet)
     sketch_resid   DOUBLE,                  -- r = ‖(I − BᵀB)(c − μ)‖, what the sketch leaves out
     PRIMARY KEY (key, textset_id)
+);
+
+-- ℓ in nats, text-set order, in fixed-size parts: values part·256 … part·256 + 255, the last part
+-- padded with zeros. A fixed-size array row is read on its own, so `nearest` fetches its few
+-- candidates' parts; one variable-length list per vector was read a whole 2,048-row vector at a
+-- time (20 ms a fetch at 10,000 texts), and a FLOAT[N] per vector caps N at DuckDB's 100,000.
+CREATE TABLE IF NOT EXISTS vector_parts (
+    vid    BIGINT     NOT NULL,
+    part   INTEGER    NOT NULL,
+    loglik FLOAT[256] NOT NULL
 );
 
 -- The sketch basis of a text set: the top principal directions of its centred vectors, fitted

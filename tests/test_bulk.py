@@ -336,6 +336,24 @@ def test_merge_verifies_checksums_and_is_idempotent(tmp_path, release, db):
     assert sorted(row.state for row in plan.rows) == ["done", "new"]
 
 
+def test_merge_writes_a_batch_of_shards_in_one_transaction(tmp_path, release, db, monkeypatch):
+    manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[1]", steps="[0, 100]")
+    db.close()
+    plan, shards = prepare(manifest, db.path, None, 3)
+    for task in run_module.tasks_of(plan, shards, db.path, False):
+        run_module.run_task(task)
+    batches = []
+    write = Store.write_vectors
+
+    def counted(self, records, **options):
+        batches.append(sorted(str(r.key) for r in records))
+        return write(self, records, **options)
+
+    monkeypatch.setattr(Store, "write_vectors", counted)
+    report = run_module.merge_ready(Store(db.path), shards)
+    assert (report.stored, batches) == (2, [["tiny-s/s1@step0", "tiny-s/s1@step100"]])
+
+
 def test_a_parent_must_be_in_the_atlas_or_the_manifest(tmp_path, release, db):
     manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[1]", steps="[0]",
                                extra=f"""

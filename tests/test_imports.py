@@ -5,9 +5,14 @@ import pickle
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
-from atlas.errors import ImportFormatError
+from atlas import imports
+from atlas.cli import main
+from atlas.errors import ImportFormatError, StoreError
 from atlas.imports import key_from_name
 
 
@@ -187,3 +192,63 @@ def test_parent_cycles_are_refused(db, tmp_path, n):
     with pytest.raises(ImportFormatError, match="parents form a cycle"):
         db.import_vectors(path, "eval")
     assert db.models().height == 0
+
+
+@pytest.mark.parametrize("kind", [pa.list_(pa.float32()), pa.large_list(pa.float64()),
+                                  pa.list_(pa.int64())])
+def test_loglik_columns_of_any_list_type_are_read_whole(db, tmp_path, n, kind):
+    values = [[-1.0 - i - r for i in range(n)] for r in range(3)]
+    path = tmp_path / "v.parquet"
+    pq.write_table(pa.table({"key": ["a-1b", "b-1b", "c-1b"], "loglik": pa.array(values, kind)}),
+                   path)
+    assert [done for _, done in db.import_vectors(path, "eval")] == [True] * 3
+    keys, matrix, _ = db.store.matrix(None, "eval")
+    assert keys == ["a-1b", "b-1b", "c-1b"] and (matrix == np.array(values)).all()
+
+
+@pytest.mark.parametrize(("loglik", "message"), [
+    ([None], r"row 1: expected a list of numbers, got NoneType"),
+    ([[None] * 1], r"row 1: contains NaN or inf at index 0"),  # a null value is not a number
+])
+def test_null_vectors_and_values_are_refused_with_their_row(db, tmp_path, n, loglik, message):
+    rows = [[-1.0] * n] + [row if row is None else row * n for row in loglik]
+    path = tmp_path / "v.parquet"
+    pq.write_table(pa.table({"key": ["a-1b", "b-1b"],
+                             "loglik": pa.array(rows, pa.list_(pa.float64()))}), path)
+    with pytest.raises(ImportFormatError, match=message):
+        db.import_vectors(path, "eval")
+    assert db.models().height == 0
+
+
+def test_an_import_stopped_between_batches_resumes(db, tmp_path, n, monkeypatch):
+    """Each batch is one transaction: a failure keeps the batches before it, and the re-run
+    finds them stored (False) and writes the rest."""
+    path = _parquet(tmp_path / "v.parquet", n, key=[f"m-{i}b" for i in range(5)])
+    monkeypatch.setattr(imports, "IMPORT_BATCH", 2)
+    write = db.store.write_vectors
+    calls = []
+
+    def failing(records, **options):
+        calls.append(len(records))
+        if len(calls) == 2:
+            raise StoreError("disk gone")
+        return write(records, **options)
+
+    monkeypatch.setattr(db.store, "write_vectors", failing)
+    with pytest.raises(StoreError, match="disk gone"):
+        db.import_vectors(path, "eval")
+    assert db.sql("SELECT key FROM vectors ORDER BY key")["key"].to_list() == ["m-0b", "m-1b"]
+    monkeypatch.setattr(db.store, "write_vectors", write)
+    results = db.import_vectors(path, "eval")
+    assert [done for _, done in results] == [False, False, True, True, True]
+    assert db.import_vectors(path, "eval") == [(key, False) for key, _ in results]
+
+
+def test_the_import_command_prints_only_its_result_on_stdout(db, tmp_path, n):
+    """The progress bar goes to stderr: a script reading stdout gets the one result line."""
+    path = _parquet(tmp_path / "v.parquet", n, key=["a-1b", "b-1b"])
+    db.close()
+    result = CliRunner().invoke(main, ["--db", str(db.path), "import", "vectors", str(path),
+                                       "--textset", "eval"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "imported 2 vectors (0 already stored) into text set 'eval'\n"

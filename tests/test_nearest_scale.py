@@ -16,13 +16,13 @@ N = 200
 K = BASIS_MIN + 72
 
 
-def synthetic(k: int, seed: int = 0) -> np.ndarray:
+def synthetic(k: int, seed: int = 0, n: int = N) -> np.ndarray:
     """Low-rank structure plus per-model noise, with close pairs (fine-tune-like)."""
     rng = np.random.default_rng(seed)
-    loglik = (rng.normal(-900, 150, N) + rng.normal(0, 30, (k, 1))
-              + rng.normal(0, 1, (k, 8)) @ rng.normal(0, 4, (8, N))
-              + rng.normal(0, 5, (k, N)) * rng.uniform(0.5, 1.5, (k, 1)))
-    loglik[1::7] = loglik[0::7][:len(loglik[1::7])] + rng.normal(0, 1, (len(loglik[1::7]), N))
+    loglik = (rng.normal(-900, 150, n) + rng.normal(0, 30, (k, 1))
+              + rng.normal(0, 1, (k, 8)) @ rng.normal(0, 4, (8, n))
+              + rng.normal(0, 5, (k, n)) * rng.uniform(0.5, 1.5, (k, 1)))
+    loglik[1::7] = loglik[0::7][:len(loglik[1::7])] + rng.normal(0, 1, (len(loglik[1::7]), n))
     return loglik.astype(np.float32)
 
 
@@ -108,9 +108,45 @@ def test_rewriting_a_batch_is_a_no_op(db):
     assert db.sql("SELECT * FROM vectors ORDER BY key").rows() == before
 
 
-def downgrade(path) -> None:
-    """Turn a schema-2 file into what version 1 wrote: a DOUBLE centred copy, no sketches."""
+def test_a_forced_rewrite_replaces_the_parts_of_its_vectors(db):
+    loglik = synthetic(BASIS_MIN + 10)
+    db.store.write_vectors(records(loglik)[:20], textset_id=textset_id(db))
+    other = loglik[::-1].copy()  # other values under the same keys, some of them stored
+    again = records(other)
+    for record in again:
+        record.config_id += "-b"
+    written = db.store.write_vectors(again, textset_id=textset_id(db), force=True)
+    assert written == [True] * len(loglik)
+    parts = db.sql("SELECT count(*) AS n, count(DISTINCT vid) AS v FROM vector_parts").row(0)
+    assert parts == (len(loglik) * -(-N // 256), len(loglik))
+    keys, matrix, _ = db.store.matrix(None, "eval")
+    assert (matrix == other[[int(key[2:]) for key in keys]]).all()
+    assert db.nearest("m-3", 5)["key"].to_list() == brute_force(other, 3, 5)
+
+
+def downgrade_to_2(path) -> duckdb.DuckDBPyConnection:
+    """Turn a current file into what schema 2 wrote: one ``vectors`` table holding ℓ as a list,
+    and a nearest of its own (a brute force over those lists)."""
     con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE old_vectors AS SELECT * FROM vectors")
+    con.execute("DROP VIEW vectors")
+    con.execute("ALTER TABLE old_vectors RENAME TO vectors")
+    con.execute("DROP TABLE vector_rows")
+    con.execute("DROP TABLE vector_parts")
+    con.execute("DROP MACRO TABLE nearest")
+    con.execute("CREATE MACRO nearest(query_key, k, textset_name := NULL) AS TABLE "
+                "SELECT v.key, 0.0 AS kl, 0.0 AS se, 'eval' AS textset FROM vectors v, "
+                "(SELECT loglik AS l, loglik_mean AS m FROM vectors WHERE key = query_key) q "
+                "WHERE v.key <> query_key ORDER BY centred_sq_distance(v.loglik, v.loglik_mean, "
+                "q.l, q.m), v.key LIMIT k")
+    con.execute("UPDATE atlas_meta SET value = '2' WHERE name = 'schema_version'")
+    con.execute("UPDATE atlas_meta SET value = 'of schema 2' WHERE name = 'macros_sha'")
+    return con
+
+
+def downgrade(path) -> None:
+    """Turn a current file into what version 1 wrote: a DOUBLE centred copy, no sketches."""
+    con = downgrade_to_2(path)
     con.execute("ALTER TABLE vectors ADD COLUMN loglik_centred DOUBLE[]")
     con.execute("UPDATE vectors SET loglik_centred = "
                 "list_transform(loglik, lambda x: x::DOUBLE - loglik_mean)")
@@ -149,6 +185,40 @@ def test_older_file_read_only_keeps_its_nearest_and_is_upgraded_when_writable(db
     assert upgraded.sql("SELECT len(sketch) AS d FROM vectors LIMIT 1")["d"][0] == SKETCH_DIM
 
 
+def test_schema_2_file_reads_as_it_was_and_moves_into_parts_when_writable(db, tmp_path):
+    """ℓ as one list per vector (schema 2): read-only opens use the file's own tables and
+    nearest; a writable open moves ℓ into vector_parts, every value and row kept."""
+    loglik = synthetic(K, seed=3)
+    db.store.write_vectors(records(loglik), textset_id=textset_id(db))
+    before = db.sql("SELECT * FROM vectors ORDER BY key").rows()
+    db.close()
+    path = tmp_path / "a.duckdb"
+    downgrade_to_2(path).close()
+    with atlas.open(path, read_only=True) as old:  # this version's macros, over its table
+        found = old.nearest("m-8", 10)
+        assert found["key"].to_list() == brute_force(loglik, 8, 10)
+        b = old.store.textset("eval").mean_bytes
+        assert found["kl"][0] == pytest.approx(
+            kl_bpb(loglik[8], loglik[int(found["key"][0][2:])], b), rel=1e-9)
+        assert old.kl("m-1", "m-9").value == pytest.approx(kl_bpb(loglik[1], loglik[9], b),
+                                                            rel=1e-9)
+        assert old.store.matrix(["m-3"], "eval")[1][0] == pytest.approx(loglik[3])
+    upgraded = atlas.open(path)
+    assert upgraded.sql("SELECT * FROM vectors ORDER BY key").rows() == before
+    assert upgraded.sql("SELECT table_type AS t FROM information_schema.tables "
+                        "WHERE table_name = 'vectors'")["t"].to_list() == ["VIEW"]
+    assert upgraded.sql("SELECT count(*) AS n FROM vector_parts")["n"][0] == K * -(-N // 256)
+    found = upgraded.nearest("m-8", 10)
+    assert found["key"].to_list() == brute_force(loglik, 8, 10)
+    assert found["kl"][0] == pytest.approx(
+        kl_bpb(loglik[8], loglik[int(found["key"][0][2:])], b), rel=1e-9)
+    keys, matrix, _ = upgraded.store.matrix(None, "eval")
+    assert keys == sorted(keys) and len(keys) == K
+    assert (matrix == loglik[[int(key[2:]) for key in keys]]).all()
+    keys, matrix, _ = upgraded.store.matrix(["m-3", "m-1", "m-3"], "eval")
+    assert keys == ["m-3", "m-1", "m-3"] and (matrix == loglik[[3, 1, 3]]).all()
+
+
 def test_text_sets_shorter_than_the_sketch_are_sketched_whole(tmp_path):
     """With fewer texts than sketch dimensions the basis spans every direction: the sketch is
     padded with zeros, its residual is zero, and nearest is exact."""
@@ -166,3 +236,21 @@ def test_text_sets_shorter_than_the_sketch_are_sketched_whole(tmp_path):
     centred = loglik - loglik.mean(axis=1, keepdims=True)
     expected = np.argsort(((centred[1:] - centred[0]) ** 2).sum(axis=1))[:5] + 1
     assert db.nearest("m-0m", k=5)["key"].to_list() == [f"m-{i}m" for i in expected]
+
+
+@pytest.mark.slow
+def test_nearest_among_ten_thousand_models_is_the_brute_force_top_ten(tmp_path):
+    """10⁴ models × 300 texts (two parts each, the second padded), written in batches as an
+    import does; nearest from a bare DuckDB client equals numpy's brute force (~1 min)."""
+    n_texts, k = 300, 10_000
+    db = atlas.open(tmp_path / "big.duckdb")
+    db.import_textset(TextSet([f"text {i} " * (1 + i % 9) for i in range(n_texts)]), "eval")
+    loglik = synthetic(k, seed=5, n=n_texts)
+    batch = records(loglik)
+    for start in range(0, k, 2048):
+        db.store.write_vectors(batch[start:start + 2048], textset_id=textset_id(db))
+    db.close()
+    con = duckdb.connect(str(tmp_path / "big.duckdb"), read_only=True)
+    for query in range(0, k, 997):
+        found = con.execute("SELECT key FROM nearest(?, 10)", [f"m-{query}"]).fetchall()
+        assert [key for (key,) in found] == brute_force(loglik, query, 10)

@@ -133,11 +133,12 @@ def truncate(db: Path) -> None:
 
 
 def flip_a_data_block(db: Path) -> None:
-    """Invert bytes inside the last block of the vectors (not the header, not the catalog)."""
+    """Invert bytes inside the last block of ℓ (not the header, not the catalog)."""
     import duckdb
 
     con = duckdb.connect(str(db), read_only=True)
-    block = con.execute("SELECT max(block_id) FROM pragma_storage_info('vectors')").fetchone()[0]
+    block = con.execute("SELECT max(block_id) FROM pragma_storage_info('vector_parts')"
+                        ).fetchone()[0]
     size = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()[0]
     con.close()
     with db.open("r+b") as f:
@@ -189,14 +190,14 @@ def empty():
     resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
 
 if sys.argv[1] == "at-write":  # the disk fills while the model is scored
-    write = Store.write_vector
+    write = Store.write_vectors  # every writer's one transaction
     def full_write(*args, **kwargs):
         fill()
         try:
             return write(*args, **kwargs)
         finally:
             empty()
-    Store.write_vector = full_write
+    Store.write_vectors = full_write
 else:  # the disk is full once the command has started (its imports done)
     import atlas.pipeline.ingest  # noqa: F401
     fill()

@@ -1,22 +1,26 @@
 """The merger: the one writer that folds finished shards into the atlas.
 
-Each vector goes in through the pipeline's writer (atlas.pipeline.writer: one transaction for
-the whole vector and its variant row, or nothing; then its weight sketch), and only then does
-the shard move to ``merged/``. A crash in between leaves the shard in ``ready/``; merging it
-again finds the same vector and config stored (a no-op) and writes the sketch, so merging is
-idempotent. The file is released after every round, so readers (SQL, TUI) get in between.
+Shards are written MERGE_BATCH at a time through the pipeline's writer (atlas.pipeline.writer):
+the vectors of a text set, their variant rows and weight sketches in one transaction (one Arrow
+insert), or nothing; only then do the shards move to ``merged/``. A crash in between leaves them
+in ``ready/``; merging them again finds the same vectors and configs stored (a no-op) and writes
+the sketches, so merging is idempotent. A batch the atlas refuses (a corrupt shard, a conflict,
+a parent not stored yet) is merged again shard by shard, so that only the faulty one is set
+aside or waits. The file is released after every round, so readers (SQL, TUI) get in between.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from atlas.bulk.shards import Shard, ShardDir, ShardError
 from atlas.errors import LockedError, StoreError, UnknownParentError
-from atlas.pipeline.records import VectorRecord
-from atlas.pipeline.writer import write_record
-from atlas.store import Store
+from atlas.pipeline.records import read_parquet
+from atlas.pipeline.writer import write_records
+from atlas.store import Store, VectorRecord
 
+MERGE_BATCH = 256  # shards (one vector each) per transaction
 
 @dataclass
 class MergeReport:
@@ -62,9 +66,31 @@ def _merge_round(store: Store, shards: ShardDir, todo: list[Shard],
                  report: MergeReport) -> list[Shard] | None:
     """Merge ``todo``; the shards whose parent is not stored yet (None: the atlas is locked)."""
     waiting = []
-    for shard in todo:
+    for start in range(0, len(todo), MERGE_BATCH):
+        batch = todo[start:start + MERGE_BATCH]
         try:
-            written = merge_one(store, shards, shard)
+            written = merge_batch(store, shards, batch)
+        except LockedError as exc:
+            report.locked = str(exc)
+            return None
+        except (ShardError, StoreError):  # one shard's fault: find it
+            left = _merge_each(store, shards, batch, report)
+            if left is None:
+                return None
+            waiting += left
+            continue
+        for shard, stored in zip(batch, written, strict=True):
+            _merged(shards, shard, stored, report)
+    return waiting
+
+
+def _merge_each(store: Store, shards: ShardDir, batch: list[Shard],
+                report: MergeReport) -> list[Shard] | None:
+    """``_merge_round`` one shard per transaction."""
+    waiting = []
+    for shard in batch:
+        try:
+            written = merge_batch(store, shards, [shard])[0]
         except LockedError as exc:
             report.locked = str(exc)
             return None
@@ -75,20 +101,39 @@ def _merge_round(store: Store, shards: ShardDir, todo: list[Shard],
             shards.reject(shard, str(exc))
             report.rejected.append(f"{shard.name}: {exc}")
             continue
-        shards.mark_merged(shard)
-        if written:
-            report.stored += 1
-        else:
-            report.present += 1
+        _merged(shards, shard, written, report)
     return waiting
 
 
-def merge_one(store: Store, shards: ShardDir, shard: Shard) -> bool:
-    """Write one shard's vector (and sketch); False if the same vector was stored already."""
-    record = VectorRecord.read_parquet(shards.verified_parquet(shard))
+def _merged(shards: ShardDir, shard: Shard, written: bool, report: MergeReport) -> None:
+    shards.mark_merged(shard)
+    if written:
+        report.stored += 1
+    else:
+        report.present += 1
+
+
+def merge_batch(store: Store, shards: ShardDir, batch: list[Shard]) -> list[bool]:
+    """Write the shards' vectors (and sketches), one transaction per text set; per shard,
+    False if the same vector was stored already."""
+    records = [_checked_record(store, shards, shard) for shard in batch]
+    by_set: dict[int, list[int]] = defaultdict(list)
+    for index, (_, textset_id) in enumerate(records):
+        by_set[textset_id].append(index)
+    written = [False] * len(batch)
+    for textset_id, indexes in by_set.items():
+        done = write_records(store, [records[i][0] for i in indexes], textset_id)
+        for i, stored in zip(indexes, done, strict=True):
+            written[i] = stored
+    return written
+
+
+def _checked_record(store: Store, shards: ShardDir, shard: Shard) -> tuple[VectorRecord, int]:
+    """A shard's record and its text set's id, once its Parquet and texts are checked."""
+    record = read_parquet(shards.verified_parquet(shard))
     stored = store.textset(record.textset)
     if stored.content_hash != shard.meta["textset_hash"]:
         raise StoreError(f"{record.key}: scored on other texts than the atlas's text set "
                          f"'{record.textset}' (hash {shard.meta['textset_hash'][:12]} vs "
                          f"{stored.content_hash[:12]})")
-    return write_record(store, record, stored.textset_id)
+    return record, stored.textset_id

@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass
 
 from atlas.bulk.shards import ShardDir
+from atlas.pipeline.records import to_parquet
 from atlas.pipeline.score import Loads, score_unit
 from atlas.pipeline.units import Unit, Variant
 
@@ -81,7 +82,7 @@ def _score_unit(task: Task, shards: ShardDir) -> tuple[int, int, float]:
     written = tokens = 0
     for scored in score_unit(task.unit, task.variants, texts, loads=loads):
         for record in scored.records:
-            shards.write(names[record.key, record.textset], task.tag, record.to_parquet(), {
+            shards.write(names[record.key, record.textset], task.tag, to_parquet(record), {
                 "key": str(record.key), "textset": record.textset,
                 "textset_hash": task.textset_hashes[record.textset],
                 "config_id": record.config_id, "unit": task.unit.id,

@@ -25,10 +25,10 @@ from atlas.layers import (
 )
 from atlas.lens import Lens
 from atlas.loading import LoadedModel, load_model
-from atlas.pipeline.records import VectorRecord
 from atlas.pipeline.units import Unit, Variant, config_id
 from atlas.scoring import PartialScores, Scorer, Scores
 from atlas.specs import ModelSpec
+from atlas.store import VectorRecord
 from atlas.weights import WeightError, WeightSketch, sketch_parameters
 
 LENS_ONLY_PROVENANCE = ("forward", "lens")  # what a lens pass adds to a plain scoring's record
@@ -176,9 +176,9 @@ def make_record(variant: Variant, scores: Scores, unit: Unit,
                                  **loaded.allowed_weights}} if spec.allow_missing else {}
     provenance = {**scores.provenance, "source": spec.source, "revision": spec.revision,
                   "quantization": describe(spec, loaded), **allowed}
-    return VectorRecord(variant.key, variant.textset, variant.config_id, scores.loglik,
+    return VectorRecord(variant.key, scores.loglik, variant.config_id, provenance,
                         scores.n_tokens, scores.n_truncated, loaded.n_params, unit.parent,
-                        spec.source, spec.revision, provenance)
+                        spec.source, spec.revision, textset=variant.textset)
 
 
 def sketch_weights(model, sketch_dim: int, progress: bool = False,

@@ -1,6 +1,6 @@
 """The writer: the one way a scored vector enters the atlas.
 
-The vector, its variant row and its weight sketch go in one transaction (``Store.write_vector``):
+The vector, its variant row and its weight sketch go in one transaction (``Store.write_vectors``):
 a writer killed at any moment leaves all three or none. A sketch is written even when the same
 vector was stored already: it is of the same weights.
 """
@@ -11,19 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from atlas.errors import LockedError, NoSpaceError
-from atlas.pipeline.records import VectorRecord, save_pending
-from atlas.store import Store
+from atlas.pipeline.records import save_pending
+from atlas.store import Store, VectorRecord
 
 
-def write_record(store: Store, record: VectorRecord, textset_id: int,
-                 force: bool = False) -> bool:
-    """Write one record; False if the same vector was stored already."""
-    written = store.write_vector(
-        record.key, textset_id=textset_id, loglik=record.loglik, n_tokens=record.n_tokens,
-        n_truncated=record.n_truncated, config_id=record.config_id,
-        provenance=record.provenance, n_params=record.n_params, parent=record.parent,
-        source=record.source, revision=record.revision, force=force, sketch=record.sketch)
-    return written
+def write_records(store: Store, records: Sequence[VectorRecord], textset_id: int,
+                  force: bool = False) -> list[bool]:
+    """Write records of one text set and their weight sketches in one transaction; per record,
+    False if the same vector was stored already."""
+    return store.write_vectors(list(records), textset_id=textset_id, force=force,
+                               weight_sketches={str(r.key): r.sketch for r in records})
 
 
 def write_or_keep(store: Store, records: Sequence[VectorRecord], textset_id: int,
@@ -33,7 +30,7 @@ def write_or_keep(store: Store, records: Sequence[VectorRecord], textset_id: int
     written: list[bool] = []
     for index, record in enumerate(records):
         try:
-            written.append(write_record(store, record, textset_id, force))
+            written += write_records(store, [record], textset_id, force)
         except (LockedError, NoSpaceError) as exc:
             kept = [save_pending(store.path, rest) for rest in records[index:]]
             raise type(exc)(f"{exc} {_import_hint(kept, record.textset)}") from exc
