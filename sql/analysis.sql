@@ -56,7 +56,7 @@ WITH run AS MATERIALIZED (
       AND m.quant IS NULL AND m.layer IS NULL AND m.step IS NOT NULL),
 sets AS MATERIALIZED (
     SELECT v.textset_id, t.name AS set_name, t.mean_bytes, count(*) AS n_vectors
-    FROM run JOIN vectors v ON v.key = run.key JOIN textsets t ON t.textset_id = v.textset_id
+    FROM run JOIN vector_rows v ON v.key = run.key JOIN textsets t ON t.textset_id = v.textset_id
     WHERE textset_name IS NULL OR t.name = textset_name
     GROUP BY ALL),
 runs AS (  -- for the error message only
@@ -79,16 +79,22 @@ chosen AS MATERIALIZED (
             run_label(run_family, run_size, run_seed), count(s.textset_id),
             string_agg(s.set_name, ', ' ORDER BY s.set_name)))
     END AS textset_id
-    FROM runs r LEFT JOIN sets s ON true)
-SELECT row_number() OVER (ORDER BY run.step, run.key) AS i, run.key, run.step, v.textset_id,
+    FROM runs r LEFT JOIN sets s ON true),
+picked AS MATERIALIZED (  -- the run's rows first, then only their parts (as variant_vectors)
+    SELECT run.key, run.step, v.vid, v.textset_id, v.loglik_mean
+    FROM run JOIN vector_rows v ON v.key = run.key JOIN chosen c ON v.textset_id = c.textset_id),
+lists AS (
+    SELECT pk.vid, joined_parts(p.part, p.loglik, t.n_texts) AS loglik
+    FROM picked pk JOIN vector_parts p USING (vid) JOIN textsets t USING (textset_id)
+    GROUP BY pk.vid)
+SELECT row_number() OVER (ORDER BY pk.step, pk.key) AS i, pk.key, pk.step, pk.textset_id,
        s.set_name AS textset, s.mean_bytes,
-       centred_loglik(v.loglik, v.loglik_mean) AS loglik_centred, w.sketch,
+       centred_loglik(l.loglik, pk.loglik_mean) AS loglik_centred, w.sketch,
        weight_sketch_settings(w) AS sketch_settings
-FROM run
-JOIN vectors v ON v.key = run.key
-JOIN chosen c ON v.textset_id = c.textset_id
-JOIN sets s ON s.textset_id = v.textset_id
-LEFT JOIN weight_sketches w ON w.key = run.key;
+FROM picked pk
+JOIN lists l USING (vid)
+JOIN sets s ON s.textset_id = pk.textset_id
+LEFT JOIN weight_sketches w ON w.key = pk.key;
 
 -- Consecutive checkpoints of a run: KL(p_step, p_next_step) in bits/byte with its SE. Every
 -- checkpoint is a row, in step order; the last has NULL next_key, next_step, kl and se.
