@@ -518,7 +518,7 @@ def _calibrated_copy(world: Path, root: Path) -> Path:
     path = root / "atlas.duckdb"
     shutil.copy(world, path)
     db = Atlas(path)
-    db.sql("""UPDATE vectors SET provenance = '{"dtype": "float32"}'""")
+    db.sql("""UPDATE vector_rows SET provenance = '{"dtype": "float32"}'""")
     db.store.set_floor({"key": PARENT, "dtype": "float32", "textset": "eval", "kl_bpb": 1e9,
                         "se": 0.0, "batch_kl_bpb": 0.0, "device": "cpu", "batch_size": 8,
                         "versions": "{}"})
