@@ -354,6 +354,47 @@ def test_merge_writes_a_batch_of_shards_in_one_transaction(tmp_path, release, db
     assert (report.stored, batches) == (2, [["tiny-s/s1@step0", "tiny-s/s1@step100"]])
 
 
+def test_a_full_disk_stops_the_merge_and_rejects_no_shard(tmp_path, release, db, monkeypatch):
+    """A shard is not at fault when the disk is full: it stays in ready/ for the next merge
+    (it was set aside as rejected, so no later merge would store it)."""
+    from atlas.errors import NoSpaceError
+
+    manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[1]", steps="[0, 100]")
+    db.close()
+    plan, shards = prepare(manifest, db.path, None, 3)
+    for task in run_module.tasks_of(plan, shards, db.path, False):
+        run_module.run_task(task)
+
+    def full(self, records, **options):
+        raise NoSpaceError(f"no space left on the disk of {self.path}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, "write_vectors", full)
+        report = run_module.merge_ready(Store(db.path), shards)
+        assert (report.stored, report.rejected, len(shards.ready_shards())) == (0, [], 2)
+        assert "no space left" in report.stopped
+        from click.testing import CliRunner
+
+        from atlas.cli import main
+
+        result = CliRunner().invoke(main, ["--db", str(db.path), "bulk", "merge"])
+        assert result.exit_code == 1 and "stopped: no space left" in result.output
+        assert len(shards.ready_shards()) == 2
+    assert run_module.merge_ready(Store(db.path), shards).stored == 2
+
+
+def test_bulk_merge_exits_1_when_it_rejects_a_shard(tmp_path, release, db):
+    manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[1]", steps="[0]")
+    db.close()
+    plan, shards = prepare(manifest, db.path, None, 3)
+    for task in run_module.tasks_of(plan, shards, db.path, False):
+        run_module.run_task(task)
+    (shard,) = shards.ready_shards()
+    shard.parquet_path.write_bytes(shard.parquet_path.read_bytes() + b"x")
+    process = subprocess.run(bulk_command(db.path, "merge"), capture_output=True, text=True)
+    assert process.returncode == 1 and "rejected: " in process.stderr
+
+
 def test_a_parent_must_be_in_the_atlas_or_the_manifest(tmp_path, release, db):
     manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[1]", steps="[0]",
                                extra=f"""

@@ -91,8 +91,8 @@ def run_command(ctx: click.Context, manifest: Path, workers: int, ray_address: s
     for rejected in merge.rejected:
         click.echo(f"rejected: {rejected}", err=True)
     _report_waiting(merge.waiting)
-    if merge.locked:
-        click.echo(f"not merged yet: {merge.locked} Run `atlas bulk merge` later.", err=True)
+    if merge.stopped:
+        click.echo(f"not merged yet: {merge.stopped} Run `atlas bulk merge` later.", err=True)
     if report.failed or merge.rejected:
         ctx.exit(1)
 
@@ -142,5 +142,7 @@ def merge_command(ctx: click.Context, shard_dir: Path | None) -> None:
     for rejected in report.rejected:
         click.echo(f"rejected: {rejected}", err=True)
     _report_waiting(report.waiting)
-    if report.locked:
-        raise click.ClickException(f"stopped: {report.locked}")
+    if report.stopped:
+        raise click.ClickException(f"stopped: {report.stopped}")
+    if report.rejected:
+        ctx.exit(1)

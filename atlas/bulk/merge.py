@@ -15,26 +15,28 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from atlas.bulk.shards import Shard, ShardDir, ShardError
-from atlas.errors import LockedError, StoreError, UnknownParentError
+from atlas.errors import LockedError, NoSpaceError, StoreError, UnknownParentError
 from atlas.pipeline.records import read_parquet
 from atlas.pipeline.writer import write_records
 from atlas.store import Store, VectorRecord
 
 MERGE_BATCH = 256  # shards (one vector each) per transaction
 
+
 @dataclass
 class MergeReport:
     stored: int = 0  # new vectors in the atlas
     present: int = 0  # already there with the same config (a re-merge, or ingest was first)
     rejected: list[str] = field(default_factory=list)  # "NAME: reason"
-    locked: str | None = None  # another process held the atlas: the rest waits for next time
+    stopped: str | None = None  # why the rest waits for next time: the atlas was locked by
+    # another process, or the disk was full (a shard is not at fault: it stays in ready/)
     waiting: list[str] = field(default_factory=list)  # shards whose parent is not stored yet
 
     def add(self, other: MergeReport) -> None:
         self.stored += other.stored
         self.present += other.present
         self.rejected += other.rejected
-        self.locked = other.locked
+        self.stopped = other.stopped
         self.waiting = other.waiting
 
 
@@ -54,7 +56,7 @@ def _merge_all(store: Store, shards: ShardDir, report: MergeReport) -> None:
         todo, waiting = shards.ready_shards(), []
         while todo:
             waiting = _merge_round(store, shards, todo, report) or []
-            if len(waiting) in (0, len(todo)) or report.locked:
+            if len(waiting) in (0, len(todo)) or report.stopped:
                 break
             todo = waiting
         report.waiting = [shard.name for shard in waiting]
@@ -64,14 +66,15 @@ def _merge_all(store: Store, shards: ShardDir, report: MergeReport) -> None:
 
 def _merge_round(store: Store, shards: ShardDir, todo: list[Shard],
                  report: MergeReport) -> list[Shard] | None:
-    """Merge ``todo``; the shards whose parent is not stored yet (None: the atlas is locked)."""
+    """Merge ``todo``; the shards whose parent is not stored yet (None: stopped, locked or
+    out of space)."""
     waiting = []
     for start in range(0, len(todo), MERGE_BATCH):
         batch = todo[start:start + MERGE_BATCH]
         try:
             written = merge_batch(store, shards, batch)
-        except LockedError as exc:
-            report.locked = str(exc)
+        except (LockedError, NoSpaceError) as exc:
+            report.stopped = str(exc)
             return None
         except (ShardError, StoreError):  # one shard's fault: find it
             left = _merge_each(store, shards, batch, report)
@@ -91,8 +94,8 @@ def _merge_each(store: Store, shards: ShardDir, batch: list[Shard],
     for shard in batch:
         try:
             written = merge_batch(store, shards, [shard])[0]
-        except LockedError as exc:
-            report.locked = str(exc)
+        except (LockedError, NoSpaceError) as exc:
+            report.stopped = str(exc)
             return None
         except UnknownParentError:
             waiting.append(shard)
