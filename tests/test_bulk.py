@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -393,6 +394,24 @@ def test_bulk_merge_exits_1_when_it_rejects_a_shard(tmp_path, release, db):
     shard.parquet_path.write_bytes(shard.parquet_path.read_bytes() + b"x")
     process = subprocess.run(bulk_command(db.path, "merge"), capture_output=True, text=True)
     assert process.returncode == 1 and "rejected: " in process.stderr
+
+
+@pytest.mark.parametrize("edit", [lambda meta: {k: v for k, v in meta.items()
+                                                if k != "textset_hash"},
+                                  lambda meta: [meta]])
+def test_a_shard_with_a_malformed_manifest_is_rejected_with_its_reason(tmp_path, release, db,
+                                                                       edit):
+    manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[1]", steps="[0]")
+    db.close()
+    plan, shards = prepare(manifest, db.path, None, 3)
+    for task in run_module.tasks_of(plan, shards, db.path, False):
+        run_module.run_task(task)
+    (shard,) = shards.ready_shards()
+    shard.manifest_path.write_text(json.dumps(edit(shard.meta)))
+    report = run_module.merge_ready(Store(db.path), shards)
+    assert report.stored == 0 and len(report.rejected) == 1
+    assert re.search(r"no textset_hash|checksum mismatch", report.rejected[0])
+    assert not shards.ready_shards() and not vectors(db.path)
 
 
 def test_a_parent_must_be_in_the_atlas_or_the_manifest(tmp_path, release, db):

@@ -134,9 +134,14 @@ def merge_batch(store: Store, shards: ShardDir, batch: list[Shard]) -> list[bool
 def _checked_record(store: Store, shards: ShardDir, shard: Shard) -> tuple[VectorRecord, int]:
     """A shard's record and its text set's id, once its Parquet and texts are checked."""
     record = read_parquet(shards.verified_parquet(shard))
+    expected = shard.meta.get("textset_hash")
+    if not isinstance(expected, str):
+        raise ShardError(f"{shard.name}: its manifest {shard.manifest_path} gives no textset_hash "
+                         "(it was not written by atlas bulk, or was edited); delete the shard "
+                         "and run `atlas bulk run` again to re-score it")
     stored = store.textset(record.textset)
-    if stored.content_hash != shard.meta["textset_hash"]:
+    if stored.content_hash != expected:
         raise StoreError(f"{record.key}: scored on other texts than the atlas's text set "
-                         f"'{record.textset}' (hash {shard.meta['textset_hash'][:12]} vs "
+                         f"'{record.textset}' (hash {expected[:12]} vs "
                          f"{stored.content_hash[:12]})")
     return record, stored.textset_id

@@ -140,7 +140,8 @@ class ShardDir:
         shards = []
         for path in sorted(self.ready.glob("*.json")):
             with contextlib.suppress(OSError, ValueError):  # moved by a merger meanwhile
-                shards.append(Shard(path, json.loads(path.read_text())))
+                meta = json.loads(path.read_text())
+                shards.append(Shard(path, meta if isinstance(meta, dict) else {}))
         return shards
 
     def ready_variants(self) -> set[str]:
