@@ -337,12 +337,18 @@ def test_merge_verifies_checksums_and_is_idempotent(tmp_path, release, db):
     assert sorted(row.state for row in plan.rows) == ["done", "new"]
 
 
-def test_merge_writes_a_batch_of_shards_in_one_transaction(tmp_path, release, db, monkeypatch):
-    manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[1]", steps="[0, 100]")
+def scored_shards(tmp_path, release, db, steps: str) -> ShardDir:
+    """The shards of tiny-s/s1 at ``steps``, scored by the bulk worker and not merged yet."""
+    manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[1]", steps=steps)
     db.close()
     plan, shards = prepare(manifest, db.path, None, 3)
     for task in run_module.tasks_of(plan, shards, db.path, False):
         run_module.run_task(task)
+    return shards
+
+
+def test_merge_writes_a_batch_of_shards_in_one_transaction(tmp_path, release, db, monkeypatch):
+    shards = scored_shards(tmp_path, release, db, "[0, 100]")
     batches = []
     write = Store.write_vectors
 
@@ -360,11 +366,7 @@ def test_a_full_disk_stops_the_merge_and_rejects_no_shard(tmp_path, release, db,
     (it was set aside as rejected, so no later merge would store it)."""
     from atlas.errors import NoSpaceError
 
-    manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[1]", steps="[0, 100]")
-    db.close()
-    plan, shards = prepare(manifest, db.path, None, 3)
-    for task in run_module.tasks_of(plan, shards, db.path, False):
-        run_module.run_task(task)
+    shards = scored_shards(tmp_path, release, db, "[0, 100]")
 
     def full(self, records, **options):
         raise NoSpaceError(f"no space left on the disk of {self.path}")
@@ -385,11 +387,7 @@ def test_a_full_disk_stops_the_merge_and_rejects_no_shard(tmp_path, release, db,
 
 
 def test_bulk_merge_exits_1_when_it_rejects_a_shard(tmp_path, release, db):
-    manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[1]", steps="[0]")
-    db.close()
-    plan, shards = prepare(manifest, db.path, None, 3)
-    for task in run_module.tasks_of(plan, shards, db.path, False):
-        run_module.run_task(task)
+    shards = scored_shards(tmp_path, release, db, "[0]")
     (shard,) = shards.ready_shards()
     shard.parquet_path.write_bytes(shard.parquet_path.read_bytes() + b"x")
     process = subprocess.run(bulk_command(db.path, "merge"), capture_output=True, text=True)
@@ -401,11 +399,7 @@ def test_bulk_merge_exits_1_when_it_rejects_a_shard(tmp_path, release, db):
                                   lambda meta: [meta]])
 def test_a_shard_with_a_malformed_manifest_is_rejected_with_its_reason(tmp_path, release, db,
                                                                        edit):
-    manifest = family_manifest(tmp_path, release, sizes='["s"]', seeds="[1]", steps="[0]")
-    db.close()
-    plan, shards = prepare(manifest, db.path, None, 3)
-    for task in run_module.tasks_of(plan, shards, db.path, False):
-        run_module.run_task(task)
+    shards = scored_shards(tmp_path, release, db, "[0]")
     (shard,) = shards.ready_shards()
     shard.manifest_path.write_text(json.dumps(edit(shard.meta)))
     report = run_module.merge_ready(Store(db.path), shards)
