@@ -37,7 +37,6 @@ def write_pairs(path: Path, keys: list[str], loglik: np.ndarray, mean_bytes: flo
     The file appears whole or not at all: it is written beside ``path`` under a temporary name
     and renamed, so an interrupted run leaves any earlier file as it was.
     """
-    check_output(path)
     names = pa.array(keys, pa.string())
     fields = [("key_a", pa.string()), ("key_b", pa.string()), ("kl", pa.float64())]
     schema = pa.schema(fields + [("se", pa.float64())] * with_se)

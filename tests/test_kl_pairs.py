@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import polars as pl
 import pytest
@@ -90,6 +92,20 @@ def test_tiles_keep_the_pairwise_precision_on_ill_conditioned_vectors():
             a, b = loglik[rows.start + i], loglik[cols.start + j]
             assert kl[i, j] == pytest.approx(kl_bpb(a, b, 3.0), rel=TARGET)
             assert se[i, j] == pytest.approx(kl_se_bpb(a, b, 3.0), rel=TARGET)
+
+
+def test_tiles_never_hold_the_whole_matrix():
+    """Memory is the K × N vectors plus tiles: far below one K × K float64 matrix."""
+    loglik = np.random.default_rng(2).normal(-50, 5, (1000, 20))
+    tracemalloc.start()
+    try:
+        pairs = sum(tile_pairs(rows, cols)[0].size for rows, cols, *_ in
+                    kl_blocks(loglik, 3.0, block=50))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert pairs == 1000 * 999 // 2
+    assert peak < 1000 * 1000 * 8 / 10
 
 
 def test_cli_writes_the_chosen_models_pairs(db, tmp_path):
