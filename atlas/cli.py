@@ -265,7 +265,8 @@ def nearest(ctx: click.Context, key: str, k: int, textset: str | None, view: str
 @click.option("--view", default=None, help="Measure through a stored view (atlas view list).")
 @click.option("--block", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Models per tile: memory grows with its square, not with all pairs'.")
-@click.option("--no-se", is_flag=True, help="Leave out the SE column (about half the time).")
+@click.option("--no-se", is_flag=True,
+              help="Leave out the SE column: one matrix product per tile, not four.")
 @click.pass_context
 def kl_pairs(ctx: click.Context, output: Path, where: str | None, textset: str | None,
              view: str | None, block: int, no_se: bool) -> None:
