@@ -29,7 +29,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from atlas import extras, queries
+from atlas import extras, pairs, queries
 from atlas.analysis import maps, predict, protocol, scale, trajectory, views
 from atlas.analysis.maps import MapResult
 from atlas.analysis.predict import Prediction
@@ -357,12 +357,30 @@ class Atlas:
                   with_se: bool = True, view: str | View | None = None) -> KLMatrix:
         """All-pairs KL (bits/byte) and SEs with BLAS, for ``keys`` or every vector on the set,
         through ``view`` (a stored view's name; None: the raw vectors)."""
+        found, matrix, mean_bytes = self._kl_inputs(keys, textset, view)
+        return kl_matrix(matrix, mean_bytes, found, with_se=with_se)
+
+    def kl_pairs(self, path: str | Path, keys: list[str] | None = None,
+                 textset: str | None = None, view: str | View | None = None, block: int = 1024,
+                 with_se: bool = True) -> int:
+        """``kl_matrix``'s pairs i < j as Parquet rows (key_a, key_b, kl[, se]) at ``path``,
+        computed ``block`` × ``block`` models at a time so that 10⁴ models fit in memory;
+        returns the number of pairs written."""
+        path = Path(path)
+        pairs.check_output(path)
+        found, matrix, mean_bytes = self._kl_inputs(keys, textset, view)
+        if len(found) < 2:
+            raise pairs.PairsError(f"no pairs to write to {path}: {len(found)} model(s) with a "
+                                   "vector were chosen; choose at least two (--where, --textset)")
+        return pairs.write_pairs(path, found, matrix, mean_bytes, block, with_se)
+
+    def _kl_inputs(self, keys: list[str] | None, textset: str | None,
+                   view: str | View | None) -> tuple[list[str], np.ndarray, float]:
         if keys is not None:
             keys = [self.resolve(k) for k in keys]
         if textset is None:
             textset = self.only_textset()
-        found, matrix, mean_bytes = self.viewed_matrix(keys, textset, view)
-        return kl_matrix(matrix, mean_bytes, found, with_se=with_se)
+        return self.viewed_matrix(keys, textset, view)
 
     def vector_textsets(self) -> list[str]:
         """The names of the text sets holding any vector, sorted."""

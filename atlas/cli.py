@@ -257,6 +257,32 @@ def nearest(ctx: click.Context, key: str, k: int, textset: str | None, view: str
          title=f"nearest to {atlas.resolve(key)}")
 
 
+@main.command("kl-pairs")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The Parquet file to write: key_a, key_b, kl, se for every pair.")
+@click.option("--where", default=None, help="SQL condition on model_variants (default: all).")
+@click.option("--textset", default=None, help="Text set, when the atlas holds several.")
+@click.option("--view", default=None, help="Measure through a stored view (atlas view list).")
+@click.option("--block", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Models per tile: memory grows with its square, not with all pairs'.")
+@click.option("--no-se", is_flag=True,
+              help="Leave out the SE column: one matrix product per tile, not four.")
+@click.pass_context
+def kl_pairs(ctx: click.Context, output: Path, where: str | None, textset: str | None,
+             view: str | None, block: int, no_se: bool) -> None:
+    """KL (bits/byte) and SE of every pair of models, streamed to Parquet in bounded memory."""
+    from atlas import pairs, queries
+
+    pairs.check_output(output)  # a path it cannot write is refused before any work
+    atlas = _atlas(ctx, read_only=True)
+    keys = None
+    if where is not None:
+        chosen = queries.selection(atlas, where, textset)
+        keys, textset = sorted(chosen.models["key"].to_list()), chosen.textset
+    written = atlas.kl_pairs(output, keys, textset, view=view, block=block, with_se=not no_se)
+    click.echo(f"wrote {written} pairs to {output}")
+
+
 @main.command()
 @click.argument("query")
 @click.option("--format", "fmt", type=FORMATS, default="table")

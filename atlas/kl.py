@@ -9,6 +9,7 @@ use the same trick on powers of the centred values.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +41,8 @@ def double_centre(loglik: np.ndarray) -> np.ndarray:
     """Q = (I − 11ᵀ/K) L (I − 11ᵀ/N): every row and column sums to zero."""
     matrix = np.asarray(loglik, dtype=np.float64)
     centred = matrix - matrix.mean(axis=1, keepdims=True)
-    return centred - centred.mean(axis=0, keepdims=True)
+    centred -= centred.mean(axis=0, keepdims=True)  # in place: K × N may be gigabytes
+    return centred
 
 
 def scaled_coordinates(loglik: np.ndarray, mean_bytes: float) -> np.ndarray:
@@ -81,24 +83,58 @@ def kl_matrix(loglik: np.ndarray, mean_bytes: float, keys: list[str] | None = No
     computed directly from its difference, so every value equals ``kl_bpb``/``kl_se_bpb``.
     """
     q = double_centre(loglik)
-    n_models, n_texts = q.shape
-    gram = q @ q.T
-    sq = np.diag(gram).copy()
-    m2 = np.maximum((sq[:, None] + sq[None, :] - 2.0 * gram) / n_texts, 0.0)
-    scale = bpb_scale(mean_bytes)
+    every = slice(0, q.shape[0])
+    kl, se = _block(q, every, every, bpb_scale(mean_bytes), with_se)
+    np.fill_diagonal(kl, 0.0)
+    np.fill_diagonal(se, 0.0)
+    names = keys if keys is not None else [str(i) for i in range(q.shape[0])]
+    return KLMatrix(keys=list(names), kl=kl, se=se)
+
+
+def kl_blocks(loglik: np.ndarray, mean_bytes: float, block: int = 1024, with_se: bool = True
+              ) -> Iterator[tuple[slice, slice, np.ndarray, np.ndarray]]:
+    """``kl_matrix`` one tile at a time: (rows, cols, kl, se) for every block × block tile on or
+    above the diagonal, so that memory is the K × N vectors plus a few tiles, not K × K.
+
+    A tile's entries are ``kl_matrix``'s (the same ``_block``); its pairs are ``tile_pairs``
+    (a diagonal tile holds each of its pairs twice).
+    """
+    q = double_centre(loglik)
+    n_models, scale = q.shape[0], bpb_scale(mean_bytes)
+    for top in range(0, n_models, block):
+        rows = slice(top, min(top + block, n_models))
+        for left in range(top, n_models, block):
+            cols = slice(left, min(left + block, n_models))
+            yield rows, cols, *_block(q, rows, cols, scale, with_se)
+
+
+def tile_pairs(rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Local indices (i, j) of a tile's pairs rows.start + i < cols.start + j, row by row."""
+    shape = (rows.stop - rows.start, cols.stop - cols.start)
+    return np.nonzero(np.triu(np.ones(shape, bool), rows.start - cols.start + 1))
+
+
+def _block(q: np.ndarray, rows: slice, cols: slice, scale: float, with_se: bool
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """KL and SE (bits/byte) of the pairs q[rows] × q[cols] of the double-centred vectors."""
+    n_texts = q.shape[1]
+    square = rows == cols  # a diagonal tile: its products are symmetric
+    qa, qb = q[rows], q[cols]
+    sq_a = np.einsum("ij,ij->i", qa, qa)
+    sq_b = sq_a if square else np.einsum("ij,ij->i", qb, qb)
+    m2 = np.maximum((sq_a[:, None] + sq_b[None, :] - 2.0 * (qa @ qb.T)) / n_texts, 0.0)
     var4 = np.zeros_like(m2)
     if with_se:
-        q2 = q * q
-        s4 = np.sum(q2 * q2, axis=1)
-        cross31 = (q2 * q) @ q.T  # Σ q_i³ q_j
-        m4 = (s4[:, None] + s4[None, :] - 4.0 * (cross31 + cross31.T) + 6.0 * (q2 @ q2.T))
+        qa2 = qa * qa
+        qb2 = qa2 if square else qb * qb
+        s4_a = np.sum(qa2 * qa2, axis=1)
+        s4_b = s4_a if square else np.sum(qb2 * qb2, axis=1)
+        cross31 = (qa2 * qa) @ qb.T  # Σ q_i³ q_j
+        cross13 = cross31.T if square else qa @ (qb2 * qb).T  # Σ q_i q_j³
+        m4 = s4_a[:, None] + s4_b[None, :] - 4.0 * (cross31 + cross13) + 6.0 * (qa2 @ qb2.T)
         var4 = m4 / n_texts - m2 * m2
-        _recompute_imprecise(q, m2, var4, sq, s4)
-    np.fill_diagonal(m2, 0.0)
-    se = np.sqrt(np.maximum(var4, 0.0) / n_texts) * scale
-    np.fill_diagonal(se, 0.0)
-    names = keys if keys is not None else [str(i) for i in range(n_models)]
-    return KLMatrix(keys=list(names), kl=m2 * scale, se=se)
+        _recompute_imprecise(q, rows, cols, m2, var4, (sq_a, sq_b), (s4_a, s4_b))
+    return m2 * scale, np.sqrt(np.maximum(var4, 0.0) / n_texts) * scale
 
 
 ROUNDING = 64 * np.finfo(np.float64).eps  # generous: BLAS sums in blocks, in any order
@@ -106,23 +142,27 @@ TARGET = 1e-8  # relative precision every pair keeps
 PAIR_BLOCK = 1 << 24  # doubles of differences held at once (128 MB)
 
 
-def _recompute_imprecise(q: np.ndarray, m2: np.ndarray, var4: np.ndarray, sq: np.ndarray,
-                         s4: np.ndarray) -> None:
-    """Recompute, in place, the pairs whose expanded moments may have lost precision.
+def _recompute_imprecise(q: np.ndarray, rows: slice, cols: slice, m2: np.ndarray,
+                         var4: np.ndarray, sq: tuple[np.ndarray, np.ndarray],
+                         s4: tuple[np.ndarray, np.ndarray]) -> None:
+    """Recompute, in place, the pairs i < j of the tile whose expanded moments may have lost
+    precision (a diagonal tile gets both of its triangles).
 
     Bounds: |m2 error| ≤ ROUNDING·(sq_i + sq_j)/N·4 and, as every term of the m4 expansion is at
     most 8·(s4_i + s4_j) in size (Cauchy–Schwarz), |m4 error| ≤ ROUNDING·8·(s4_i + s4_j)/N.
     """
     n_texts = q.shape[1]
-    m2_error = ROUNDING * 4.0 * (sq[:, None] + sq[None, :]) / n_texts
-    var4_error = ROUNDING * 8.0 * (s4[:, None] + s4[None, :]) / n_texts + 2.0 * m2 * m2_error
+    m2_error = ROUNDING * 4.0 * (sq[0][:, None] + sq[1][None, :]) / n_texts
+    var4_error = (ROUNDING * 8.0 * (s4[0][:, None] + s4[1][None, :]) / n_texts
+                  + 2.0 * m2 * m2_error)
     suspect = (m2_error > TARGET * m2) | (var4_error > TARGET * np.abs(var4))
-    rows, cols = np.nonzero(np.triu(suspect, k=1))
+    tile_i, tile_j = np.nonzero(np.triu(suspect, k=rows.start - cols.start + 1))
     step = max(1, PAIR_BLOCK // max(n_texts, 1))
-    for start in range(0, rows.size, step):
-        i, j = rows[start:start + step], cols[start:start + step]
-        diff = q[i] - q[j]  # centred already: the rows of q sum to zero
+    for start in range(0, tile_i.size, step):
+        i, j = tile_i[start:start + step], tile_j[start:start + step]
+        diff = q[rows.start + i] - q[cols.start + j]  # centred already: q's rows sum to zero
         pair_m2 = np.mean(diff * diff, axis=1)
-        pair_var4 = np.mean(diff**4, axis=1) - pair_m2 * pair_m2
-        m2[i, j] = m2[j, i] = pair_m2
-        var4[i, j] = var4[j, i] = pair_var4
+        m2[i, j] = pair_m2
+        var4[i, j] = np.mean(diff**4, axis=1) - pair_m2 * pair_m2
+        if rows == cols:
+            m2[j, i], var4[j, i] = m2[i, j], var4[i, j]
