@@ -203,9 +203,9 @@ def _page_sql(query: ModelQuery, condition: str) -> str:
     if query.source == VARIANTS:
         return f"SELECT * FROM {VARIANTS} WHERE {condition} {window}"
     return (f"WITH page AS (SELECT * FROM model_variants WHERE {condition} {window}) "
-            "SELECT page.*, s.textsets FROM page LEFT JOIN (SELECT key, string_agg(textset, ', ' "
-            "ORDER BY textset) AS textsets FROM loglik_vectors WHERE key IN (SELECT key FROM page) "
-            f"GROUP BY key) s USING (key) ORDER BY {order}")
+            "SELECT page.*, s.textsets FROM page LEFT JOIN (SELECT r.key, string_agg(t.name, ', ' "
+            "ORDER BY t.name) AS textsets FROM vector_rows r JOIN textsets t USING (textset_id) "
+            f"WHERE r.key IN (SELECT key FROM page) GROUP BY r.key) s USING (key) ORDER BY {order}")
 
 
 def matching_keys(atlas: Atlas, text: str, limit: int = PALETTE_KEYS) -> list[str]:
@@ -252,8 +252,8 @@ def model_detail(atlas: Atlas, key: str, textset: str | None = None,
     """Provenance, nearest models and KLs to related variants of one model."""
     key = atlas.resolve(key)
     info = atlas.sql("SELECT * FROM model_info(?)", [key]).row(0, named=True)
-    names = atlas.sql("SELECT textset FROM loglik_vectors WHERE key = ? ORDER BY textset",
-                      [key])["textset"].to_list()
+    names = atlas.sql("SELECT t.name FROM vector_rows JOIN textsets t USING (textset_id) "
+                      "WHERE key = ? ORDER BY t.name", [key])["name"].to_list()
     sets = atlas.textsets().filter(pl.col("name").is_in(names))
     textsets = sets.select("name", "n_texts", "mean_bytes").to_dicts()
     metrics, predictions = model_metrics(atlas, key)
@@ -523,7 +523,7 @@ def selection(atlas: Atlas, where: str | None, textset: str | None) -> Selection
     scored = atlas.sql(
         "SELECT v.key, " + ", ".join(f"json_extract_string(v.provenance, '$.{name}') AS {name}"
                                      for name in PROVENANCE)
-        + " FROM vectors v JOIN textsets t USING (textset_id) WHERE t.name = ?", [textset])
+        + " FROM vector_rows v JOIN textsets t USING (textset_id) WHERE t.name = ?", [textset])
     return Selection(textset, where, models.join(scored, on="key", how="inner",
                                                         maintain_order="left"))
 
@@ -756,7 +756,7 @@ def protocol_context(atlas: Atlas, textset: str) -> protocol.Context:
     provenance = atlas.sql(
         "SELECT v.key, v.provenance->>'dtype' AS dtype, "
         "v.provenance->>'tokenizer_fingerprint' AS tokenizer_fingerprint "
-        "FROM vectors v JOIN textsets t USING (textset_id) WHERE t.name = ?", [textset])
+        "FROM vector_rows v JOIN textsets t USING (textset_id) WHERE t.name = ?", [textset])
     return protocol.Context(lineage, provenance, types)
 
 
@@ -824,7 +824,7 @@ def scored_floors(atlas: Atlas) -> pl.DataFrame:
     if not _has_table(atlas, "precision_floors"):
         return pl.DataFrame(schema={"key": pl.String, "textset": pl.String, "floor": pl.Float64})
     return atlas.sql(
-        "SELECT v.key, t.name AS textset, f.kl_bpb AS floor FROM vectors v "
+        "SELECT v.key, t.name AS textset, f.kl_bpb AS floor FROM vector_rows v "
         "JOIN textsets t USING (textset_id) JOIN precision_floors f ON f.key = v.key "
         "AND f.dtype = json_extract_string(v.provenance, '$.dtype')")
 

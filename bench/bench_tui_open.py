@@ -15,6 +15,11 @@ Baselines measured in the same run: the same app on the 1,000-variant atlas, and
 approach of loading every variant into the DataTable (one query, all rows added). Run:
 
     python bench/bench_tui_open.py [--variants 100000] [--baseline 1000] [--repeats 5]
+
+``--atlas PATH`` times an existing atlas instead (e.g. bench_scale.py's 10⁶-variant one, keys
+``m-<i>``: ``--text m-123456 --where "key like 'm-12%'"``), alone: no baseline and no all-rows
+load (10⁶ rows at ~1 ms a row). It is opened read-only, as the TUI does; open a copy writable
+once first if it was built by an older version (to bring its schema and macros up to date).
 """
 
 from __future__ import annotations
@@ -111,7 +116,10 @@ async def timed(pilot, action: Callable[[], Awaitable[None]], done: Callable[[],
     return time.perf_counter() - started
 
 
-async def session(path: Path) -> dict[str, float]:
+TEXT, WHERE = "fam07-1b/s3", "size = '1b' and step >= 10000"  # filters for the synthetic atlas
+
+
+async def session(path: Path, text: str = TEXT, clause: str = WHERE) -> dict[str, float]:
     """One run of the app: open, then each interaction, as seconds until the table shows it."""
     from textual.widgets import DataTable, Input
 
@@ -126,11 +134,9 @@ async def session(path: Path) -> dict[str, float]:
         table = screen.query_one("#models", DataTable)
         await until(pilot, lambda: table.row_count > 0)
         times["open"] = time.perf_counter() - started
-        text = "fam07-1b/s3"
         await pilot.press("slash", *text[:-1])
         times["substring filter (last key → rows)"] = await timed(
             pilot, lambda: pilot.press(text[-1]), shows(screen, text=text))
-        clause = "size = '1b' and step >= 10000"
         screen.query_one("#filter", Input).value = "where " + clause
         times["where filter (Enter → rows)"] = await timed(
             pilot, lambda: pilot.press("enter"), shows(screen, where=clause))
@@ -200,20 +206,38 @@ def import_seconds() -> float:
     return float(out.stdout)
 
 
+def one_atlas(path: Path, repeats: int, text: str, clause: str) -> None:
+    """Time the app on an existing atlas alone (``--atlas``)."""
+    asyncio.run(session(path, text, clause))  # warm the OS file cache and the imports
+    result = medians([asyncio.run(session(path, text, clause)) for _ in range(repeats)])
+    print(f"\n{path}: medians of {repeats} runs, seconds (App.run_test, 120×40), "
+          f"load average {os.getloadavg()[0]:.2f}:")
+    for name, seconds in result.items():
+        print(f"{name:38} {seconds:10.3f}")
+    print(f"import tui.app in a fresh interpreter: {import_seconds():.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", type=int, default=100_000)
     parser.add_argument("--baseline", type=int, default=1_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/tui_bench"))
+    parser.add_argument("--atlas", type=Path, help="time this existing atlas alone")
+    parser.add_argument("--text", default=TEXT, help="the substring filter typed")
+    parser.add_argument("--where", default=WHERE, help="the where … filter entered")
     args = parser.parse_args()
+    if args.atlas is not None:
+        one_atlas(args.atlas, args.repeats, args.text, args.where)
+        return
     big, small = (cached_atlas(args.cache, n) for n in (args.variants, args.baseline))
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {platform.system()}")
     results = {}
     for n, path in ((args.baseline, small), (args.variants, big)):
-        asyncio.run(session(path))  # warm the OS file cache and the imports
-        results[n] = medians([asyncio.run(session(path)) for _ in range(args.repeats)])
+        asyncio.run(session(path, args.text, args.where))  # warm the OS file cache, the imports
+        results[n] = medians([asyncio.run(session(path, args.text, args.where))
+                              for _ in range(args.repeats)])
     all_rows = statistics.median(asyncio.run(all_rows_session(big))
                                  for _ in range(max(1, args.repeats // 2)))
     print(f"\nmedians of {args.repeats} runs, seconds (App.run_test, 120×40):")

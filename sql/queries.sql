@@ -17,9 +17,10 @@ CREATE OR REPLACE MACRO size_value(size) AS CASE
          * pow(1000, strpos('kmbt', right(lower(trim(size)), 1)))
 END;
 
+-- From vector_rows, not loglik_vectors: that view joins every vector's ℓ back from its parts.
 CREATE OR REPLACE MACRO variant_textsets() AS TABLE
-SELECT key, string_agg(textset, ', ' ORDER BY textset) AS textsets
-FROM loglik_vectors GROUP BY key;
+SELECT r.key, string_agg(t.name, ', ' ORDER BY t.name) AS textsets
+FROM vector_rows r JOIN textsets t USING (textset_id) GROUP BY r.key;
 
 -- model_variants' columns and what only the models table holds (revision, created_at).
 CREATE OR REPLACE MACRO model_info(query_key) AS TABLE

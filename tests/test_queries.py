@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from tui_world import FINE_TUNE, N_MODELS, PARENT, TINY, build_world
 
+from atlas import queries
 from atlas.analysis import scale
 from atlas.api import Atlas, FilterError, ModelQuery, Run
 from atlas.errors import AtlasError
@@ -97,6 +98,25 @@ def test_pages_counts_and_groups(reader):
     rows = reader.model_page(ModelQuery(where="textsets LIKE '%tiny%'"), 0, 10).rows
     assert sorted(rows["key"].to_list()) == sorted(TINY)
     assert rows.filter(pl.col("key") == PARENT)["textsets"].item() == "eval, tiny"
+
+
+def test_page_and_detail_read_no_loglik_they_do_not_use(reader, monkeypatch):
+    """Text sets and provenance come from vector_rows: the vectors view (and loglik_vectors)
+    joins every vector's ℓ back from its parts: at 10⁶ variants half of a page's time, and
+    ~0.5 s of every model's detail (its nearest models' precision floors)."""
+    issued = []
+    sql = reader.sql
+    monkeypatch.setattr(reader, "sql", lambda query, params=None: (
+        issued.append((query, params)), sql(query, params))[1])
+    for spec in (ModelQuery(), ModelQuery(sort="textsets"), ModelQuery(where="textsets > ''")):
+        reader.model_page(spec, 0, 10)
+    reader.model_detail(PARENT)
+    queries.selection(reader, None, "eval"), queries.protocol_context(reader, "eval")
+    no_loglik = [(query, params) for query, params in issued
+                 if "nearest(" not in query and "shared_vectors(" not in query]
+    plans = {query: sql("EXPLAIN " + query, params)["explain_value"].str.join("").item()
+             for query, params in no_loglik}
+    assert len(plans) > 6 and [q for q, plan in plans.items() if "vector_parts" in plan] == []
 
 
 def test_for_family_keeps_the_filter():
