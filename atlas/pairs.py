@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from atlas.errors import AtlasError
+from atlas.files import replacing
 from atlas.kl import kl_blocks, tile_pairs
 
 
@@ -40,19 +41,15 @@ def write_pairs(path: Path, keys: list[str], loglik: np.ndarray, mean_bytes: flo
     names = pa.array(keys, pa.string())
     fields = [("key_a", pa.string()), ("key_b", pa.string()), ("kl", pa.float64())]
     schema = pa.schema(fields + [("se", pa.float64())] * with_se)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     written = 0
     try:
-        with pq.ParquetWriter(temporary, schema) as writer:
+        with replacing(path) as temporary, pq.ParquetWriter(temporary, schema) as writer:
             for rows, cols, kl, se in kl_blocks(loglik, mean_bytes, block, with_se):
                 i, j = tile_pairs(rows, cols)
                 columns = [names.take(i + rows.start), names.take(j + cols.start), kl[i, j]]
                 writer.write_table(pa.table(columns + [se[i, j]] * with_se, schema=schema))
                 written += i.size
-        os.replace(temporary, path)
     except OSError as exc:
         raise PairsError(f"cannot write the pairs to {path} (-o): {exc.strerror or exc}; "
                          "choose a folder you can write to with room for the file") from None
-    finally:
-        temporary.unlink(missing_ok=True)
     return written

@@ -31,6 +31,7 @@ from atlas.analysis.maps import MapError, MapResult
 from atlas.analysis.scale import PROVENANCE, ScaleError
 from atlas.analysis.views import View, ViewError
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
+from atlas.files import replacing
 from atlas.keys import quant_label, run_label
 
 if TYPE_CHECKING:
@@ -334,15 +335,12 @@ def export(atlas: Atlas, query: str, path: Path) -> int:
     if suffix not in (".csv", ".parquet"):
         raise AtlasError(f"{path.name}: export to a .csv or .parquet file")
     statement = one_select(query, AtlasError, "only the result of one SELECT can be exported")
-    partial = path.with_name(path.name + ".partial")
     try:
-        rows = _write_batches(atlas.sql_batches(statement.query), partial, suffix)
-        partial.replace(path)
+        with replacing(path) as partial:
+            rows = _write_batches(atlas.sql_batches(statement.query), partial, suffix)
     except OSError as exc:
         raise AtlasError(f"{path}: cannot write the export ({exc.strerror or exc}); choose "
                          "another file or free space") from None
-    finally:
-        partial.unlink(missing_ok=True)
     return rows
 
 

@@ -54,6 +54,7 @@ from atlas.analysis.protocol import orderings, references
 from atlas.api import ModelQuery
 from atlas.errors import AtlasError, StoreError
 from atlas.extras import MissingExtraError, require
+from atlas.files import replacing, temporary_beside
 from atlas.keys import safe_name
 from atlas.presentation import cell
 
@@ -344,19 +345,9 @@ def write(db: Atlas, path: str | Path, **options) -> Path:
     return path
 
 
-def _temporary(path: Path) -> Path:
-    """A name beside ``path`` for what becomes it (this process's own; hidden)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def _replace(text: str, path: Path) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it to ``path``."""
-    temp = _temporary(path)
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    with replacing(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
 
 
 def _write_html(report: Report, path: Path) -> None:
@@ -371,7 +362,7 @@ def _write_markdown(report: Report, path: Path) -> None:
     """The .md and its ``STEM_files/`` folder: the folder is drawn under a temporary name,
     swapped in for the old one, then the .md is renamed into place."""
     files = path.with_name(f"{path.stem}_files")
-    scratch = _temporary(files)
+    scratch = temporary_beside(files)
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     try:
@@ -379,7 +370,7 @@ def _write_markdown(report: Report, path: Path) -> None:
         links = {name: f"{files.name}/{p.name}" for name, p in drawn.files.items()}
         text = to_markdown(report, links, drawn)
         if files.exists():
-            old = _temporary(files.with_name(files.name + ".old"))
+            old = temporary_beside(files.with_name(files.name + ".old"))
             files.rename(old)
             shutil.rmtree(old)
         scratch.rename(files)
