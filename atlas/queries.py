@@ -33,6 +33,7 @@ from atlas.analysis.views import View, ViewError
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.files import replacing
 from atlas.keys import quant_label, run_label
+from atlas.store import registered
 
 if TYPE_CHECKING:
     from atlas.api import Atlas
@@ -567,12 +568,9 @@ def save_map(atlas: Atlas, result: MapResult) -> None:
             [result.name, result.method, json.dumps(result.params, sort_keys=True),
              result.textset, result.where, result.n_models, result.keys_hash,
              "; ".join(result.notes) or None, json.dumps(result.stats, sort_keys=True)])
-        con.register("new_map_points", points)
-        try:
+        with registered(con, "new_map_points", points):
             con.execute("INSERT INTO map_coordinates SELECT map_name, key, x, y "
                         "FROM new_map_points")
-        finally:
-            con.unregister("new_map_points")
 
 
 def drop_map(atlas: Atlas, name: str) -> bool:
@@ -609,10 +607,8 @@ def _require_metric_tables(atlas: Atlas) -> None:
 def save_metrics(atlas: Atlas, rows: pl.DataFrame) -> int:
     """Store (key, metric, value, source) rows, replacing equal (key, metric, source)."""
     table = rows.select("key", "metric", pl.col("value").cast(pl.Float64), "source").to_arrow()
-    with atlas.store.transaction() as con:
-        con.register("new_metrics", table)
+    with atlas.store.transaction() as con, registered(con, "new_metrics", table):
         con.execute("INSERT OR REPLACE INTO metric_values BY NAME SELECT * FROM new_metrics")
-        con.unregister("new_metrics")
     return rows.height
 
 
@@ -704,9 +700,8 @@ def save_prediction(atlas: Atlas, result, textset: str, where: str | None) -> No
         "alpha": [result.alpha] * len(result.keys), "r2": [result.r2] * len(result.keys)})
     with atlas.store.transaction() as con:
         con.execute("DELETE FROM metric_predictions WHERE metric = ?", [result.metric])
-        con.register("new_predictions", rows)
-        con.execute("INSERT INTO metric_predictions BY NAME SELECT * FROM new_predictions")
-        con.unregister("new_predictions")
+        with registered(con, "new_predictions", rows):
+            con.execute("INSERT INTO metric_predictions BY NAME SELECT * FROM new_predictions")
 
 
 def domain_texts(atlas: Atlas, textset: str) -> tuple[list[str | None], list[int]]:

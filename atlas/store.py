@@ -171,14 +171,20 @@ def _parts_table(vids: np.ndarray, loglik: np.ndarray) -> pa.Table:
 
 
 @contextlib.contextmanager
-def _keys_table(con: duckdb.DuckDBPyConnection, keys: list[str]) -> Iterator[None]:
-    """``keys`` as the table ``atlas_keys`` (key) for queries to join: a hash join, where
-    ``list_contains(?, key)`` compares every row with every key (hours at 10⁶ models)."""
-    con.register("atlas_keys", pa.table({"key": pa.array(keys, pa.string())}))
+def registered(con: duckdb.DuckDBPyConnection, name: str, rows: pa.Table) -> Iterator[None]:
+    """``rows`` (an Arrow table) visible to SQL as ``name`` for the block, even if it fails."""
+    con.register(name, rows)
     try:
         yield
     finally:
-        con.unregister("atlas_keys")
+        con.unregister(name)
+
+
+def _keys_table(con: duckdb.DuckDBPyConnection,
+                keys: list[str]) -> contextlib.AbstractContextManager[None]:
+    """``keys`` as the table ``atlas_keys`` (key) for queries to join: a hash join, where
+    ``list_contains(?, key)`` compares every row with every key (hours at 10⁶ models)."""
+    return registered(con, "atlas_keys", pa.table({"key": pa.array(keys, pa.string())}))
 
 
 def _rows_of_keys(con: duckdb.DuckDBPyConnection, query: str, keys: list[str],
@@ -190,11 +196,8 @@ def _rows_of_keys(con: duckdb.DuckDBPyConnection, query: str, keys: list[str],
 
 def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
     """One INSERT of an Arrow table's rows (by column name)."""
-    con.register("atlas_arrow_rows", rows)
-    try:
+    with registered(con, "atlas_arrow_rows", rows):
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM atlas_arrow_rows")
-    finally:
-        con.unregister("atlas_arrow_rows")
 
 
 def _model_row(record: VectorRecord) -> dict:
@@ -538,9 +541,8 @@ class Store:
                 "meta": pa.array([json.dumps(m) if m else None for m in textset.metas],
                                  pa.string()),
             })
-            con.register("new_texts", rows)
-            con.execute("INSERT INTO texts SELECT * FROM new_texts")
-            con.unregister("new_texts")
+            with registered(con, "new_texts", rows):
+                con.execute("INSERT INTO texts SELECT * FROM new_texts")
         return self.textset(name), True
 
     @staticmethod
@@ -633,10 +635,9 @@ class Store:
             for table, rows in (also or {}).items():
                 if table not in BATCH_TABLES:
                     raise ValueError(f"write_vectors cannot fill table {table!r}")
-                con.register("atlas_batch_rows", rows)
-                con.execute(f"INSERT OR REPLACE INTO {table} BY NAME "
-                            "SELECT * FROM atlas_batch_rows")
-                con.unregister("atlas_batch_rows")
+                with registered(con, "atlas_batch_rows", rows):
+                    con.execute(f"INSERT OR REPLACE INTO {table} BY NAME "
+                                "SELECT * FROM atlas_batch_rows")
         return written
 
     def _to_write(self, con, records: list[VectorRecord], textset_id: int,
@@ -655,14 +656,13 @@ class Store:
     def _upsert_models(con, records: list[VectorRecord]) -> None:
         """The variant rows of ``records``: new ones inserted, known ones completed."""
         models = pa.Table.from_pylist([_model_row(r) for r in records])
-        con.register("atlas_new_models", models)
-        con.execute(f"INSERT INTO models ({', '.join(models.column_names)}) "
-                    "SELECT * FROM atlas_new_models ON CONFLICT (key) DO UPDATE SET "
-                    "n_params = coalesce(excluded.n_params, n_params), "
-                    "parent = coalesce(excluded.parent, parent), "
-                    "source = coalesce(excluded.source, source), "
-                    "revision = coalesce(excluded.revision, revision)")
-        con.unregister("atlas_new_models")
+        with registered(con, "atlas_new_models", models):
+            con.execute(f"INSERT INTO models ({', '.join(models.column_names)}) "
+                        "SELECT * FROM atlas_new_models ON CONFLICT (key) DO UPDATE SET "
+                        "n_params = coalesce(excluded.n_params, n_params), "
+                        "parent = coalesce(excluded.parent, parent), "
+                        "source = coalesce(excluded.source, source), "
+                        "revision = coalesce(excluded.revision, revision)")
 
     def _insert(self, con, records: list[VectorRecord], matrix: np.ndarray,
                 textset_id: int) -> None:
@@ -729,10 +729,9 @@ class Store:
         columns = vector_columns(loglik.astype(np.float64), basis)
         table = pa.table({"vid": vids, "sketch": _sketch_array(columns["sketch"], len(vids)),
                           "sketch_resid": columns["sketch_resid"]})
-        con.register("atlas_sketches", table)
-        con.execute("UPDATE vector_rows SET sketch = s.sketch, sketch_resid = s.sketch_resid "
-                    "FROM atlas_sketches s WHERE vector_rows.vid = s.vid")
-        con.unregister("atlas_sketches")
+        with registered(con, "atlas_sketches", table):
+            con.execute("UPDATE vector_rows SET sketch = s.sketch, sketch_resid = s.sketch_resid "
+                        "FROM atlas_sketches s WHERE vector_rows.vid = s.vid")
 
     @staticmethod
     def _record_quantization(con, key: ModelKey, record: dict | None) -> None:
@@ -891,12 +890,10 @@ def _stored_loglik(con: duckdb.DuckDBPyConnection, textset_id: int,
                                   [textset_id]).fetchall())
     names = sorted(vid_of) if keys is None else [k for k in keys if k in vid_of]
     vids = np.array([vid_of[k] for k in names], dtype=np.int64)
-    con.register("atlas_vids", pa.table({"vid": vids}))
-    try:  # a join on vid alone: the scan of vector_parts reads only these vectors' rows
+    with registered(con, "atlas_vids", pa.table({"vid": vids})):
+        # a join on vid alone: the scan of vector_parts reads only these vectors' rows
         table = con.sql("SELECT p.vid, p.part, p.loglik FROM atlas_vids "
                         "JOIN vector_parts p USING (vid)").to_arrow_table()
-    finally:
-        con.unregister("atlas_vids")
     n_parts = -(-n_texts // LOGLIK_PART)
     sorter = np.argsort(vids)
     rank = sorter[np.searchsorted(vids, table.column("vid").to_numpy(), sorter=sorter)]
