@@ -54,7 +54,7 @@ from atlas.analysis.protocol import orderings, references
 from atlas.api import ModelQuery
 from atlas.errors import AtlasError, StoreError
 from atlas.extras import MissingExtraError, require
-from atlas.files import replacing, temporary_beside
+from atlas.files import remove_stale, replacing, temporary_beside
 from atlas.keys import safe_name
 from atlas.presentation import cell
 
@@ -362,8 +362,9 @@ def _write_markdown(report: Report, path: Path) -> None:
     """The .md and its ``STEM_files/`` folder: the folder is drawn under a temporary name,
     swapped in for the old one, then the .md is renamed into place."""
     files = path.with_name(f"{path.stem}_files")
+    remove_stale(path.parent, files.name)
+    remove_stale(path.parent, files.name + ".old")
     scratch = temporary_beside(files)
-    shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     try:
         drawn = draw(report, scratch)

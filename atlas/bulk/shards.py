@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atlas.errors import AtlasError
-from atlas.keys import safe_name
+from atlas.files import remove_stale, write_atomically, writer
 from atlas.textsets import content_hash
 
 
@@ -52,19 +52,6 @@ TAG_SEPARATOR = "~"  # between a variant's name and its attempt's tag (never in 
 def variant_name(shard_name: str) -> str:
     """The variant a shard (VARIANT~TAG) holds."""
     return shard_name.split(TAG_SEPARATOR)[0]
-
-
-def _writer() -> str:
-    return f"{safe_name(socket.gethostname())}-{os.getpid()}"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{_writer()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def sha256_file(path: Path) -> str:
@@ -109,7 +96,7 @@ class ShardDir:
     def export_texts(self, digest: str, texts: list[str]) -> None:
         path = self.texts / f"{digest}.json"
         if not path.exists():
-            _atomic_write(path, json.dumps(texts, ensure_ascii=False).encode("utf-8"))
+            write_atomically(path, json.dumps(texts, ensure_ascii=False).encode("utf-8"))
 
     def load_texts(self, digest: str) -> list[str]:
         """The texts of a text set, checked against its content hash."""
@@ -129,11 +116,11 @@ class ShardDir:
         """Parquet first, manifest (with its checksum) last: the manifest marks it finished."""
         name = f"{variant}{TAG_SEPARATOR}{tag}"
         parquet_path = self.ready / f"{name}.parquet"
-        _atomic_write(parquet_path, parquet)
+        write_atomically(parquet_path, parquet)
         meta = {**meta, "sha256": hashlib.sha256(parquet).hexdigest(), "bytes": len(parquet),
                 "written_at": time.time()}
         manifest_path = self.ready / f"{name}.json"
-        _atomic_write(manifest_path, json.dumps(meta, indent=1).encode())
+        write_atomically(manifest_path, json.dumps(meta, indent=1).encode())
         return Shard(manifest_path, meta)
 
     def ready_shards(self) -> list[Shard]:
@@ -168,7 +155,7 @@ class ShardDir:
     def reject(self, shard: Shard, reason: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.replace(shard.parquet_path, self.rejected / shard.parquet_path.name)
-        _atomic_write(self.rejected / shard.manifest_path.name,
+        write_atomically(self.rejected / shard.manifest_path.name,
                       json.dumps({**shard.meta, "rejected": reason}, indent=1).encode())
         shard.manifest_path.unlink(missing_ok=True)
 
@@ -178,11 +165,7 @@ class ShardDir:
         for path in self.ready.glob("*.parquet"):
             if (self.merged / f"{path.stem}.json").exists():
                 os.replace(path, self.merged / path.name)
-        host = f"{safe_name(socket.gethostname())}-"
-        for path in self.path.rglob(".*.tmp"):
-            writer = path.name.rsplit(".", 2)[-2]
-            if writer.startswith(host) and not _alive(writer.removeprefix(host)):
-                path.unlink(missing_ok=True)
+        remove_stale(self.path)
 
     @contextlib.contextmanager
     def merge_lock(self) -> Iterator[None]:
@@ -205,7 +188,7 @@ class ShardDir:
         self.logs.mkdir(parents=True, exist_ok=True)
         record = {"event": event, "time": time.time(), "host": socket.gethostname(),
                   "pid": os.getpid(), **fields}
-        path = self.logs / f"{_writer()}.jsonl"
+        path = self.logs / f"{writer()}.jsonl"
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -221,7 +204,7 @@ class ShardDir:
         yield from sorted(records, key=lambda record: record.get("time", 0))
 
     def write_run(self, info: dict) -> None:
-        _atomic_write(self.path / "run.json", json.dumps(info, indent=1).encode())
+        write_atomically(self.path / "run.json", json.dumps(info, indent=1).encode())
 
     def read_run(self) -> dict | None:
         path = self.path / "run.json"
@@ -229,14 +212,3 @@ class ShardDir:
             return json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-
-
-def _alive(pid: str) -> bool:
-    """Whether process ``pid`` of this host runs (True when it cannot be told)."""
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True

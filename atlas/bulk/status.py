@@ -6,13 +6,13 @@ what was planned, the workers' event logs say what happened to each unit since.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from atlas.bulk.shards import ShardDir
+from atlas.files import pid_alive
 
 
 @dataclass
@@ -96,10 +96,4 @@ def _alive(run: dict) -> bool | None:
     pid = run.get("pid")
     if pid is None or run.get("host", socket.gethostname()) != socket.gethostname():
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
