@@ -50,37 +50,35 @@ def merge_ready(store: Store, shards: ShardDir) -> MergeReport:
 
 def _merge_all(store: Store, shards: ShardDir, report: MergeReport) -> None:
     """Rounds over the ready shards until one merges nothing more: a fine-tune whose parent
-    is not stored yet waits in ``ready/`` for the round (or the merge) after its parent's."""
+    is not stored yet waits in ``ready/`` for the round (or the merge) after its parent's. A
+    locked atlas or a full disk stops the merge: the rest waits for next time."""
     shards.tidy()
     try:
         todo, waiting = shards.ready_shards(), []
         while todo:
-            waiting = _merge_round(store, shards, todo, report) or []
-            if len(waiting) in (0, len(todo)) or report.stopped:
+            waiting = _merge_round(store, shards, todo, report)
+            if len(waiting) in (0, len(todo)):
                 break
             todo = waiting
         report.waiting = [shard.name for shard in waiting]
+    except (LockedError, NoSpaceError) as exc:
+        report.stopped = str(exc)
     finally:
         store.release()
 
 
 def _merge_round(store: Store, shards: ShardDir, todo: list[Shard],
-                 report: MergeReport) -> list[Shard] | None:
-    """Merge ``todo``; the shards whose parent is not stored yet (None: stopped, locked or
-    out of space)."""
+                 report: MergeReport) -> list[Shard]:
+    """Merge ``todo``; the shards whose parent is not stored yet."""
     waiting = []
     for start in range(0, len(todo), MERGE_BATCH):
         batch = todo[start:start + MERGE_BATCH]
         try:
             written = merge_batch(store, shards, batch)
-        except (LockedError, NoSpaceError) as exc:
-            report.stopped = str(exc)
-            return None
+        except (LockedError, NoSpaceError):
+            raise
         except (ShardError, StoreError):  # one shard's fault: find it
-            left = _merge_each(store, shards, batch, report)
-            if left is None:
-                return None
-            waiting += left
+            waiting += _merge_each(store, shards, batch, report)
             continue
         for shard, stored in zip(batch, written, strict=True):
             _merged(shards, shard, stored, report)
@@ -88,15 +86,14 @@ def _merge_round(store: Store, shards: ShardDir, todo: list[Shard],
 
 
 def _merge_each(store: Store, shards: ShardDir, batch: list[Shard],
-                report: MergeReport) -> list[Shard] | None:
+                report: MergeReport) -> list[Shard]:
     """``_merge_round`` one shard per transaction."""
     waiting = []
     for shard in batch:
         try:
             written = merge_batch(store, shards, [shard])[0]
-        except (LockedError, NoSpaceError) as exc:
-            report.stopped = str(exc)
-            return None
+        except (LockedError, NoSpaceError):
+            raise
         except UnknownParentError:
             waiting.append(shard)
             continue
