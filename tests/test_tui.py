@@ -551,6 +551,24 @@ def test_scale_screen_shows_floors_and_calibrations(world, tmp_path):
     drive(path, scenario)
 
 
+def test_detail_flags_the_nearest_within_floors(world, tmp_path):
+    path = _calibrated_copy(world, tmp_path)  # PARENT's floor: every pair of it is within
+    with Atlas(path, read_only=True) as handle:
+        expected = handle.nearest(PARENT, k=10, textset="eval")
+
+    async def scenario(app, pilot):
+        app.open_model(PARENT)
+        await settle(pilot)
+        table = app.screen.query_one("#nearest", DataTable)
+        assert [str(c.label) for c in table.columns.values()][-1] == "≤3 floors"
+        shown = rows(table)
+        assert [r[1] for r in shown] == expected["key"].to_list()
+        assert [r[-1] for r in shown] == ["within" if w else "" for w in expected["within_floor"]]
+        assert shown and all(r[-1] == "within" for r in shown)
+
+    drive(path, scenario)
+
+
 def test_trajectory_screen(world, reader):
     async def scenario(app, pilot):
         await pilot.press("4")

@@ -18,6 +18,15 @@ from tui.screens.base import AtlasScreen
 from tui.widgets import ModeBar, Notice
 
 RULER_WIDTH = 20
+# nearest's columns that only some atlases have → heading: hub ids of an imported release, and
+# the floor flag (KL within 3 precision floors: rounding, not a difference; atlas calibrate)
+OPTIONAL = {"hub_id": "hub id", "within_floor": "≤3 floors"}
+
+
+def _optional(column: str, value) -> Text | str:
+    if column == "within_floor":
+        return Text("within", style="yellow") if value else ""
+    return escape(value or "")
 
 
 class DetailScreen(AtlasScreen):
@@ -84,15 +93,15 @@ class DetailScreen(AtlasScreen):
             f"Nearest models{on_set} (KL bits/byte; ruler {scale.range_label()})")
         nearest = self.query_one("#nearest", DataTable)
         nearest.clear()
-        hub_ids = "hub_id" in detail.nearest.columns and detail.nearest["hub_id"].null_count() < (
-            detail.nearest.height)
-        if hub_ids and "hub_id" not in nearest.columns:  # models of a hub release: their ids
-            nearest.add_column("hub id", key="hub_id")
+        for column in OPTIONAL:  # shown once some row has a value
+            if column in detail.nearest.columns and detail.nearest[column].null_count() < (
+                    detail.nearest.height) and column not in nearest.columns:
+                nearest.add_column(OPTIONAL[column], key=column)
         for rank, row in enumerate(detail.nearest.iter_rows(named=True), start=1):
             cells = [str(rank), row["key"], number(row["kl"]), number(row["se"], 2),
                      scale.bar(row["kl"], "cyan")]
-            if "hub_id" in nearest.columns:
-                cells.append(escape(row.get("hub_id") or ""))
+            cells += [_optional(column, row.get(column)) for column in OPTIONAL
+                      if column in nearest.columns]
             nearest.add_row(*cells, key=row["key"])
         related = self.query_one("#related", DataTable)
         related.clear()
