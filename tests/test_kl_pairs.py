@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tracemalloc
 
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
@@ -63,6 +64,8 @@ def test_streamed_pairs_equal_kl_matrix(db, tmp_path, view, block):
         expected = _upper(handle.kl_matrix(view=view))
     assert written == len(KEYS) * (len(KEYS) - 1) // 2 == pl.read_parquet(out).height
     _assert_same(pl.read_parquet(out), expected)
+    assert pl.read_parquet(out).schema["key_a"] == pl.String  # keys read as text, everywhere
+    assert duckdb.sql(f"SELECT typeof(key_b) FROM '{out}' LIMIT 1").fetchall() == [("VARCHAR",)]
 
 
 def test_tiles_hold_kl_matrix_entries_beside_a_shared_heavy_text():
