@@ -7,6 +7,7 @@ KL(a, b) = (c_a − c_b)² / (2 B̄ ln 2) and SE(a, b) = (c_a − c_b)² √((me
 from __future__ import annotations
 
 import math
+import tracemalloc
 from itertools import pairwise
 
 import numpy as np
@@ -18,7 +19,7 @@ import atlas
 from atlas.analysis import scale
 from atlas.cli import main
 from atlas.keys import size_value
-from atlas.kl import bpb_scale
+from atlas.kl import bpb_scale, kl_bpb, kl_se_bpb
 
 PYTHIA_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, *range(100, 1001, 100)]
 # key → (coordinate c, parent); the keys cover every built-in setting once or more
@@ -138,15 +139,29 @@ def test_statistics_match_numpy(world):
             assert row["sd"] is None
 
 
-def test_kls_come_from_one_matrix_call(world, monkeypatch):
-    db, _ = world
-    calls = []
-    original = db.kl_matrix
-    monkeypatch.setattr(db, "kl_matrix", lambda keys, **kw: calls.append(keys) or original(
-        keys, **kw))
-    result = db.scale_pairs()
-    assert len(calls) == 1
-    assert set(calls[0]) == set(result["key_a"]) | set(result["key_b"])
+def test_scale_measures_its_pairs_without_a_models_squared_matrix(db, textset):
+    """1,200 variants: the settings' pairs alone are measured, each equal to ``kl_bpb`` of its
+    two stored vectors, and no K × K float64 array (11.5 MB) is ever allocated."""
+    keys = [f"fam{f}-{size}m/s{seed}@step{step}" for f in range(3) for size in (70, 160)
+            for seed in range(1, 6) for step in range(0, 4000, 100)]
+    rng = np.random.default_rng(5)
+    loglik = rng.normal(-50, 5, len(textset)) + rng.normal(0, 1, (len(keys), len(textset)))
+    path = db.path.parent / "many.parquet"
+    pl.DataFrame({"key": keys, "loglik": loglik.tolist()}).write_parquet(path)
+    db.import_vectors(path, "eval")
+    tracemalloc.start()
+    try:
+        result = db.scale_pairs()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < len(keys) ** 2 * 8 / 2  # before: 84 MB, kl_matrix and its temporaries
+    assert set(result["key_a"]) | set(result["key_b"]) == set(keys)
+    _, stored, mean_bytes = db.store.matrix(keys, "eval")
+    row = {key: i for i, key in enumerate(keys)}
+    for a, b, kl, se in result.select("key_a", "key_b", "kl", "se").sample(50, seed=1).rows():
+        assert kl == kl_bpb(stored[row[a]], stored[row[b]], mean_bytes)
+        assert se == kl_se_bpb(stored[row[a]], stored[row[b]], mean_bytes)
 
 
 @pytest.mark.parametrize(("steps", "late", "late_half"), [

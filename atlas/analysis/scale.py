@@ -10,7 +10,8 @@ in the registry; a new one joins by registering one more (``@setting(name, descr
     scale.pairs(scale.models_from_keys([...]))   # the pairs alone, for keys not yet stored
 
 The pairs and their statistics are computed here from frames; ``Atlas.scale`` reads the models
-and the KL matrix they need.
+and the vectors of the keys they involve. Only the pairs are measured (``atlas.kl.pair_kl``), so
+memory is those vectors plus a bounded block, never a K × K matrix.
 
 Pairs are oriented "from → to": key_a is the earlier checkpoint, the lower seed (none first), the
 smaller size, the unquantized model, the parent, layer l; random pairs go by key. The KL estimate
@@ -61,7 +62,7 @@ import polars as pl
 
 from atlas.errors import AtlasError
 from atlas.keys import ModelKey, size_value, step_of
-from atlas.kl import KLMatrix
+from atlas.kl import pair_kl
 
 RANDOM_PAIRS = 500  # cap on pairs per random setting
 RANDOM_SEED = 0
@@ -425,18 +426,20 @@ def measured_pairs(models: pl.DataFrame, scope: str,
 
 
 def pair_keys(chosen: pl.DataFrame) -> list[str]:
-    """The keys the pairs involve, sorted: one ``kl_matrix`` over them gives every KL."""
+    """The keys the pairs involve, sorted: the rows of the matrix ``with_kl`` reads."""
     return sorted(set(chosen["key_a"].to_list()) | set(chosen["key_b"].to_list()))
 
 
-def with_kl(chosen: pl.DataFrame, matrix: KLMatrix) -> pl.DataFrame:
-    """Every pair with its KL and SE (bits/byte) from ``matrix`` (BLAS, not one query per pair):
+def with_kl(chosen: pl.DataFrame, keys: list[str], loglik: np.ndarray,
+            mean_bytes: float) -> pl.DataFrame:
+    """Every pair with its KL and SE (bits/byte), computed for those pairs alone from the
+    vectors of ``keys`` (``pair_kl``: a block of differences at a time, no K × K matrix):
     (setting, key_a, key_b, kl, se)."""
-    index = {key: i for i, key in enumerate(matrix.keys)}
-    rows = np.array([index[k] for k in chosen["key_a"].to_list()], dtype=np.int64)
-    cols = np.array([index[k] for k in chosen["key_b"].to_list()], dtype=np.int64)
-    return chosen.with_columns(kl=pl.Series(matrix.kl[rows, cols]),
-                               se=pl.Series(matrix.se[rows, cols]))
+    index = {"old": keys, "new": range(len(keys)), "return_dtype": pl.Int64}
+    rows = chosen.select(a=pl.col("key_a").replace_strict(**index),
+                         b=pl.col("key_b").replace_strict(**index))
+    kl, se = pair_kl(loglik, rows["a"].to_numpy(), rows["b"].to_numpy(), mean_bytes)
+    return chosen.with_columns(kl=pl.Series(kl), se=pl.Series(se))
 
 
 def summarise(scaled: pl.DataFrame) -> pl.DataFrame:
