@@ -32,21 +32,23 @@ SIZES = ("70m", "160m", "410m", "1b")
 STEPS = (0, 1, 16, 512, 1000, 2000, 3000, 4000, 5000, 6000)
 
 
-def keys(n_models: int) -> list[str]:
-    """``n_models`` keys, family by family: 200 checkpoints of its runs (the default run and
-    seeds 1–4) and per size two quantized and four logit-lens variants of its final model."""
-    found: list[str] = []
+def variants(n_models: int) -> dict[str, str | None]:
+    """``n_models`` keys with their parents, family by family: 200 checkpoints of its runs (the
+    default run and seeds 1–4) and per size two quantized and four logit-lens variants of its
+    final model and two fine-tunes of it (one naming its parent by a shorthand)."""
+    found: dict[str, str | None] = {}
     family = 0
     while len(found) < n_models:
         for size in SIZES:
-            run = f"fam{family}-{size}"
-            found += [f"{run}{seed}@step{step}" for seed in ("", "/s1", "/s2", "/s3", "/s4")
-                      for step in STEPS]
-            final = f"@step{STEPS[-1]}"
-            found += [f"{run}+{quant}{final}" for quant in ("bnb-int8", "gguf-q4_1")]
-            found += [f"{run}#{layer}{final}" for layer in (0, 4, 8, 12)]
+            run, final = f"fam{family}-{size}", f"@step{STEPS[-1]}"
+            found |= dict.fromkeys(f"{run}{seed}@step{step}" for step in STEPS
+                                   for seed in ("", "/s1", "/s2", "/s3", "/s4"))
+            found |= dict.fromkeys(f"{run}+{quant}{final}" for quant in ("bnb-int8", "gguf-q4_1"))
+            found |= dict.fromkeys(f"{run}#{layer}{final}" for layer in range(4))
+            found |= {f"fam{family}-chat-{size}": f"{run}{final}",
+                      f"fam{family}-code-{size}": f"{run}+bnb-int8"}
         family += 1
-    return found[:n_models]
+    return dict(list(found.items())[:n_models])
 
 
 def context() -> dict:
@@ -55,10 +57,11 @@ def context() -> dict:
 
 
 def select(n_models: int) -> dict:
-    models = scale.models_from_keys(keys(n_models))
+    found = variants(n_models)
+    models = scale.models_from_keys(found, {key: p for key, p in found.items() if p})
     start = time.perf_counter()
-    found = scale.pairs(models)
-    return {"models": n_models, "pairs": found.height,
+    chosen = scale.pairs(models)
+    return {"models": n_models, "pairs": chosen.height,
             "select_s": round(time.perf_counter() - start, 2)}
 
 
@@ -69,7 +72,7 @@ def atlas_path(cache: Path, n_models: int, n_texts: int) -> Path:
 def build_atlas(cache: Path, n_models: int, n_texts: int) -> dict:
     path = atlas_path(cache, n_models, n_texts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    seconds = build(path.parent, synthetic(n_models, n_texts), keys(n_models))
+    seconds = build(path.parent, synthetic(n_models, n_texts), list(variants(n_models)))
     return {"models": n_models, "texts": n_texts, "import_s": round(seconds, 1)}
 
 

@@ -7,6 +7,7 @@ KL(a, b) = (c_a − c_b)² / (2 B̄ ln 2) and SE(a, b) = (c_a − c_b)² √((me
 from __future__ import annotations
 
 import math
+import time
 import tracemalloc
 from itertools import pairwise
 
@@ -162,6 +163,49 @@ def test_scale_measures_its_pairs_without_a_models_squared_matrix(db, textset):
     for a, b, kl, se in result.select("key_a", "key_b", "kl", "se").sample(50, seed=1).rows():
         assert kl == kl_bpb(stored[row[a]], stored[row[b]], mean_bytes)
         assert se == kl_se_bpb(stored[row[a]], stored[row[b]], mean_bytes)
+
+
+def _hub(families: int) -> pl.DataFrame:
+    """Per family 2 sizes × 3 seeds × 10 checkpoints, a quantized and two layer variants of
+    each final model and two fine-tunes of it (one named by a shorthand)."""
+    keys, parents = [], {}
+    for family in range(families):
+        for size in ("70m", "1b"):
+            run = f"f{family}-{size}"
+            keys += [f"{run}{seed}@step{step}" for seed in ("", "/s1", "/s2")
+                     for step in (0, 1, 8, *range(1000, 8000, 1000))]
+            keys += [f"{run}+int8@step7000", f"{run}#0@step7000", f"{run}#1@step7000"]
+            parents |= {f"f{family}-chat-{size}": f"{run}@step7000",
+                        f"f{family}-x-{size}": f"{run}+int8"}
+    return scale.models_from_keys(keys + list(parents), parents)
+
+
+def _fastest(run, repeats: int = 3) -> float:
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        timings.append(time.perf_counter() - start)
+    return min(timings)
+
+
+def test_fine_tune_pairs_grow_linearly_with_the_models():
+    """10× the variants (and fine-tunes) take about 10× the time, not 10²× (a set of every
+    key was built once per fine-tune: 96× measured before)."""
+    small, large = _hub(20), _hub(200)
+    assert large.height == 10 * small.height == 14_000
+    ratio = (_fastest(lambda: scale.pairs(large, ["fine-tune"]))
+             / _fastest(lambda: scale.pairs(small, ["fine-tune"])))
+    assert ratio < 40
+
+
+def test_pair_selection_makes_no_pass_per_trajectory(monkeypatch):
+    """Final variants and consecutive checkpoints come from whole-frame expressions: a
+    DataFrame per trajectory costs milliseconds each, minutes at 10⁵ variants."""
+    models = _hub(5)
+    expected = scale.pairs(models)
+    monkeypatch.setattr(pl.DataFrame, "partition_by", lambda *_, **__: pytest.fail("per group"))
+    assert scale.pairs(models).equals(expected)
 
 
 @pytest.mark.parametrize(("steps", "late", "late_half"), [
