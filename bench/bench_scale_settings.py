@@ -1,12 +1,12 @@
 """The KL scale (``atlas scale``) at the size of the Hub: pair selection and pair KLs.
 
-``select`` times ``scale.pairs`` alone on models frames of realistically keyed variants
-(families × 4 sizes × 5 seeds × 10 checkpoints, plus quantized and logit-lens variants of each
-final checkpoint), e.g. 10⁴ and 10⁵ of them. ``build`` makes a synthetic atlas of such variants
-through the real Parquet import (``bench_scale.synthetic``/``build``) into ``--cache``, once;
-``scale`` then runs ``Atlas.scale()`` over the whole atlas and prints its wall time and the
-process's peak RSS, so run it in a fresh process (one per measurement) and against another
-checkout with ``PYTHONPATH=OTHER``.
+``select`` times ``scale.pairs`` and P1's ``protocol.kishino2026_pairs`` alone on models frames
+of realistically keyed variants (``variants``), e.g. 10⁴ and 10⁵ of them. ``build`` makes a
+synthetic atlas of such variants (without parents) through the real Parquet import
+(``bench_scale.synthetic``/``build``) into ``--cache``, once; ``scale`` then runs
+``Atlas.scale()`` over the whole atlas and prints its wall time and the process's peak RSS, so
+run it in a fresh process (one per measurement), and against another checkout with
+``PYTHONPATH=OTHER`` for a before/after.
 
 Run: ``python bench/bench_scale_settings.py select --models 10000 100000`` and
 ``python bench/bench_scale_settings.py build --models 10000 --texts 10000 --cache /tmp/s`` then
@@ -26,7 +26,7 @@ from pathlib import Path
 from bench_scale import build, synthetic
 
 import atlas
-from atlas.analysis import scale
+from atlas.analysis import protocol, scale
 
 SIZES = ("70m", "160m", "410m", "1b")
 STEPS = (0, 1, 16, 512, 1000, 2000, 3000, 4000, 5000, 6000)
@@ -61,8 +61,12 @@ def select(n_models: int) -> dict:
     models = scale.models_from_keys(found, {key: p for key, p in found.items() if p})
     start = time.perf_counter()
     chosen = scale.pairs(models)
-    return {"models": n_models, "pairs": chosen.height,
-            "select_s": round(time.perf_counter() - start, 2)}
+    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    kishino = protocol.kishino2026_pairs(models)
+    return {"models": n_models, "pairs": chosen.height, "select_s": round(seconds, 2),
+            "kishino2026_pairs": kishino.height,
+            "kishino2026_s": round(time.perf_counter() - start, 2)}
 
 
 def atlas_path(cache: Path, n_models: int, n_texts: int) -> Path:

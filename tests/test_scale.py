@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import atlas
-from atlas.analysis import scale
+from atlas.analysis import protocol, scale
 from atlas.cli import main
 from atlas.keys import size_value
 from atlas.kl import bpb_scale, kl_bpb, kl_se_bpb
@@ -200,12 +200,15 @@ def test_fine_tune_pairs_grow_linearly_with_the_models():
 
 
 def test_pair_selection_makes_no_pass_per_trajectory(monkeypatch):
-    """Final variants and consecutive checkpoints come from whole-frame expressions: a
-    DataFrame per trajectory costs milliseconds each, minutes at 10⁵ variants."""
+    """Final variants, consecutive checkpoints and P1's intervals, seeds and sizes come from
+    whole-frame expressions: a DataFrame per trajectory costs a millisecond or so each,
+    minutes at 10⁵ variants."""
     models = _hub(5)
-    expected = scale.pairs(models)
+    expected = scale.pairs(models), protocol.kishino2026_pairs(models)
+    assert set(expected[1]["setting"]) >= {"early", "later", "seeds", "sizes"}
     monkeypatch.setattr(pl.DataFrame, "partition_by", lambda *_, **__: pytest.fail("per group"))
-    assert scale.pairs(models).equals(expected)
+    assert scale.pairs(models).equals(expected[0])
+    assert protocol.kishino2026_pairs(models).equals(expected[1])
 
 
 @pytest.mark.parametrize(("steps", "late", "late_half"), [
