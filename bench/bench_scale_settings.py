@@ -80,13 +80,14 @@ def build_atlas(cache: Path, n_models: int, n_texts: int) -> dict:
     return {"models": n_models, "texts": n_texts, "import_s": round(seconds, 1)}
 
 
-def measure_scale(cache: Path, n_models: int, n_texts: int) -> dict:
+def measure_scale(cache: Path, n_models: int, n_texts: int, name: str | None) -> dict:
     db = atlas.open(atlas_path(cache, n_models, n_texts), read_only=True)
     start = time.perf_counter()
-    summary = db.scale()
+    summary = db.scale(protocol=name)
     seconds = time.perf_counter() - start
     db.close()
-    return {"models": n_models, "texts": n_texts, "pairs": int(summary["count"].sum()),
+    return {"models": n_models, "texts": n_texts, "protocol": name,
+            "pairs": int(summary["count"].sum()),
             "scale_s": round(seconds, 1),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
@@ -97,6 +98,7 @@ def main() -> None:
     parser.add_argument("what", choices=("select", "build", "scale"))
     parser.add_argument("--models", type=int, nargs="+", default=[10_000])
     parser.add_argument("--texts", type=int, default=10_000)
+    parser.add_argument("--protocol", default=None, help="scale: e.g. kishino2026")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/bench-scale-settings"))
     args = parser.parse_args()
     for n_models in args.models:
@@ -105,7 +107,7 @@ def main() -> None:
         elif args.what == "build":
             result = build_atlas(args.cache, n_models, args.texts)
         else:
-            result = measure_scale(args.cache, n_models, args.texts)
+            result = measure_scale(args.cache, n_models, args.texts, args.protocol)
         print(json.dumps(result | context()), flush=True)
 
 
