@@ -568,9 +568,14 @@ class Atlas:
         chosen = queries.selection(self, where, textset)
         if protocol is None:
             found = scale.measured_pairs(chosen.models, chosen.scope, settings)
-            matrix = self.kl_matrix(scale.pair_keys(found), textset=chosen.textset, view=view)
-            return self._calibrated(scale.with_kl(found, matrix), chosen.textset)
+            return self._calibrated(self._with_kl(found, chosen.textset, view), chosen.textset)
         return self._calibrated(self._protocol_pairs(chosen, protocol, view), chosen.textset)
+
+    def _with_kl(self, found: pl.DataFrame, textset: str, view: str | View | None
+                 ) -> pl.DataFrame:
+        """``found``'s pairs with their KL and SE on ``textset`` through ``view``."""
+        keys = scale.pair_keys(found)
+        return scale.with_kl(found, *self.viewed_matrix(keys, textset, view))
 
     def _calibrated(self, pairs: pl.DataFrame, textset: str) -> pl.DataFrame:
         """Pairs with ``floor``/``within_floor`` where a precision floor of either vector is
@@ -597,8 +602,7 @@ class Atlas:
                                 "view create NAME --warmup S` and pass --view NAME") from None
         parts = [(pretraining, view), (found.filter(~pl.col("setting").is_in(
             protocol.PRETRAINING)), None)]
-        measured = [scale.with_kl(part, self.kl_matrix(scale.pair_keys(part), chosen.textset,
-                                                       view=part_view))
+        measured = [self._with_kl(part, chosen.textset, part_view)
                     for part, part_view in parts if part.height]
         order = {setting: i for i, setting in enumerate(protocol.SETTINGS)}
         return pl.concat(measured).sort(pl.col("setting").replace_strict(order), "key_a",

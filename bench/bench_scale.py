@@ -50,8 +50,9 @@ def synthetic(n_models: int, n_texts: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def build(folder: Path, loglik: np.ndarray) -> float:
-    """The atlas of ``loglik`` through ``Atlas.import_vectors`` of a Parquet file; its time."""
+def build(folder: Path, loglik: np.ndarray, keys: list[str] | None = None) -> float:
+    """The atlas of ``loglik`` through ``Atlas.import_vectors`` of a Parquet file, its rows
+    keyed ``keys`` (default m-0, m-1, …); its time."""
     db = atlas.open(folder / "scale.duckdb")
     db.import_textset(TextSet([f"text {i} " * (1 + i % 50) for i in range(loglik.shape[1])]),
                       "bench")
@@ -59,7 +60,8 @@ def build(folder: Path, loglik: np.ndarray) -> float:
     rows, width = loglik.shape
     column = pa.LargeListArray.from_arrays(
         pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int64)), pa.array(loglik.ravel()))
-    pq.write_table(pa.table({"key": [f"m-{i}" for i in range(rows)], "loglik": column}), path)
+    names = keys or [f"m-{i}" for i in range(rows)]
+    pq.write_table(pa.table({"key": names, "loglik": column}), path)
     del column
     start = time.perf_counter()
     db.import_vectors(path, "bench")

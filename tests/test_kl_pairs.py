@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import atlas
 from atlas.cli import main
-from atlas.kl import TARGET, kl_blocks, kl_bpb, kl_matrix, kl_se_bpb, tile_pairs
+from atlas.kl import TARGET, kl_blocks, kl_bpb, kl_matrix, kl_se_bpb, pair_kl, tile_pairs
 from atlas.pairs import PairsError
 from atlas.textsets import TextSet
 
@@ -95,6 +95,22 @@ def test_tiles_keep_the_pairwise_precision_on_ill_conditioned_vectors():
             a, b = loglik[rows.start + i], loglik[cols.start + j]
             assert kl[i, j] == pytest.approx(kl_bpb(a, b, 3.0), rel=TARGET)
             assert se[i, j] == pytest.approx(kl_se_bpb(a, b, 3.0), rel=TARGET)
+
+
+def test_pair_kl_equals_the_direct_estimates_block_by_block():
+    """Chosen pairs, in blocks of three, on ill-conditioned float32 vectors: each is
+    ``kl_bpb``/``kl_se_bpb`` of its two rows and ``kl_matrix``'s entry within TARGET."""
+    rng = np.random.default_rng(4)
+    loglik = (rng.normal(-300, 60, 80) + rng.normal(0, 4, (12, 80))
+              * np.geomspace(1e-3, 3, 12)[:, None]).astype(np.float32)
+    a, b = rng.integers(12, size=(2, 40))
+    kl, se = pair_kl(loglik, a, b, 3.0, block=3 * 80)
+    whole = kl_matrix(loglik, 3.0)
+    for p, (i, j) in enumerate(zip(a, b, strict=True)):
+        assert kl[p] == kl_bpb(loglik[i], loglik[j], 3.0)
+        assert se[p] == kl_se_bpb(loglik[i], loglik[j], 3.0)
+        assert kl[p] == pytest.approx(whole.kl[i, j], rel=TARGET, abs=1e-300)
+        assert se[p] == pytest.approx(whole.se[i, j], rel=TARGET, abs=1e-300)
 
 
 def test_tiles_never_hold_the_whole_matrix():

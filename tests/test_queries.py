@@ -206,8 +206,8 @@ def test_scale_maps_and_text_sets(reader):
     models = reader.sql("SELECT * FROM model_variants WHERE key IN "
                         "(SELECT key FROM loglik_vectors WHERE textset = 'eval')")
     pairs = scale.pairs(models)  # the scale from its parts: the pure maths on what SQL gives
-    matrix = reader.kl_matrix(scale.pair_keys(pairs), "eval")
-    assert reader.scale(textset="eval").equals(scale.summarise(scale.with_kl(pairs, matrix)))
+    measured = scale.with_kl(pairs, *reader.viewed_matrix(scale.pair_keys(pairs), "eval"))
+    assert reader.scale(textset="eval").equals(scale.summarise(measured))
     assert reader.maps()["name"].to_list() == ["pca-eval"]
     assert reader.map_points("pca-eval").equals(reader.sql("SELECT * FROM map_points('pca-eval')"))
 

@@ -7,6 +7,8 @@ KL(a, b) = (c_a − c_b)² / (2 B̄ ln 2) and SE(a, b) = (c_a − c_b)² √((me
 from __future__ import annotations
 
 import math
+import time
+import tracemalloc
 from itertools import pairwise
 
 import numpy as np
@@ -15,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 import atlas
-from atlas.analysis import scale
+from atlas.analysis import protocol, scale
 from atlas.cli import main
 from atlas.keys import size_value
-from atlas.kl import bpb_scale
+from atlas.kl import bpb_scale, kl_bpb, kl_se_bpb
 
 PYTHIA_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, *range(100, 1001, 100)]
 # key → (coordinate c, parent); the keys cover every built-in setting once or more
@@ -138,15 +140,75 @@ def test_statistics_match_numpy(world):
             assert row["sd"] is None
 
 
-def test_kls_come_from_one_matrix_call(world, monkeypatch):
-    db, _ = world
-    calls = []
-    original = db.kl_matrix
-    monkeypatch.setattr(db, "kl_matrix", lambda keys, **kw: calls.append(keys) or original(
-        keys, **kw))
-    result = db.scale_pairs()
-    assert len(calls) == 1
-    assert set(calls[0]) == set(result["key_a"]) | set(result["key_b"])
+def test_scale_measures_its_pairs_without_a_models_squared_matrix(db, textset):
+    """1,200 variants: the settings' pairs alone are measured, each equal to ``kl_bpb`` of its
+    two stored vectors, and no K × K float64 array (11.5 MB) is ever allocated."""
+    keys = [f"fam{f}-{size}m/s{seed}@step{step}" for f in range(3) for size in (70, 160)
+            for seed in range(1, 6) for step in range(0, 4000, 100)]
+    rng = np.random.default_rng(5)
+    loglik = rng.normal(-50, 5, len(textset)) + rng.normal(0, 1, (len(keys), len(textset)))
+    path = db.path.parent / "many.parquet"
+    pl.DataFrame({"key": keys, "loglik": loglik.tolist()}).write_parquet(path)
+    db.import_vectors(path, "eval")
+    tracemalloc.start()
+    try:
+        result = db.scale_pairs()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < len(keys) ** 2 * 8 / 2  # before: 84 MB, kl_matrix and its temporaries
+    assert set(result["key_a"]) | set(result["key_b"]) == set(keys)
+    _, stored, mean_bytes = db.store.matrix(keys, "eval")
+    row = {key: i for i, key in enumerate(keys)}
+    for a, b, kl, se in result.select("key_a", "key_b", "kl", "se").sample(50, seed=1).rows():
+        assert kl == kl_bpb(stored[row[a]], stored[row[b]], mean_bytes)
+        assert se == kl_se_bpb(stored[row[a]], stored[row[b]], mean_bytes)
+
+
+def _hub(families: int) -> pl.DataFrame:
+    """Per family 2 sizes × 3 seeds × 10 checkpoints, a quantized and two layer variants of
+    each final model and two fine-tunes of it (one named by a shorthand)."""
+    keys, parents = [], {}
+    for family in range(families):
+        for size in ("70m", "1b"):
+            run = f"f{family}-{size}"
+            keys += [f"{run}{seed}@step{step}" for seed in ("", "/s1", "/s2")
+                     for step in (0, 1, 8, *range(1000, 8000, 1000))]
+            keys += [f"{run}+int8@step7000", f"{run}#0@step7000", f"{run}#1@step7000"]
+            parents |= {f"f{family}-chat-{size}": f"{run}@step7000",
+                        f"f{family}-x-{size}": f"{run}+int8"}
+    return scale.models_from_keys(keys + list(parents), parents)
+
+
+def _fastest(run, repeats: int = 3) -> float:
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        timings.append(time.perf_counter() - start)
+    return min(timings)
+
+
+def test_fine_tune_pairs_grow_linearly_with_the_models():
+    """10× the variants (and fine-tunes) take about 10× the time, not 10²× (a set of every
+    key was built once per fine-tune: 96× measured before)."""
+    small, large = _hub(20), _hub(200)
+    assert large.height == 10 * small.height == 14_000
+    ratio = (_fastest(lambda: scale.pairs(large, ["fine-tune"]))
+             / _fastest(lambda: scale.pairs(small, ["fine-tune"])))
+    assert ratio < 40
+
+
+def test_pair_selection_makes_no_pass_per_trajectory(monkeypatch):
+    """Final variants, consecutive checkpoints and P1's intervals, seeds and sizes come from
+    whole-frame expressions: a DataFrame per trajectory costs a millisecond or so each,
+    minutes at 10⁵ variants."""
+    models = _hub(5)
+    expected = scale.pairs(models), protocol.kishino2026_pairs(models)
+    assert set(expected[1]["setting"]) >= {"early", "later", "seeds", "sizes"}
+    monkeypatch.setattr(pl.DataFrame, "partition_by", lambda *_, **__: pytest.fail("per group"))
+    assert scale.pairs(models).equals(expected[0])
+    assert protocol.kishino2026_pairs(models).equals(expected[1])
 
 
 @pytest.mark.parametrize(("steps", "late", "late_half"), [

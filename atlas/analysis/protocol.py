@@ -164,18 +164,19 @@ def _runs(models: pl.DataFrame, params: Kishino2026) -> pl.DataFrame:
 
 
 def intervals(models: pl.DataFrame, params: Kishino2026) -> pl.DataFrame:
-    """Per unseeded run: its eligible intervals (key_a, key_b, family, size, rank, from_end)."""
-    rows = []
+    """Per unseeded run: its eligible intervals (key_a, key_b, rank, from_end), from one sort of
+    every run's distinct steps (not a frame per run: 10⁵ variants)."""
+    run = ["family", "size"]
     default = _runs(models, params).filter(pl.col("seed").is_null())
-    for group in default.partition_by(["family", "size"], maintain_order=True):
-        ordered = group.sort("step", "key").unique("step", keep="first", maintain_order=True)
-        keys, steps = ordered["key"].to_list(), ordered["step"].to_list()
-        eligible = [(keys[i], keys[i + 1]) for i in range(len(keys) - 1)
-                    if steps[i + 1] - steps[i] == params.interval and steps[i + 1] > params.after]
-        rows += [{"key_a": a, "key_b": b, "rank": r, "from_end": len(eligible) - 1 - r}
-                 for r, (a, b) in enumerate(eligible)]
-    return pl.DataFrame(rows, schema={"key_a": pl.String, "key_b": pl.String,
-                                      "rank": pl.Int64, "from_end": pl.Int64})
+    steps = default.sort([*run, "step", "key"]).unique([*run, "step"], keep="first",
+                                                       maintain_order=True)
+    following = steps.with_columns(key_b=pl.col("key").shift(-1).over(run),
+                                   step_b=pl.col("step").shift(-1).over(run))
+    eligible = following.filter(pl.col("step_b") - pl.col("step") == params.interval,
+                                pl.col("step_b") > params.after)
+    rank = pl.int_range(pl.len(), dtype=pl.Int64).over(run)
+    return eligible.select(key_a="key", key_b="key_b", rank=rank,
+                           from_end=pl.len().over(run).cast(pl.Int64) - 1 - rank)
 
 
 def _early(models: pl.DataFrame, params: Kishino2026, _: Context) -> pl.DataFrame:
@@ -186,39 +187,31 @@ def _later(models: pl.DataFrame, params: Kishino2026, _: Context) -> pl.DataFram
     return intervals(models, params).filter(pl.col("from_end") < params.n_intervals)
 
 
-def _at_common_final(runs: pl.DataFrame) -> pl.DataFrame:
-    """Each run's checkpoint at the largest step every run of ``runs`` holds (none if none)."""
-    per_run = runs.group_by("family", "size", "seed").agg(pl.col("step").unique())
-    if per_run.height == 0:
-        return runs.clear()
-    shared = set(per_run["step"][0].to_list())
-    for steps in per_run["step"].to_list()[1:]:
-        shared &= set(steps)
-    if not shared:
-        return runs.clear()
-    return runs.filter(pl.col("step") == max(shared)).sort("step", "key").unique(
-        ["family", "size", "seed"], keep="first")
+def _at_common_final(runs: pl.DataFrame, group: list[str]) -> pl.DataFrame:
+    """Each run's checkpoint at the largest step every run of its ``group`` holds (none if
+    none), for every group at once."""
+    run = pl.struct("family", "size", "seed")
+    shared = runs.filter(run.n_unique().over([*group, "step"]) == run.n_unique().over(group))
+    final = shared.filter(pl.col("step") == pl.col("step").max().over(group))
+    return final.sort("step", "key").unique(["family", "size", "seed"], keep="first")
 
 
 def _seeds(models: pl.DataFrame, params: Kishino2026, _: Context) -> pl.DataFrame:
     seeded = _runs(models, params).filter(pl.col("seed").is_not_null())
     if params.seeds is not None:
         seeded = seeded.filter(pl.col("seed").is_in(list(params.seeds)))
-    found = [scale._pairs_within(_at_common_final(group), ("family", "size"), "seed")
-             for group in seeded.partition_by(["family", "size"])]
-    return pl.concat(found) if found else scale._empty()
+    return scale._pairs_within(_at_common_final(seeded, ["family", "size"]), ("family", "size"),
+                               "seed")
 
 
 def _sizes(models: pl.DataFrame, params: Kishino2026, _: Context) -> pl.DataFrame:
-    rows = []
+    """Per family, the smallest size's common final against each other size's."""
     default = _runs(models, params).filter(pl.col("seed").is_null())
-    for group in default.partition_by("family", maintain_order=True):
-        finals = _at_common_final(group).with_columns(
-            value=pl.col("size").map_elements(size_value, return_dtype=pl.Float64)
-        ).sort("value", "key", nulls_last=True)
-        keys = finals["key"].to_list()
-        rows += [{"key_a": keys[0], "key_b": other} for other in keys[1:]]
-    return pl.DataFrame(rows, schema=scale._empty().schema)
+    finals = _at_common_final(default, ["family"]).with_columns(
+        value=pl.col("size").map_elements(size_value, return_dtype=pl.Float64)
+    ).sort("family", "value", "key", nulls_last=True)
+    paired = finals.with_columns(key_a=pl.col("key").first().over("family"))
+    return paired.filter(pl.col("key") != pl.col("key_a")).select("key_a", key_b="key")
 
 
 # quantization, fine-tuning, layers -------------------------------------------------------------

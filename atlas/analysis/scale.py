@@ -10,7 +10,8 @@ in the registry; a new one joins by registering one more (``@setting(name, descr
     scale.pairs(scale.models_from_keys([...]))   # the pairs alone, for keys not yet stored
 
 The pairs and their statistics are computed here from frames; ``Atlas.scale`` reads the models
-and the KL matrix they need.
+and the vectors of the keys they involve. Only the pairs are measured (``atlas.kl.pair_kl``), so
+memory is those vectors plus a bounded block, never a K × K matrix.
 
 Pairs are oriented "from → to": key_a is the earlier checkpoint, the lower seed (none first), the
 smaller size, the unquantized model, the parent, layer l; random pairs go by key. The KL estimate
@@ -55,13 +56,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import polars as pl
 
 from atlas.errors import AtlasError
 from atlas.keys import ModelKey, size_value, step_of
-from atlas.kl import KLMatrix
+from atlas.kl import pair_kl
 
 RANDOM_PAIRS = 500  # cap on pairs per random setting
 RANDOM_SEED = 0
@@ -165,17 +167,17 @@ def _pairs_within(models: pl.DataFrame, by: Sequence[str], differ: str,
 
 
 def final_variants(models: pl.DataFrame) -> pl.DataFrame:
-    """One row per trajectory: its largest step, else its single or unlabelled variant."""
-    finals = []
-    for group in models.partition_by(list(TRAJECTORY), maintain_order=True):
-        stepped = group.filter(pl.col("step").is_not_null())
-        if stepped.height:
-            finals.append(stepped.sort("step", "key").tail(1))
-        elif group.height == 1:
-            finals.append(group)
-        elif (unlabelled := group.filter(pl.col("checkpoint").is_null())).height == 1:
-            finals.append(unlabelled)
-    return pl.concat(finals) if finals else models.clear()
+    """One row per trajectory (in order of first appearance): its largest step, else its single
+    or unlabelled variant. Window expressions, not a loop over trajectories (10⁵ variants)."""
+    by, stepped = list(TRAJECTORY), pl.col("step").is_not_null()
+    unlabelled = pl.col("checkpoint").is_null()
+    frame = models.with_row_index("_row").with_columns(
+        _first=pl.col("_row").min().over(by), _stepped=stepped.any().over(by),
+        _single=pl.len().over(by) == 1, _unlabelled=unlabelled.sum().over(by) == 1)
+    largest = frame.filter(stepped).sort("step", "key").unique(by, keep="last")
+    alone = frame.filter(~pl.col("_stepped")
+                         & (pl.col("_single") | (pl.col("_unlabelled") & unlabelled)))
+    return pl.concat([largest, alone]).sort("_first").select(models.columns)
 
 
 # early / late checkpoints ----------------------------------------------------------------------
@@ -211,18 +213,27 @@ def split_schedule(steps: Sequence[int]) -> tuple[int, int]:
 
 
 def consecutive_pairs(models: pl.DataFrame) -> pl.DataFrame:
-    """Consecutive checkpoints of each trajectory with their phase: early, mid or late."""
-    rows = []
+    """Consecutive checkpoints of each trajectory with their phase: early, mid or late.
+
+    One sort of every trajectory's distinct steps; only ``split_schedule`` runs per trajectory,
+    on a slice of one array."""
+    by = list(TRAJECTORY)
     stepped = _outputs(models).filter(pl.col("step").is_not_null())
-    for group in stepped.partition_by(list(TRAJECTORY), maintain_order=True):
-        ordered = group.sort("step", "key").unique("step", keep="first", maintain_order=True)
-        keys, steps = ordered["key"].to_list(), ordered["step"].to_list()
-        tail, late = split_schedule(steps)
-        rows += [{"key_a": keys[i], "key_b": keys[i + 1],
-                  "phase": "early" if i < tail else "mid" if i < late else "late"}
-                 for i in range(len(keys) - 1)]
-    return pl.DataFrame(rows, schema={"key_a": pl.String, "key_b": pl.String,
-                                      "phase": pl.String})
+    ordered = stepped.sort([*by, "step", "key"], nulls_last=False).unique(
+        [*by, "step"], keep="first", maintain_order=True)
+    starts = ordered.select(pl.any_horizontal(
+        [pl.col(c).ne_missing(pl.col(c).shift(1)) for c in by])).to_series().to_numpy()
+    starts[:1] = True
+    bounds = [*np.flatnonzero(starts), ordered.height]
+    steps, phase = ordered["step"].to_numpy(), np.full(ordered.height, "", dtype=object)
+    for start, stop in pairwise(bounds):  # pair i (start + i → start + i + 1) gets a phase
+        tail, late = split_schedule(steps[start:stop])
+        phase[start:stop - 1] = ["early"] * tail + ["mid"] * (late - tail) + [
+            "late"] * (stop - 1 - start - late)
+    keys = ordered["key"]
+    pairs_from = np.flatnonzero(~starts) - 1  # no pair runs into a new trajectory
+    return pl.DataFrame({"key_a": keys.gather(pairs_from), "key_b": keys.gather(pairs_from + 1),
+                         "phase": pl.Series(phase[pairs_from], dtype=pl.String)})
 
 
 def _phase(models: pl.DataFrame, phase: str) -> pl.DataFrame:
@@ -288,12 +299,13 @@ def _comparable(columns: Sequence[str]) -> pl.Expr:
     return pl.all_horizontal(agree)
 
 
-def _find_parent(models: pl.DataFrame, parent: str) -> str | None:
-    """The stored key of a parent: verbatim, else the one variant its set fields match.
+def _find_parent(models: pl.DataFrame, stored: set[str], parent: str) -> str | None:
+    """The stored key of a parent: verbatim (one of ``stored``, the keys of ``models``), else
+    the one variant its set fields match.
 
     Output variants win over quantized or layer variants (a parent key rarely names them).
     """
-    if parent in set(models["key"].to_list()):
+    if parent in stored:
         return parent
     try:
         wanted = ModelKey.parse(parent)
@@ -311,9 +323,10 @@ def _find_parent(models: pl.DataFrame, parent: str) -> str | None:
 @setting("fine-tune", "a fine-tuned model vs its parent")
 def _fine_tune(models: pl.DataFrame) -> pl.DataFrame:
     children = models.filter(pl.col("parent").is_not_null())
+    stored = set(models["key"].to_list())  # once: a set per child was quadratic in the models
     rows = [{"key_a": found, "key_b": key}
             for key, parent in children.select("key", "parent").iter_rows()
-            if (found := _find_parent(models, parent)) is not None and found != key]
+            if (found := _find_parent(models, stored, parent)) is not None and found != key]
     return pl.DataFrame(rows, schema=_empty().schema)
 
 
@@ -425,18 +438,20 @@ def measured_pairs(models: pl.DataFrame, scope: str,
 
 
 def pair_keys(chosen: pl.DataFrame) -> list[str]:
-    """The keys the pairs involve, sorted: one ``kl_matrix`` over them gives every KL."""
+    """The keys the pairs involve, sorted: the rows of the matrix ``with_kl`` reads."""
     return sorted(set(chosen["key_a"].to_list()) | set(chosen["key_b"].to_list()))
 
 
-def with_kl(chosen: pl.DataFrame, matrix: KLMatrix) -> pl.DataFrame:
-    """Every pair with its KL and SE (bits/byte) from ``matrix`` (BLAS, not one query per pair):
+def with_kl(chosen: pl.DataFrame, keys: list[str], loglik: np.ndarray,
+            mean_bytes: float) -> pl.DataFrame:
+    """Every pair with its KL and SE (bits/byte), computed for those pairs alone from the
+    vectors of ``keys`` (``pair_kl``: a block of differences at a time, no K × K matrix):
     (setting, key_a, key_b, kl, se)."""
-    index = {key: i for i, key in enumerate(matrix.keys)}
-    rows = np.array([index[k] for k in chosen["key_a"].to_list()], dtype=np.int64)
-    cols = np.array([index[k] for k in chosen["key_b"].to_list()], dtype=np.int64)
-    return chosen.with_columns(kl=pl.Series(matrix.kl[rows, cols]),
-                               se=pl.Series(matrix.se[rows, cols]))
+    index = {"old": keys, "new": range(len(keys)), "return_dtype": pl.Int64}
+    rows = chosen.select(a=pl.col("key_a").replace_strict(**index),
+                         b=pl.col("key_b").replace_strict(**index))
+    kl, se = pair_kl(loglik, rows["a"].to_numpy(), rows["b"].to_numpy(), mean_bytes)
+    return chosen.with_columns(kl=pl.Series(kl), se=pl.Series(se))
 
 
 def summarise(scaled: pl.DataFrame) -> pl.DataFrame:
