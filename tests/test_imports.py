@@ -187,6 +187,25 @@ def test_parents_resolve_and_are_written_before_their_children(db, tmp_path, n):
                   "WHERE parent IS NOT NULL")["n"][0] == 2
 
 
+def test_a_child_before_its_parent_in_the_file_waits_for_it(db, tmp_path, n, monkeypatch):
+    """A file is read a batch at a time, so a child whose parent comes in a later row group is
+    put off and its row group read again: parents are still written first, in batches."""
+    keys = ["c-1b", "x-1b", "y-1b", "z-1b", "b-1b", "a-1b"]  # c → b → a, a and b last
+    parents = ["b-1b", None, None, None, "a-1b", None]
+    values = [[-1.0 - i - r for i in range(n)] for r in range(len(keys))]
+    path = tmp_path / "v.parquet"
+    pq.write_table(pa.table({"key": keys, "parent": parents, "loglik": values}), path,
+                   row_group_size=2)
+    monkeypatch.setattr(imports, "IMPORT_BATCH", 2)
+    results = db.import_vectors(path, "eval")
+    assert results == [(key, True) for key in ["x-1b", "y-1b", "z-1b", "a-1b", "b-1b", "c-1b"]]
+    assert dict(db.sql("SELECT key, parent FROM model_variants").rows()) == dict(
+        zip(keys, parents, strict=True))
+    stored, matrix, _ = db.store.matrix(None, "eval")
+    assert (matrix == np.array([values[keys.index(key)] for key in stored])).all()
+    assert db.import_vectors(path, "eval") == [(key, False) for key, _ in results]
+
+
 def test_parent_cycles_are_refused(db, tmp_path, n):
     path = _parquet(tmp_path / "v.parquet", n, key=["a-1b", "b-1b"], parent=["b-1b", "a-1b"])
     with pytest.raises(ImportFormatError, match="parents form a cycle"):
