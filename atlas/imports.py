@@ -336,13 +336,15 @@ def _resolve_parents(store: Store, path: Path, vectors: list[ImportedVector]) ->
             raise ImportFormatError(f"{path}: {vector.key}: column 'parent': {exc}") from None
     acyclic: set[str] = set()
     for vector in vectors:
-        chain: list[str] = []
+        chain: dict[str, None] = {}  # the keys walked from ``vector`` up, in order
         while vector is not None and str(vector.key) not in acyclic:
-            if str(vector.key) in chain:
-                cycle = " → ".join((*chain[chain.index(str(vector.key)):], str(vector.key)))
+            key = str(vector.key)
+            if key in chain:
+                walked = list(chain)
+                cycle = " → ".join((*walked[walked.index(key):], key))
                 raise ImportFormatError(f"{path}: parents form a cycle: {cycle}; a model "
                                         "cannot descend from itself")
-            chain.append(str(vector.key))
+            chain[key] = None
             vector = in_file.get(vector.fields.get("parent") or "")
         acyclic.update(chain)
 
