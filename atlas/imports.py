@@ -17,20 +17,24 @@ Formats:
 
 All rows are validated before anything is written; the vectors are then written in batches of
 IMPORT_BATCH, each batch one transaction (all of it or nothing), and re-importing the same values
-is a no-op.
+is a no-op. A Parquet file is read twice, a batch at a time (validated, then written), so the
+import holds about one batch of vectors whatever the file's size (10⁵ × 10⁴ is 4 GB of float32).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
 import hashlib
 import io
+import itertools
 import json
 import math
 import pickle
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +46,7 @@ from atlas.progress import progress_bar
 from atlas.store import Store, VectorRecord
 
 IMPORT_BATCH = 2048  # vectors per transaction: one Arrow insert each (~80 MB at 10k texts)
+READ_VALUES = 1 << 22  # ℓ values per Parquet read batch (Arrow's list reader peaks at ~4×)
 
 KEY_COLUMNS = ("family", "size", "seed", "quant", "layer", "checkpoint")
 
@@ -49,7 +54,7 @@ KEY_COLUMNS = ("family", "size", "seed", "quant", "layer", "checkpoint")
 @dataclass
 class ImportedVector:
     key: ModelKey
-    loglik: np.ndarray
+    loglik: np.ndarray | None  # None until read: a Parquet file's ℓ are read in batches
     fields: dict = field(default_factory=dict)  # n_params, parent, source
 
 
@@ -220,33 +225,83 @@ def _row_fields(row: dict, where: str) -> dict:
             "provenance": _provenance(row, where)}
 
 
-def read_parquet(path: Path, n_texts: int) -> list[ImportedVector]:
-    """The file's vectors: ``loglik`` read straight into one matrix, the other (small)
-    columns row by row."""
+def _parquet_file(path: Path):
+    """The file opened to be read a batch at a time: buffered and not pre-buffered, since
+    otherwise Arrow reads a whole column chunk (of a file written as one row group: all of
+    it) before the first batch."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
     except Exception as exc:
         raise ImportFormatError(f"{path}: not a readable Parquet file ({exc})") from None
-    if "loglik" not in table.column_names:
+    if "loglik" not in file.schema_arrow.names:
         raise ImportFormatError(f"{path}: needs a 'loglik' column (list of floats per model)")
-    matrix = _loglik_matrix(table.column("loglik").combine_chunks(), path, n_texts)
-    vectors = []
-    for i, row in enumerate(table.drop_columns(["loglik"]).to_pylist()):
-        where = f"{path}: row {i}"
-        try:
-            key = _row_key(row, where)
-        except InvalidKeyError as exc:
-            raise ImportFormatError(f"{where}: {exc}") from None
-        vectors.append(ImportedVector(key, matrix[i], _row_fields(row, f"{where} ({key})")))
-    return vectors
+    return file
 
 
-def _loglik_matrix(column, path: Path, n_texts: int) -> np.ndarray:
-    """A ``loglik`` column as a K × N float64 matrix with no Python object per value (a list
-    column of numbers, N each, all finite); otherwise row by row, so the first bad row is
-    named as ``as_vector`` names it."""
+class ParquetVectors:
+    """A Parquet file of vectors, never held whole: ``rows`` validates every ℓ a read batch
+    at a time and returns the keys and fields, ``read`` reads the ℓ of some rows again, so an
+    import holds about one batch of vectors whatever the size of the file."""
+
+    def __init__(self, path: Path, n_texts: int):
+        self.path, self.n_texts, self.file = path, n_texts, _parquet_file(path)
+        counts = [self.file.metadata.row_group(g).num_rows
+                  for g in range(self.file.metadata.num_row_groups)]
+        self.starts = np.cumsum([0, *counts])  # first row of each row group, then the end
+        self.batch = max(1, min(IMPORT_BATCH, READ_VALUES // max(n_texts, 1)))
+
+    def rows(self) -> list[ImportedVector]:
+        """Every row validated (ℓ, key, fields), the ℓ not kept (``read`` gives them)."""
+        for _ in self._matrices(range(len(self.starts) - 1)):
+            pass  # each batch validated, then let go
+        columns = [c for c in self.file.schema_arrow.names if c != "loglik"]
+        rows = []
+        for i, row in enumerate(self.file.read(columns=columns).to_pylist()):
+            where = f"{self.path}: row {i}"
+            try:
+                key = _row_key(row, where)
+            except InvalidKeyError as exc:
+                raise ImportFormatError(f"{where}: {exc}") from None
+            rows.append(ImportedVector(key, None, _row_fields(row, f"{where} ({key})")))
+        return rows
+
+    def read(self, wanted: set[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """(row, ℓ) of the ``wanted`` rows in file order, reading only their row groups."""
+        groups = sorted({int(np.searchsorted(self.starts, i, side="right")) - 1 for i in wanted})
+        for first, matrix in self._matrices(groups):
+            for offset in range(len(matrix)):
+                if first + offset in wanted:
+                    yield first + offset, matrix[offset]
+
+    def _matrices(self, groups) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, validated ℓ matrix) per read batch of the row groups ``groups``."""
+        for group in groups:
+            first = int(self.starts[group])
+            for batch in self.file.iter_batches(batch_size=self.batch, row_groups=[group],
+                                                columns=["loglik"]):
+                yield first, _loglik_matrix(batch.column(0), self.path, self.n_texts, first)
+                first += batch.num_rows
+
+
+class PickleVectors:
+    """The reference pickle's vectors: a pickle is read whole, so they are held in memory."""
+
+    def __init__(self, path: Path, n_texts: int):
+        self.vectors = read_pickle(path, n_texts)
+
+    def rows(self) -> list[ImportedVector]:
+        return self.vectors
+
+    def read(self, wanted: set[int]) -> Iterator[tuple[int, np.ndarray]]:
+        return ((i, v.loglik) for i, v in enumerate(self.vectors) if i in wanted)
+
+
+def _loglik_matrix(column, path: Path, n_texts: int, first: int = 0) -> np.ndarray:
+    """A ``loglik`` column (rows ``first`` on of the file) as a K × N float64 matrix with no
+    Python object per value (a list column of numbers, N each, all finite); otherwise row by
+    row, so the first bad row is named as ``as_vector`` names it."""
     import pyarrow as pa
 
     kind = column.type
@@ -261,15 +316,14 @@ def _loglik_matrix(column, path: Path, n_texts: int) -> np.ndarray:
             matrix = matrix.reshape(len(column), n_texts)
             if np.isfinite(matrix).all():
                 return matrix
-    rows = [as_vector(column[i].as_py(), f"{path}: row {i}", n_texts)
+    rows = [as_vector(column[i].as_py(), f"{path}: row {first + i}", n_texts)
             for i in range(len(column))]
     return np.stack(rows) if rows else np.empty((0, n_texts))
 
 
-def _with_parents(store: Store, path: Path, vectors: list[ImportedVector]
-                  ) -> list[ImportedVector]:
-    """Each parent resolved to a key of the atlas or of this file, parents ordered before their
-    children (the store refuses a parent it does not hold)."""
+def _resolve_parents(store: Store, path: Path, vectors: list[ImportedVector]) -> None:
+    """Each parent resolved (in place) to a key of the atlas or of this file; a cycle of
+    parents in the file is refused."""
     in_file = {str(v.key): v for v in vectors}
     for vector in vectors:
         if vector.fields.get("parent") is None:
@@ -280,30 +334,52 @@ def _with_parents(store: Store, path: Path, vectors: list[ImportedVector]
                 fix="import the parent first or add it to this file, or leave 'parent' empty")
         except StoreError as exc:
             raise ImportFormatError(f"{path}: {vector.key}: column 'parent': {exc}") from None
-    ordered: dict[str, ImportedVector] = {}
-
-    def place(vector: ImportedVector, chain: tuple[str, ...]) -> None:
-        key = str(vector.key)
-        if key in ordered:
-            return
-        if key in chain:
-            cycle = " → ".join((*chain, key))
-            raise ImportFormatError(f"{path}: parents form a cycle: {cycle}; a model cannot "
-                                    "descend from itself")
-        parent = in_file.get(vector.fields.get("parent") or "")
-        if parent is not None:
-            place(parent, (*chain, key))
-        ordered.setdefault(key, vector)
-
+    acyclic: set[str] = set()
     for vector in vectors:
-        place(vector, ())
-    return list(ordered.values())
+        chain: dict[str, None] = {}  # the keys walked from ``vector`` up, in order
+        while vector is not None and str(vector.key) not in acyclic:
+            key = str(vector.key)
+            if key in chain:
+                walked = list(chain)
+                cycle = " → ".join((*walked[walked.index(key):], key))
+                raise ImportFormatError(f"{path}: parents form a cycle: {cycle}; a model "
+                                        "cannot descend from itself")
+            chain[key] = None
+            vector = in_file.get(vector.fields.get("parent") or "")
+        acyclic.update(chain)
+
+
+def _in_write_order(source: ParquetVectors | PickleVectors, vectors: list[ImportedVector]
+                    ) -> Iterator[ImportedVector]:
+    """The vectors with their ℓ in file order, except that a child whose parent (of this
+    file) comes later is put off to a later read of its rows: parents are written first."""
+    index = {str(v.key): i for i, v in enumerate(vectors)}
+    done: set[int] = set()
+    wanted = set(range(len(vectors)))
+    while wanted:
+        later = set()
+        for i, loglik in source.read(wanted):
+            parent = index.get(vectors[i].fields.get("parent") or "")
+            if parent is not None and parent not in done:
+                later.add(i)
+                continue
+            done.add(i)
+            yield dataclasses.replace(vectors[i], loglik=loglik)
+        wanted = later
+
+
+def _check_unique(path: Path, vectors: list[ImportedVector]) -> None:
+    keys = [str(v.key) for v in vectors]
+    duplicates = sorted(key for key, count in Counter(keys).items() if count > 1)
+    if duplicates:
+        raise ImportFormatError(f"{path}: the same key appears twice: {', '.join(duplicates)}; "
+                                "keep one row per key")
 
 
 def import_vectors(store: Store, path: str | Path, textset: str, force: bool = False,
                    progress: bool = False) -> list[tuple[str, bool]]:
     """Validate every vector in the file, then write them IMPORT_BATCH at a time (with a
-    progress bar if ``progress``); returns (key, written) pairs."""
+    progress bar if ``progress``); returns (key, written) pairs in the order written."""
     from rich.console import Console
 
     path = Path(path)
@@ -311,23 +387,21 @@ def import_vectors(store: Store, path: str | Path, textset: str, force: bool = F
         raise ImportFormatError(f"{path}: no such file; give the path of a .parquet file or "
                                 "of the reference pickle")
     stored = store.textset(textset)
-    reader = read_parquet if path.suffix == ".parquet" else read_pickle
-    vectors = reader(path, stored.n_texts)
-    keys = [str(v.key) for v in vectors]
-    duplicates = sorted(key for key, count in Counter(keys).items() if count > 1)
-    if duplicates:
-        raise ImportFormatError(f"{path}: the same key appears twice: {', '.join(duplicates)}; "
-                                "keep one row per key")
-    records = [_record(vector, path) for vector in _with_parents(store, path, vectors)]
-    written = []
+    source = (ParquetVectors if path.suffix == ".parquet" else PickleVectors)(
+        path, stored.n_texts)
+    vectors = source.rows()
+    _check_unique(path, vectors)
+    _resolve_parents(store, path, vectors)
+    written: list[tuple[str, bool]] = []
     with progress_bar("importing", transient=True, disable=not progress,
                       console=Console(stderr=True)) as bar:  # stdout: the command's result
-        task = bar.add_task("importing", total=len(records))
-        for start in range(0, len(records), IMPORT_BATCH):
-            batch = records[start:start + IMPORT_BATCH]
-            written += store.write_vectors(batch, textset_id=stored.textset_id, force=force)
+        task = bar.add_task("importing", total=len(vectors))
+        ordered = _in_write_order(source, vectors)
+        while batch := [_record(v, path) for v in itertools.islice(ordered, IMPORT_BATCH)]:
+            done = store.write_vectors(batch, textset_id=stored.textset_id, force=force)
+            written += [(str(r.key), w) for r, w in zip(batch, done, strict=True)]
             bar.update(task, advance=len(batch))
-    return [(str(r.key), w) for r, w in zip(records, written, strict=True)]
+    return written
 
 
 def _record(vector: ImportedVector, path: Path) -> VectorRecord:

@@ -1,25 +1,32 @@
 """Nearest at scale: a bare DuckDB client against an in-memory numpy GEMV, on synthetic atlases.
 
 Per size K (models) × N (texts): builds an atlas through the real Parquet import (low-rank
-structure, per-model noise and close pairs, like checkpoints and fine-tunes), then measures the
-import, the file size per model, ``SELECT * FROM nearest(key, 10)`` from a plain ``duckdb``
-connection (no atlas code: median and p95 over --queries keys), the exact numpy top 10 (a GEMV
-over the centred float32 matrix with precomputed norms) and recall@10 against it, the sketch
-basis fit, ``kl_matrix`` (K ≤ 10,000) and the peak memory.
+structure, per-model noise and close pairs, like checkpoints and fine-tunes; the file written a
+block of 4,096 rows at a time, one row group each, imported in a fresh process whose time and
+peak RSS are the import's), then measures the file size per model, ``SELECT * FROM nearest(key,
+10)`` from a plain ``duckdb`` connection (no atlas code: median and p95 over --queries keys), the
+exact numpy top 10 (a GEMV over the centred float32 matrix, held in memory: 4 GB at 10⁵ × 10⁴,
+with precomputed norms) and recall@10 against it, the sketch basis fit, ``kl_matrix``
+(K ≤ 10,000), this process's peak memory and the load average.
 
-With --cache FOLDER the atlas of each size is kept there (with its import time) and reused by
-later runs; without it, it is built in a temporary folder and deleted.
-Run: ``python bench/bench_scale.py --sizes 10000x10000 100000x2000 1000000x256 --cache /tmp/s``.
+With --cache FOLDER the atlas of each size is kept there (with what its import measured) and
+reused by later runs, which then time the queries only; without it, it is built in a temporary
+folder and deleted.
+Run: ``python bench/bench_scale.py --sizes 10000x10000 100000x10000 1000000x256 --cache /tmp/s``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -32,43 +39,78 @@ from atlas.kl import kl_matrix
 from atlas.store import SketchBasis
 from atlas.textsets import TextSet
 
+BLOCK = 4096  # rows generated and written at a time (a row group of the import's file)
 
-def synthetic(n_models: int, n_texts: int, seed: int = 0) -> np.ndarray:
-    """ℓ = text difficulty + model offset + rank-32 structure + per-model noise; every 7th model
-    a close copy of another (a fine-tune or quantization of it)."""
+
+def synthetic_blocks(n_models: int, n_texts: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """ℓ, BLOCK float32 rows at a time: text difficulty + model offset + rank-32 structure +
+    per-model noise; every 7th model a close copy of another (a fine-tune or quantization of
+    it)."""
     rng = np.random.default_rng(seed)
-    out = np.empty((n_models, n_texts), dtype=np.float32)
     difficulty = rng.normal(-900, 150, n_texts)
     directions = rng.normal(0, 1, (32, n_texts)) * (8 / np.arange(1, 33) ** 0.7)[:, None]
-    for start in range(0, n_models, 4096):
-        rows = min(4096, n_models - start)
+    for start in range(0, n_models, BLOCK):
+        rows = min(BLOCK, n_models - start)
         block = (difficulty + rng.normal(0, 30, (rows, 1))
                  + rng.normal(0, 1, (rows, 32)) @ directions
                  + rng.normal(0, 5, (rows, n_texts)) * rng.uniform(0.5, 1.5, (rows, 1)))
         block[1::7] = block[0::7][:len(block[1::7])] + rng.normal(0, 1, (len(block[1::7]), n_texts))
-        out[start:start + rows] = block
+        yield block.astype(np.float32)
+
+
+def synthetic(n_models: int, n_texts: int) -> np.ndarray:
+    """The whole K × N float32 matrix (the numpy baseline's input: 4 GB at 10⁵ × 10⁴)."""
+    out = np.empty((n_models, n_texts), dtype=np.float32)
+    for start, block in zip(range(0, n_models, BLOCK), synthetic_blocks(n_models, n_texts),
+                            strict=True):
+        out[start:start + len(block)] = block
     return out
 
 
-def build(folder: Path, loglik: np.ndarray, keys: list[str] | None = None) -> float:
-    """The atlas of ``loglik`` through ``Atlas.import_vectors`` of a Parquet file, its rows
-    keyed ``keys`` (default m-0, m-1, …); its time."""
-    db = atlas.open(folder / "scale.duckdb")
-    db.import_textset(TextSet([f"text {i} " * (1 + i % 50) for i in range(loglik.shape[1])]),
-                      "bench")
+def write_parquet(path: Path, n_models: int, n_texts: int, keys: list[str] | None = None
+                  ) -> None:
+    """The import's input, one row group per block: never more than a block of ℓ in memory;
+    rows keyed ``keys`` (default m-0, m-1, …)."""
+    names = keys or [f"m-{i}" for i in range(n_models)]
+    schema = pa.schema({"key": pa.string(), "loglik": pa.large_list(pa.float32())})
+    with pq.ParquetWriter(path, schema) as writer:
+        start = 0
+        for block in synthetic_blocks(n_models, n_texts):
+            rows = len(block)
+            offsets = pa.array(np.arange(0, (rows + 1) * n_texts, n_texts, dtype=np.int64))
+            writer.write_table(pa.table({
+                "key": names[start:start + rows],
+                "loglik": pa.LargeListArray.from_arrays(offsets, pa.array(block.ravel()))},
+                schema=schema))
+            start += rows
+
+
+# Run in a fresh process, so that its peak RSS is the import's alone.
+IMPORT_CHILD = """
+import json, resource, sys, time
+import atlas
+db = atlas.open(sys.argv[1])
+start = time.perf_counter()
+db.import_vectors(sys.argv[2], "bench")
+seconds = time.perf_counter() - start
+db.close()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps({"import_s": seconds, "import_peak_rss_gb": peak}))
+"""
+
+
+def build(folder: Path, n_models: int, n_texts: int, keys: list[str] | None = None) -> dict:
+    """The atlas through ``Atlas.import_vectors`` of a Parquet file (``write_parquet``),
+    imported in a fresh process: the import's time and peak RSS."""
+    with atlas.open(folder / "scale.duckdb") as db:
+        db.import_textset(TextSet([f"text {i} " * (1 + i % 50) for i in range(n_texts)]),
+                          "bench")
     path = folder / "vectors.parquet"
-    rows, width = loglik.shape
-    column = pa.LargeListArray.from_arrays(
-        pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int64)), pa.array(loglik.ravel()))
-    names = keys or [f"m-{i}" for i in range(rows)]
-    pq.write_table(pa.table({"key": names, "loglik": column}), path)
-    del column
-    start = time.perf_counter()
-    db.import_vectors(path, "bench")
-    seconds = time.perf_counter() - start
-    db.close()
+    write_parquet(path, n_models, n_texts, keys)
+    child = subprocess.run([sys.executable, "-c", IMPORT_CHILD, str(folder / "scale.duckdb"),
+                            str(path)], check=True, stdout=subprocess.PIPE, text=True)
     path.unlink()
-    return seconds
+    return json.loads(child.stdout.splitlines()[-1])
 
 
 def numpy_top(centred: np.ndarray, norms: np.ndarray, query: int, k: int) -> list[int]:
@@ -78,23 +120,25 @@ def numpy_top(centred: np.ndarray, norms: np.ndarray, query: int, k: int) -> lis
     return list(top[np.argsort(d2[top])])
 
 
-def cached_atlas(cache: Path, loglik: np.ndarray) -> tuple[Path, float]:
-    """The atlas of ``loglik`` in ``cache`` (built once, upgraded to this version's schema and
-    macros when reused) and the time its import took."""
-    folder = cache / f"scale-{loglik.shape[0]}x{loglik.shape[1]}"
+def cached_atlas(cache: Path, n_models: int, n_texts: int) -> tuple[Path, dict]:
+    """The atlas of K × N in ``cache`` (built once, upgraded to this version's schema and
+    macros when reused) and what its import measured."""
+    folder = cache / f"scale-{n_models}x{n_texts}"
     done = folder / "import.json"
     if done.exists():
         atlas.open(folder / "scale.duckdb").close()
     else:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        done.write_text(json.dumps({"import_s": build(folder, loglik)}))
-    return folder / "scale.duckdb", json.loads(done.read_text())["import_s"]
+        done.write_text(json.dumps(build(folder, n_models, n_texts)))
+    return folder / "scale.duckdb", json.loads(done.read_text())
 
 
 def timed_queries(path: Path, loglik: np.ndarray, queries: int) -> dict:
-    """nearest from a bare client and the numpy GEMV, alternating per query (same load)."""
-    centred = loglik - loglik.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+    """nearest from a bare client and the numpy GEMV, alternating per query (same load);
+    ``loglik`` is centred in place (one K × N float32 matrix in memory, not two)."""
+    centred = loglik
+    centred -= loglik.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
     norms = np.einsum("ij,ij->i", centred, centred)
     picks = np.random.default_rng(1).choice(len(loglik), queries, replace=False)
     con = duckdb.connect(str(path), read_only=True)  # a bare client
@@ -117,11 +161,11 @@ def timed_queries(path: Path, loglik: np.ndarray, queries: int) -> dict:
 
 
 def measure(folder: Path, n_models: int, n_texts: int, queries: int) -> dict:
+    path, built = cached_atlas(folder, n_models, n_texts)
     loglik = synthetic(n_models, n_texts)
-    path, import_s = cached_atlas(folder, loglik)
-    result = {"models": n_models, "texts": n_texts, "import_s": import_s,
+    result = {"models": n_models, "texts": n_texts, **built,
               "bytes_per_model": path.stat().st_size / n_models,
-              "raw_bytes_per_model": 4 * n_texts, **timed_queries(path, loglik, queries)}
+              "raw_bytes_per_model": 4 * n_texts}
     start = time.perf_counter()
     SketchBasis.fit(loglik[:512].astype(np.float64))
     result["basis_fit_s"] = time.perf_counter() - start
@@ -129,7 +173,9 @@ def measure(folder: Path, n_models: int, n_texts: int, queries: int) -> dict:
         start = time.perf_counter()
         kl_matrix(loglik, 5.0, with_se=False)
         result["kl_matrix_s"] = time.perf_counter() - start
+    result.update(timed_queries(path, loglik, queries))
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    result["load_avg"] = os.getloadavg()
     return result
 
 

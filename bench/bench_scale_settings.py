@@ -3,7 +3,7 @@
 ``select`` times ``scale.pairs`` and P1's ``protocol.kishino2026_pairs`` alone on models frames
 of realistically keyed variants (``variants``), e.g. 10⁴ and 10⁵ of them. ``build`` makes a
 synthetic atlas of such variants (without parents) through the real Parquet import
-(``bench_scale.synthetic``/``build``) into ``--cache``, once; ``scale`` then runs
+(``bench_scale.build``) into ``--cache``, once; ``scale`` then runs
 ``Atlas.scale()`` over the whole atlas and prints its wall time and the process's peak RSS, so
 run it in a fresh process (one per measurement), and against another checkout with
 ``PYTHONPATH=OTHER`` for a before/after.
@@ -23,7 +23,7 @@ import resource
 import time
 from pathlib import Path
 
-from bench_scale import build, synthetic
+from bench_scale import build
 
 import atlas
 from atlas.analysis import protocol, scale
@@ -76,8 +76,8 @@ def atlas_path(cache: Path, n_models: int, n_texts: int) -> Path:
 def build_atlas(cache: Path, n_models: int, n_texts: int) -> dict:
     path = atlas_path(cache, n_models, n_texts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    seconds = build(path.parent, synthetic(n_models, n_texts), list(variants(n_models)))
-    return {"models": n_models, "texts": n_texts, "import_s": round(seconds, 1)}
+    built = build(path.parent, n_models, n_texts, list(variants(n_models)))
+    return {"models": n_models, "texts": n_texts, "import_s": round(built["import_s"], 1)}
 
 
 def measure_scale(cache: Path, n_models: int, n_texts: int, name: str | None) -> dict:

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from badinput import refused
 
 import atlas
+from atlas import imports
 from atlas.textsets import TextSet
 
 N = 6
@@ -68,6 +71,10 @@ def world(tmp_path_factory) -> Path:
     _parquet(root / "orphan.parquet", key=["ft-1b"], parent=["nosuch-1m"])
     _parquet(root / "badkey.parquet", key=["not a key"])
     _parquet(root / "restored.parquet", key=["fam-s/s0@step0"], loglik=[[-2.0] * N])
+    last = [[-1.0 - r] * N for r in range(7)]
+    last[6][5] = float("nan")
+    pq.write_table(pa.table({"key": [f"new-1b/s{r}" for r in range(7)], "loglik": last}),
+                   root / "lastgroup.parquet", row_group_size=3)
     return root / "atlas.duckdb"
 
 
@@ -179,6 +186,16 @@ def test_bad_input_is_refused(world, args, what, where, fix):
     refused(world, [arg.replace("{dir}", folder) for arg in args], what=what,
             where=where.replace("{dir}", folder), fix=fix)
     assert not (world.parent / "pwned").exists()
+
+
+def test_a_bad_vector_in_the_last_row_group_leaves_no_batch_written(world, monkeypatch):
+    """A Parquet file is read a batch at a time, yet validated whole before its first batch
+    is written: a NaN in its last row group (row 6 of 7, batches of 2) writes nothing, and the
+    row is counted from the start of the file, not of its row group or batch."""
+    monkeypatch.setattr(imports, "IMPORT_BATCH", 2)
+    refused(world, ["import", "vectors", _at(world, "lastgroup.parquet"), "--textset", "eval"],
+            what="NaN or inf at index 5", where="lastgroup.parquet: row 6",
+            fix="re-score that text")
 
 
 def test_run_stored_only_quantized_is_fitted_with_quant(world):
