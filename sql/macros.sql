@@ -7,6 +7,7 @@
 --   kl_bpb(vec_a, vec_b, mean_bytes)    KL on raw vectors: Var(a − b) / (2 B̄ ln 2)
 --   kl_se_bpb(vec_a, vec_b, mean_bytes) its standard error
 --   nearest(key, k [, textset] [, view := NAME])  table (key, kl, se, textset), nearest first
+--   nearest_raw(key, k, textset), nearest_viewed(key, k, textset, view)  its two halves
 --   apply_view(loglik, view)            (views.sql) a vector through a stored view, and its B̄
 --   centred_loglik(loglik, mean)        ℓ − mean(ℓ) as DOUBLE[] (the file stores only ℓ)
 --   resolve_key(text)                   canonical key of a key or unambiguous shorthand
@@ -241,8 +242,8 @@ FROM ranked r, query q
 ORDER BY kl, r.key
 LIMIT k;
 
--- The k variants nearest to a key by KL on each text set of the key (one named set if given);
--- through a stored view with view := NAME (nearest_viewed).
+-- nearest without a view: the k variants nearest to a key by KL on each text set of the key
+-- (one named set if given).
 -- Two passes: the sketches (64 floats per vector) pick candidates, then the candidates' raw
 -- vectors give the exact ranking, KL and SE. Candidates are the best by the lower bound
 -- ‖s_q − s_v‖² + (r_q − r_v)² (right for variants that share what the sketch leaves out:
@@ -250,11 +251,7 @@ LIMIT k;
 -- the left-out parts are unrelated noise); vectors without a sketch are always candidates. The
 -- second pass reads only the candidates' parts (a join on vid the scan filters on), ranks them
 -- by ‖c_q − c_v‖² summed over parts, and joins the parts of the best k + 2 back into lists.
--- Through a view (view := NAME) it is nearest_viewed's exact scan instead.
-CREATE OR REPLACE MACRO nearest(query_key, k, textset_name := NULL, view := NULL) AS TABLE
-SELECT * FROM nearest_viewed(query_key, k, textset_name, view)
-UNION ALL
-SELECT * FROM (
+CREATE OR REPLACE MACRO nearest_raw(query_key, k, textset_name) AS TABLE
 WITH query AS MATERIALIZED (
     SELECT v.textset_id, v.vid, v.loglik_mean AS m_q, v.sketch AS s_q, v.sketch_resid AS r_q,
            t.mean_bytes, t.n_texts, t.name AS textset
@@ -301,7 +298,21 @@ pairs AS (
 SELECT key, diff_kl(d, mean_bytes) AS kl, diff_se(d, d[1], len(d), mean_bytes) AS se, textset
 FROM pairs
 ORDER BY kl, key
-LIMIT k) WHERE view IS NULL
+LIMIT k;
+
+-- A value as SQL text: a quoted literal, or NULL.
+CREATE OR REPLACE MACRO sql_literal(x) AS
+    coalesce(chr(39) || replace(x::VARCHAR, chr(39), chr(39) || chr(39)) || chr(39), 'NULL');
+
+-- The k variants nearest to a key by KL on each text set of the key (one named set if given);
+-- through a stored view with view := NAME. A UNION of nearest_raw and nearest_viewed, one of
+-- them empty, would bind both: the view's branch was half of the planning (~30 ms of ~60 at
+-- 10⁵ vectors). query() binds only the one the call names; its arguments go in as literals.
+CREATE OR REPLACE MACRO nearest(query_key, k, textset_name := NULL, view := NULL) AS TABLE
+SELECT * FROM query(format('SELECT * FROM {}({}, {}::BIGINT, {}{})',
+    CASE WHEN view IS NULL THEN 'nearest_raw' ELSE 'nearest_viewed' END,
+    sql_literal(query_key), sql_literal(k), sql_literal(textset_name),
+    CASE WHEN view IS NULL THEN '' ELSE ', ' || sql_literal(view) END))
 ORDER BY kl, key;
 
 -- Weight space (method.md §5): ‖S(a) − S(b)‖², the sketch estimate of ‖W_a − W_b‖², from the

@@ -1,9 +1,11 @@
 """The SQL surface against a numpy reference, and from a bare DuckDB client."""
 
 import json
+import re
 import subprocess
 import sys
 
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
@@ -95,6 +97,27 @@ def test_shorthands_resolve_when_unambiguous(synthetic):
         synthetic.kl("nope-1b", KEYS[0])
     with pytest.raises(UnknownKeyError, match="unknown model key"):
         synthetic.nearest("nope-1b")
+
+
+def test_nearest_without_a_view_binds_nothing_of_the_view_path(synthetic):
+    """Binding the view's branch was half of nearest's planning time: a call without a view
+    works even with the view path gone."""
+    expected = synthetic.nearest(KEYS[0], 3)
+    synthetic.close()
+    con = duckdb.connect(str(synthetic.path))
+    con.execute("DROP MACRO TABLE nearest_viewed")
+    found = con.execute("SELECT key, kl, se, textset FROM nearest(?, 3)", [KEYS[0]]).fetchall()
+    con.close()
+    assert found == expected.select("key", "kl", "se", "textset").rows()
+
+
+def test_nearest_takes_any_text_as_a_literal(synthetic):
+    """nearest builds the query it runs as text: quotes in its arguments stay values."""
+    odd = "x'); DROP TABLE models; --"
+    with pytest.raises(UnknownKeyError, match=re.escape(f"unknown model key '{odd}'")):
+        synthetic.nearest(odd)
+    assert synthetic.sql("SELECT * FROM nearest(?, 2, ?)", [KEYS[0], "it's"]).is_empty()
+    assert synthetic.sql("SELECT count(*) AS n FROM models")["n"][0] == len(KEYS)
 
 
 def test_vectors_of_different_text_sets_are_never_compared(synthetic, tmp_path):
