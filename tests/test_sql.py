@@ -140,6 +140,9 @@ def test_two_shared_text_sets_need_a_name(synthetic, vectors, tmp_path):
     with pytest.raises(AtlasError, match="share 2 text sets"):
         synthetic.kl(KEYS[0], KEYS[1])
     assert synthetic.kl(KEYS[0], KEYS[1], textset="other").textset == "other"
+    found = synthetic.sql("SELECT key, textset FROM nearest(?, 5)", [KEYS[0]])
+    assert sorted(found.rows()) == sorted([(KEYS[1], "other")]
+                                          + [(key, "eval") for key in KEYS[1:]])
 
 
 BARE_CLIENT = """
