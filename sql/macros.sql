@@ -310,7 +310,9 @@ CREATE OR REPLACE MACRO sql_literal(x) AS
 -- The k variants nearest to a key by KL on each text set of the key (one named set if given);
 -- through a stored view with view := NAME. A UNION of nearest_raw and nearest_viewed, one of
 -- them empty, would bind both: the view's branch was half of the planning (~30 ms of ~60 at
--- 10⁵ vectors). query() binds only the one the call names; its arguments go in as literals.
+-- 10⁵ vectors). query() binds only the one the call names; its arguments go in as literals,
+-- so they must be constants or parameters: per row of a table (a lateral join), call
+-- nearest_raw(key, k, textset) or nearest_viewed(key, k, textset, view) instead.
 CREATE OR REPLACE MACRO nearest(query_key, k, textset_name := NULL, view := NULL) AS TABLE
 SELECT * FROM query(format('SELECT * FROM {}({}, {}::BIGINT, {}{})',
     CASE WHEN view IS NULL THEN 'nearest_raw' ELSE 'nearest_viewed' END,

@@ -111,6 +111,14 @@ def test_nearest_without_a_view_binds_nothing_of_the_view_path(synthetic):
     assert found == expected.select("key", "kl", "se", "textset").rows()
 
 
+def test_nearest_per_row_of_a_table_is_nearest_raw(synthetic):
+    """nearest's arguments must be constants; nearest_raw takes a column (a lateral join)."""
+    lateral = synthetic.sql("SELECT m.key AS q, n.key FROM (SELECT key FROM models) m, "
+                            "nearest_raw(m.key, 2, NULL) n ORDER BY q, n.kl, n.key")
+    expected = [(q, key) for q in sorted(KEYS) for key in synthetic.nearest(q, 2)["key"]]
+    assert lateral.rows() == expected
+
+
 def test_nearest_takes_any_text_as_a_literal(synthetic):
     """nearest builds the query it runs as text: quotes in its arguments stay values."""
     odd = "x'); DROP TABLE models; --"
