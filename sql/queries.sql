@@ -33,7 +33,7 @@ FROM models WHERE key = resolve_key(query_key);
 -- in order, sizes small → large). Key columns match with NULLs equal. One pass over
 -- model_variants (a view over two scans of models) marks how each variant relates, and each
 -- group is a top-N (ORDER BY … LIMIT) then ranked: at 10⁶ sizes of one family, five scans of the
--- view and a window sorting each whole group took 2.5× the time.
+-- view and a window sorting each whole group took 2.2× the CPU.
 CREATE OR REPLACE MACRO related_variants(query_key) AS TABLE
 WITH variants AS MATERIALIZED (SELECT * FROM model_variants),
 me AS MATERIALIZED (SELECT * FROM variants WHERE key = resolve_key(query_key)),
