@@ -306,7 +306,7 @@ class Atlas:
             self.store.textset(textset)  # a missing set is named as such, with the stored ones
         shared = self._keyed_sql(
             "SELECT kl_centred(c_a, c_b, mean_bytes), kl_se_bpb(c_a, c_b, mean_bytes), textset "
-            "FROM shared_vectors(?, ?, ?)", [a, b, textset])  # one scan for value, SE and set
+            "FROM canonical_shared_vectors(?, ?, ?)", [a, b, textset])  # one scan: value, SE, set
         if shared.height != 1:
             self._keyed_sql("SELECT kl(?, ?, ?)", [a, b, textset])  # raises the SQL's message
         return KL(a, b, *shared.row(0))

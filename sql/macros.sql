@@ -7,6 +7,7 @@
 --   kl_bpb(vec_a, vec_b, mean_bytes)    KL on raw vectors: Var(a − b) / (2 B̄ ln 2)
 --   kl_se_bpb(vec_a, vec_b, mean_bytes) its standard error
 --   nearest(key, k [, textset] [, view := NAME])  table (key, kl, se, textset), nearest first
+--   nearest_raw(key, k, textset), nearest_viewed(key, k, textset, view)  its two halves
 --   apply_view(loglik, view)            (views.sql) a vector through a stored view, and its B̄
 --   centred_loglik(loglik, mean)        ℓ − mean(ℓ) as DOUBLE[] (the file stores only ℓ)
 --   resolve_key(text)                   canonical key of a key or unambiguous shorthand
@@ -142,15 +143,21 @@ CREATE OR REPLACE MACRO kl_centred(c_a, c_b, mean_bytes) AS
 CREATE OR REPLACE MACRO centred_loglik(loglik, loglik_mean) AS
     list_transform(loglik, lambda x: x::DOUBLE - loglik_mean);
 
--- The vectors of two variants on each text set they share (optionally one named set).
-CREATE OR REPLACE MACRO shared_vectors(key_a, key_b, textset_name := NULL) AS TABLE
+-- The vectors of two variants (canonical keys) on each text set they share (optionally one
+-- named set). Atlas.kl resolves its keys first and calls this: resolve_key's planning was ~40%
+-- of a kl's CPU at 10⁶ variants.
+CREATE OR REPLACE MACRO canonical_shared_vectors(key_a, key_b, textset_name := NULL) AS TABLE
 WITH va AS MATERIALIZED (SELECT textset_id, centred_loglik(loglik, loglik_mean) AS c
-                         FROM variant_vectors(resolve_key(key_a))),
+                         FROM variant_vectors(key_a)),
      vb AS MATERIALIZED (SELECT textset_id, centred_loglik(loglik, loglik_mean) AS c
-                         FROM variant_vectors(resolve_key(key_b)))
+                         FROM variant_vectors(key_b))
 SELECT t.name AS textset, t.mean_bytes, va.c AS c_a, vb.c AS c_b
 FROM va JOIN vb USING (textset_id) JOIN textsets t USING (textset_id)
 WHERE textset_name IS NULL OR t.name = textset_name;
+
+-- The same for any two keys or shorthands.
+CREATE OR REPLACE MACRO shared_vectors(key_a, key_b, textset_name := NULL) AS TABLE
+SELECT * FROM canonical_shared_vectors(resolve_key(key_a), resolve_key(key_b), textset_name);
 
 CREATE OR REPLACE MACRO no_single_textset(key_a, key_b, n, textset_name := NULL) AS CASE
     WHEN n = 0 AND textset_name IS NOT NULL
@@ -241,8 +248,8 @@ FROM ranked r, query q
 ORDER BY kl, r.key
 LIMIT k;
 
--- The k variants nearest to a key by KL on each text set of the key (one named set if given);
--- through a stored view with view := NAME (nearest_viewed).
+-- nearest without a view: the k variants nearest to a key by KL on each text set of the key
+-- (one named set if given).
 -- Two passes: the sketches (64 floats per vector) pick candidates, then the candidates' raw
 -- vectors give the exact ranking, KL and SE. Candidates are the best by the lower bound
 -- ‖s_q − s_v‖² + (r_q − r_v)² (right for variants that share what the sketch leaves out:
@@ -250,11 +257,7 @@ LIMIT k;
 -- the left-out parts are unrelated noise); vectors without a sketch are always candidates. The
 -- second pass reads only the candidates' parts (a join on vid the scan filters on), ranks them
 -- by ‖c_q − c_v‖² summed over parts, and joins the parts of the best k + 2 back into lists.
--- Through a view (view := NAME) it is nearest_viewed's exact scan instead.
-CREATE OR REPLACE MACRO nearest(query_key, k, textset_name := NULL, view := NULL) AS TABLE
-SELECT * FROM nearest_viewed(query_key, k, textset_name, view)
-UNION ALL
-SELECT * FROM (
+CREATE OR REPLACE MACRO nearest_raw(query_key, k, textset_name) AS TABLE
 WITH query AS MATERIALIZED (
     SELECT v.textset_id, v.vid, v.loglik_mean AS m_q, v.sketch AS s_q, v.sketch_resid AS r_q,
            t.mean_bytes, t.n_texts, t.name AS textset
@@ -263,16 +266,19 @@ WITH query AS MATERIALIZED (
       AND (textset_name IS NULL OR t.name = textset_name)),
 query_parts AS MATERIALIZED (
     SELECT q.textset_id, p.part, p.loglik FROM query q JOIN vector_parts p USING (vid)),
-bounds AS (
-    SELECT v.vid, v.textset_id, pow(array_distance(v.sketch, q.s_q), 2) AS near,
+bounds AS (  -- a cross product, the other text sets' rows left out by `mine` (FILTER below): a
+            -- join on textset_id copied every row's sketch (a third of this pass's CPU)
+    SELECT q.textset_id, v.vid, v.textset_id = q.textset_id AND v.vid <> q.vid AS mine,
+           pow(array_distance(v.sketch, q.s_q), 2) AS near,
            near + pow(v.sketch_resid - q.r_q, 2) AS lower,
            near + pow(v.sketch_resid, 2) + pow(q.r_q, 2) AS guess
-    FROM query q JOIN vector_rows v ON v.textset_id = q.textset_id AND v.vid <> q.vid),
+    FROM query q, vector_rows v),
 picked AS (
     SELECT textset_id,
-           list_distinct(coalesce(min_by(vid, lower, nearest_candidates(k)), [])
-                         || coalesce(min_by(vid, guess, nearest_candidates(k)), [])
-                         || coalesce(list(vid) FILTER (WHERE lower IS NULL), [])) AS vids
+           list_distinct(
+               coalesce(min_by(vid, lower, nearest_candidates(k)) FILTER (WHERE mine), [])
+               || coalesce(min_by(vid, guess, nearest_candidates(k)) FILTER (WHERE mine), [])
+               || coalesce(list(vid) FILTER (WHERE mine AND lower IS NULL), [])) AS vids
     FROM bounds GROUP BY textset_id),
 candidates AS MATERIALIZED (SELECT textset_id, unnest(vids) AS vid FROM picked),
 candidate_parts AS MATERIALIZED (  -- on its own: a join on vid alone is what the scan filters
@@ -301,7 +307,23 @@ pairs AS (
 SELECT key, diff_kl(d, mean_bytes) AS kl, diff_se(d, d[1], len(d), mean_bytes) AS se, textset
 FROM pairs
 ORDER BY kl, key
-LIMIT k) WHERE view IS NULL
+LIMIT k;
+
+-- A value as SQL text: a quoted literal, or NULL.
+CREATE OR REPLACE MACRO sql_literal(x) AS
+    coalesce(chr(39) || replace(x::VARCHAR, chr(39), chr(39) || chr(39)) || chr(39), 'NULL');
+
+-- The k variants nearest to a key by KL on each text set of the key (one named set if given);
+-- through a stored view with view := NAME. A UNION of nearest_raw and nearest_viewed, one of
+-- them empty, would bind both: the view's branch was half of the planning (~30 ms of ~60 at
+-- 10⁵ vectors). query() binds only the one the call names; its arguments go in as literals,
+-- so they must be constants or parameters: per row of a table (a lateral join), call
+-- nearest_raw(key, k, textset) or nearest_viewed(key, k, textset, view) instead.
+CREATE OR REPLACE MACRO nearest(query_key, k, textset_name := NULL, view := NULL) AS TABLE
+SELECT * FROM query(format('SELECT * FROM {}({}, {}::BIGINT, {}{})',
+    CASE WHEN view IS NULL THEN 'nearest_raw' ELSE 'nearest_viewed' END,
+    sql_literal(query_key), sql_literal(k), sql_literal(textset_name),
+    CASE WHEN view IS NULL THEN '' ELSE ', ' || sql_literal(view) END))
 ORDER BY kl, key;
 
 -- Weight space (method.md §5): ‖S(a) − S(b)‖², the sketch estimate of ‖W_a − W_b‖², from the

@@ -142,6 +142,20 @@ def test_related_variants(reader):
     assert reader.related_variants("other-1b").is_empty()
 
 
+def test_related_variants_reads_the_variants_once_and_sorts_no_whole_group(reader):
+    """At 10⁶ variants of one family the detail screen waited on related_variants: five scans of
+    model_variants and a window sorting each whole group. Its plan now scans models only as
+    often as model_variants and resolve_key themselves do, and ranks only top-N rows."""
+    def plan(sql: str) -> str:
+        return "\n".join(reader.sql(f"EXPLAIN {sql}")["explain_value"].to_list())
+
+    related = plan(f"SELECT * FROM related_variants('{PARENT}')")
+    parts = (plan("SELECT * FROM model_variants")
+             + plan(f"SELECT resolve_key('{PARENT}')"))
+    assert related.count("main.models") <= parts.count("main.models")
+    assert related.count("WINDOW") <= related.count("TOP_N")
+
+
 def test_size_value_macro_agrees_with_python():
     """One rule, two runtimes: the SQL macro orders sizes as atlas.keys does."""
     labels = ["70m", "1.4b", " 7B ", "160M", "2.5k", "1t", "s", "m", "1.b", "b", "12", "7bb"]
