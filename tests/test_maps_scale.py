@@ -69,3 +69,19 @@ def test_tsne_on_blockwise_neighbours_is_the_same_map():
     assert blockwise[1]["metric"] == "euclidean" and blockwise[1]["init"] == "pca"
     assert any("blockwise" in note for note in blockwise[2])
     assert not any("blockwise" in note for note in direct[2])
+
+
+@pytest.mark.parametrize("method", ["tsne", "umap"])
+def test_another_metric_above_the_threshold_is_refused(method):
+    pytest.importorskip("sklearn" if method == "tsne" else "umap")
+    with pytest.raises(maps.MapError, match=r"above 10 models .* drop metric='cosine'"):
+        maps.fit_coordinates(_q(20, 30), method, direct_max=10, metric="cosine")
+
+
+@pytest.mark.slow
+def test_umap_on_blockwise_neighbours():
+    pytest.importorskip("umap")
+    coords, params, notes, _ = maps.fit_coordinates(_q(60, 80), "umap", direct_max=10)
+    assert coords.shape == (60, 2) and np.isfinite(coords).all()
+    assert params["precomputed_knn"] == "exact k-NN of q̃, blockwise"
+    assert notes == [maps._blockwise_note("umap", 60, 10)]  # umap's remark on transform is quiet

@@ -27,6 +27,17 @@ fitted on, which is stored with it (text set, WHERE clause, number of models, ha
   Its first fit in a process pays numba's compilation (about 20 s on a busy 2-core machine; a
   warm fit of 150 models takes 0.3 s).
 
+Above ``DIRECT_MAX`` (2,000) models no K × K matrix and no copy of q̃ is made (at 10⁴ × 10⁴
+the Gram matrix and its eigh took 8.6 min and 6.5 GB): PCA's two components come from seeded
+subspace iteration (the same components as the exact path to about 1e-9 where the spectrum has
+a gap), and t-SNE and UMAP run on the exact nearest neighbours of q̃, found blockwise (block ×
+K distances at a time), with t-SNE's PCA start computed as scikit-learn computes it. Barnes-Hut
+t-SNE and UMAP see the data only through those neighbours' distances (and their start), so the
+map is the one they would fit on q̃ itself, not one of fewer principal components (which keep
+neither the KLs nor the neighbours: bench/bench_maps.py); a note says which way a map was fitted.
+For UMAP the exact neighbours replace the approximate ones of its NN-descent (which it uses
+above 4,096 points).
+
 Extra keyword parameters go to the estimator (e.g. ``perplexity=50``, ``n_neighbors=30``,
 ``min_dist=0.5``); ``params`` of the stored map holds every parameter of the fit as it ran, with
 the library's version. Maps are 2-D: ``n_components`` cannot be changed.
@@ -250,7 +261,7 @@ def tsne_coordinates(q: np.ndarray, seed: int = 42, direct_max: int = DIRECT_MAX
         chosen["perplexity"] = lowered
     data, run, shown = q, chosen, {}
     if n_models > direct_max:
-        _check_euclidean("tsne", chosen)
+        _check_euclidean("tsne", chosen, direct_max)
         k = min(n_models - 1, int(3.0 * chosen["perplexity"] + 1))  # scikit-learn's count
         data, shown = _neighbour_graph(q, k), {"metric": "euclidean", "init": chosen["init"]}
         run = {**chosen, "metric": "precomputed", "init": _tsne_init(q, chosen["init"])}
@@ -263,10 +274,11 @@ def tsne_coordinates(q: np.ndarray, seed: int = 42, direct_max: int = DIRECT_MAX
     return coords, _jsonable(used), notes, stats
 
 
-def _check_euclidean(method: str, chosen: dict[str, Any]) -> None:
+def _check_euclidean(method: str, chosen: dict[str, Any], direct_max: int) -> None:
     if chosen.get("metric", "euclidean") != "euclidean":
-        raise MapError(f"{method} above {DIRECT_MAX} models uses exact Euclidean neighbours of "
-                       f"q̃ (whose squares are the KLs): drop metric={chosen['metric']!r}")
+        raise MapError(f"{method} above {direct_max} models runs on the exact Euclidean "
+                       f"neighbours of q̃ (whose squares are the KLs): drop "
+                       f"metric={chosen['metric']!r}")
 
 
 def _blockwise_note(method: str, n_models: int, direct_max: int) -> str:
@@ -325,7 +337,7 @@ def umap_coordinates(q: np.ndarray, seed: int = 42, direct_max: int = DIRECT_MAX
         chosen["init"] = "pca"
     run, shown = chosen, {}
     if n_models > direct_max:
-        _check_euclidean("umap", chosen)
+        _check_euclidean("umap", chosen, direct_max)
         index, distance = _with_self(*nearest_neighbours(q, chosen["n_neighbors"] - 1))
         run = {**chosen, "precomputed_knn": (index, distance, None)}
         shown = {"precomputed_knn": "exact k-NN of q̃, blockwise"}
