@@ -69,6 +69,7 @@ TSNE_PERPLEXITY = 30.0
 DIRECT_MAX = 2_000
 OVERSAMPLE = 20
 PASSES = 7
+BLOCK_BYTES = 128 << 20  # one block of squared distances in nearest_neighbours
 UMAP_NEIGHBORS = 15
 # One thread: the coordinates are the same for any thread count, and on a busy 2-core machine
 # OpenMP's spinning threads made a 150-model fit 4-15x slower (1 s against 4-18 s).
@@ -179,11 +180,13 @@ def top_components(q: np.ndarray, rank: int = 2 + OVERSAMPLE,
 
 
 def nearest_neighbours(q: np.ndarray, k: int,
-                       block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+                       block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest other rows of each row of q (K × k indices, nearest first) and their
     Euclidean distances, exact: squared distances from one block of rows at a time against all
-    (block × K, never K × K); for q̃ the squared distances are the KLs in bits/byte."""
+    (block × K, by default about BLOCK_BYTES, never K × K); for q̃ the squared distances are the
+    KLs in bits/byte."""
     n_models = q.shape[0]
+    block = block or max(1, BLOCK_BYTES // (8 * n_models))
     norms = np.einsum("ij,ij->i", q, q)
     index = np.empty((n_models, k), dtype=np.int64)
     distance = np.empty((n_models, k))
