@@ -59,6 +59,12 @@ def test_nearest_neighbours_are_exact_in_blocks_and_bounded():
     assert _peak_bytes(lambda: maps.nearest_neighbours(q, 10, block=32)) < 800 * 800 * 8 / 4
 
 
+def test_the_default_block_of_distances_is_bounded_in_bytes(monkeypatch):
+    q = _q(800, 100)
+    monkeypatch.setattr(maps, "BLOCK_BYTES", 32 * 800 * 8)  # 32 rows of 800 distances
+    assert _peak_bytes(lambda: maps.nearest_neighbours(q, 10)) < 800 * 800 * 8 / 4
+
+
 def test_tsne_on_blockwise_neighbours_is_the_same_map():
     pytest.importorskip("sklearn")
     q = _q(200, 300)
