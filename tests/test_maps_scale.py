@@ -73,6 +73,7 @@ def test_tsne_on_blockwise_neighbours_is_the_same_map():
     np.testing.assert_allclose(blockwise[0], direct[0], rtol=0,
                                atol=1e-6 * np.abs(direct[0]).max())
     assert blockwise[1]["metric"] == "euclidean" and blockwise[1]["init"] == "pca"
+    assert blockwise[1]["neighbours"] == maps.BLOCKWISE and "neighbours" not in direct[1]
     assert any("blockwise" in note for note in blockwise[2])
     assert not any("blockwise" in note for note in direct[2])
 
@@ -89,5 +90,5 @@ def test_umap_on_blockwise_neighbours():
     pytest.importorskip("umap")
     coords, params, notes, _ = maps.fit_coordinates(_q(60, 80), "umap", direct_max=10)
     assert coords.shape == (60, 2) and np.isfinite(coords).all()
-    assert params["precomputed_knn"] == "exact k-NN of q̃, blockwise"
+    assert params["precomputed_knn"] == maps.BLOCKWISE
     assert notes == [maps._blockwise_note("umap", 60, 10)]  # umap's remark on transform is quiet

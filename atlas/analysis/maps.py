@@ -70,6 +70,7 @@ DIRECT_MAX = 2_000
 OVERSAMPLE = 20
 PASSES = 7
 BLOCK_BYTES = 128 << 20  # one block of squared distances in nearest_neighbours
+BLOCKWISE = "exact k-NN of q̃, blockwise"  # the neighbours, in the params of such a map
 UMAP_NEIGHBORS = 15
 # One thread: the coordinates are the same for any thread count, and on a busy 2-core machine
 # OpenMP's spinning threads made a 150-model fit 4-15x slower (1 s against 4-18 s).
@@ -266,7 +267,8 @@ def tsne_coordinates(q: np.ndarray, seed: int = 42, direct_max: int = DIRECT_MAX
     if n_models > direct_max:
         _check_euclidean("tsne", chosen, direct_max)
         k = min(n_models - 1, int(3.0 * chosen["perplexity"] + 1))  # scikit-learn's count
-        data, shown = _neighbour_graph(q, k), {"metric": "euclidean", "init": chosen["init"]}
+        data = _neighbour_graph(q, k)
+        shown = {"metric": "euclidean", "init": chosen["init"], "neighbours": BLOCKWISE}
         run = {**chosen, "metric": "precomputed", "init": _tsne_init(q, chosen["init"])}
         notes.append(_blockwise_note("tsne", n_models, direct_max))
     estimator = _estimator(TSNE, "tsne", run)
@@ -343,7 +345,7 @@ def umap_coordinates(q: np.ndarray, seed: int = 42, direct_max: int = DIRECT_MAX
         _check_euclidean("umap", chosen, direct_max)
         index, distance = _with_self(*nearest_neighbours(q, chosen["n_neighbors"] - 1))
         run = {**chosen, "precomputed_knn": (index, distance, None)}
-        shown = {"precomputed_knn": "exact k-NN of q̃, blockwise"}
+        shown = {"precomputed_knn": BLOCKWISE}
         notes.append(_blockwise_note("umap", n_models, direct_max))
     estimator = _estimator(umap.UMAP, "umap", run)
     coords = _run(estimator, q, "umap", notes)
