@@ -676,8 +676,10 @@ class Atlas:
         maps.require_models(chosen.models.height, chosen.scope)
         keys, loglik, mean_bytes = self.viewed_matrix(sorted(chosen.models["key"].to_list()),
                                                       chosen.textset, view)
+        # the matrix was read for this map alone: q̃ may take its memory
         result = maps.fit_map(keys, loglik, mean_bytes, method=method, textset=chosen.textset,
-                              where=chosen.where, name=name, seed=seed, **params)
+                              where=chosen.where, name=name, seed=seed, overwrite=True,
+                              **params)
         if view is not None:
             result.notes.append(f"through view {self._view(view).name}")
         if save:

@@ -68,18 +68,27 @@ def pair_kl(loglik: np.ndarray, a: Indices, b: Indices, mean_bytes: float,
     return m2 * scale, np.sqrt(np.maximum(var4, 0.0) / n_texts) * scale
 
 
-def double_centre(loglik: np.ndarray) -> np.ndarray:
-    """Q = (I − 11ᵀ/K) L (I − 11ᵀ/N): every row and column sums to zero."""
+def double_centre(loglik: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """Q = (I − 11ᵀ/K) L (I − 11ᵀ/N): every row and column sums to zero. ``overwrite``
+    computes it in ``loglik``'s own memory when that is float64 (K × N may be gigabytes)."""
     matrix = np.asarray(loglik, dtype=np.float64)
-    centred = matrix - matrix.mean(axis=1, keepdims=True)
-    centred -= centred.mean(axis=0, keepdims=True)  # in place: K × N may be gigabytes
+    if overwrite:
+        matrix -= matrix.mean(axis=1, keepdims=True)
+        centred = matrix
+    else:
+        centred = matrix - matrix.mean(axis=1, keepdims=True)
+    centred -= centred.mean(axis=0, keepdims=True)
     return centred
 
 
-def scaled_coordinates(loglik: np.ndarray, mean_bytes: float) -> np.ndarray:
-    """q̃ = Q / √(2 N B̄ ln 2): squared Euclidean distances between rows are KL in bits/byte."""
+def scaled_coordinates(loglik: np.ndarray, mean_bytes: float,
+                       overwrite: bool = False) -> np.ndarray:
+    """q̃ = Q / √(2 N B̄ ln 2): squared Euclidean distances between rows are KL in bits/byte.
+    ``overwrite``: in ``loglik``'s memory, as in ``double_centre``."""
     n_texts = np.asarray(loglik).shape[1]
-    return double_centre(loglik) * math.sqrt(bpb_scale(mean_bytes) / n_texts)
+    q = double_centre(loglik, overwrite)
+    q *= math.sqrt(bpb_scale(mean_bytes) / n_texts)
+    return q
 
 
 @dataclass
