@@ -39,6 +39,7 @@ from atlas.weights import WeightSketch
 SCHEMA_VERSION = "3"  # 2: no DOUBLE centred copy, sketches; 3: ℓ in parts (vector_parts)
 SKETCH_DIM = 64  # the FLOAT[64] of vector_rows.sketch
 LOGLIK_PART = 256  # values per row of vector_parts, its FLOAT[256]
+PART_BATCH = 65_536  # parts (64 MB of ℓ) per Arrow batch when whole vectors are read
 BASIS_MIN = 128  # vectors a text set holds before its sketch basis is fitted
 BASIS_SAMPLE = 512  # vectors the basis is fitted on, at most (its cost: BASIS_SAMPLE² × N)
 UPGRADE_BATCH = 2048  # vectors moved into parts per step of the schema-3 upgrade
@@ -791,16 +792,16 @@ class Store:
         matrix."""
         stored = self.textset(textset)
         with self.connect() as con:
-            _, found, loglik = _stored_loglik(con, stored.textset_id, keys)
+            _, found, loglik = _stored_loglik(con, stored.textset_id, keys, np.float64)
         if keys is None:
-            return found, loglik.astype(np.float64), stored.mean_bytes
+            return found, loglik, stored.mean_bytes
         missing = sorted(set(keys) - set(found))
         if missing:
             raise UnknownKeyError(f"no vector on text set '{textset}' for: {', '.join(missing)}")
         if len(found) < len(keys):  # a key asked for twice
             row = {key: i for i, key in enumerate(found)}
             loglik = loglik[[row[key] for key in keys]]
-        return keys, loglik.astype(np.float64), stored.mean_bytes
+        return keys, loglik, stored.mean_bytes
 
     # calibration (sql/calibration.sql) ---------------------------------------------------------
     def add_calibration(self, row: dict) -> None:
@@ -877,10 +878,13 @@ class Store:
 
 
 def _stored_loglik(con: duckdb.DuckDBPyConnection, textset_id: int,
-                   keys: list[str] | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """The vids, keys and float32 ℓ (K × N) of the text set's vectors: of ``keys`` in their
-    order (those stored, once each), else all by key. The parts are read in one scan and put
-    in place by one gather (ordering 1 KB rows in SQL, or twice in numpy, costs seconds)."""
+                   keys: list[str] | None = None, dtype: type = np.float32
+                   ) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The vids, keys and ℓ (K × N, of ``dtype``) of the text set's vectors: of ``keys`` in
+    their order (those stored, once each), else all by key. The parts are read in one scan and
+    put in place as they stream, straight into the one K × N array returned (ordering 1 KB rows
+    in SQL, or twice in numpy, costs seconds; the whole result, a float32 gather and a float64
+    copy held four K × N arrays at once)."""
     n_texts = first_row(con, "SELECT n_texts FROM textsets WHERE textset_id = ?",
                         [textset_id])[0]
     keys = None if keys is None else list(dict.fromkeys(keys))
@@ -890,18 +894,28 @@ def _stored_loglik(con: duckdb.DuckDBPyConnection, textset_id: int,
                                   [textset_id]).fetchall())
     names = sorted(vid_of) if keys is None else [k for k in keys if k in vid_of]
     vids = np.array([vid_of[k] for k in names], dtype=np.int64)
+    loglik = np.empty((len(names), n_texts), dtype=dtype)
+    sorter = np.argsort(vids)
     with registered(con, "atlas_vids", pa.table({"vid": vids})):
         # a join on vid alone: the scan of vector_parts reads only these vectors' rows
-        table = con.sql("SELECT p.vid, p.part, p.loglik FROM atlas_vids "
-                        "JOIN vector_parts p USING (vid)").to_arrow_table()
-    n_parts = -(-n_texts // LOGLIK_PART)
-    sorter = np.argsort(vids)
-    rank = sorter[np.searchsorted(vids, table.column("vid").to_numpy(), sorter=sorter)]
-    index = np.empty(len(table), dtype=np.int64)
-    index[rank * n_parts + table.column("part").to_numpy()] = np.arange(len(table))
-    parts = table.column("loglik").combine_chunks().flatten().to_numpy()
-    loglik = parts.reshape(-1, LOGLIK_PART)[index].reshape(len(names), n_parts * LOGLIK_PART)
-    return vids, names, loglik[:, :n_texts]
+        reader = con.sql("SELECT p.vid, p.part, p.loglik FROM atlas_vids "
+                         "JOIN vector_parts p USING (vid)").to_arrow_reader(PART_BATCH)
+        for batch in reader:
+            row = sorter[np.searchsorted(vids, batch.column("vid").to_numpy(), sorter=sorter)]
+            _place(loglik, row, batch.column("part").to_numpy(),
+                   batch.column("loglik").flatten().to_numpy().reshape(-1, LOGLIK_PART))
+    return vids, names, loglik
+
+
+def _place(loglik: np.ndarray, row: np.ndarray, part: np.ndarray, values: np.ndarray) -> None:
+    """Put parts (``values[i]`` is part ``part[i]`` of vector ``row[i]``) in place in ℓ, a part
+    column at a time (the last part's padding cut off)."""
+    n_texts = loglik.shape[1]
+    for number in np.unique(part):
+        start = int(number) * LOGLIK_PART
+        width = min(LOGLIK_PART, n_texts - start)
+        mine = np.flatnonzero(part == number)
+        loglik[row[mine], start:start + width] = values[mine, :width]
 
 
 def _put_sketch(con: duckdb.DuckDBPyConnection, key: str, sketch: WeightSketch) -> None:
