@@ -272,10 +272,13 @@ CREATE OR REPLACE MACRO sketch_slack(n_q, near, s_q_norm, r_v, n_texts) AS
 -- variants that share what the sketch leaves out: fine-tunes, quantizations, checkpoints) and
 -- the best by ‖s_q − s_v‖² + r_q² + r_v² (right when the left-out parts are unrelated noise);
 -- vectors without a sketch are always candidates. Then the certificate: with a_k the k-th
--- smallest exact value among the candidates, every other vector whose lower bound (less its
--- rounding slack, sketch_slack) is below a_k (+10⁻⁶ relative, for near-ties) could be nearer,
--- so its raw vector is read and measured too (none when the bound is tight; all of them, a full
--- scan, at worst); the top k is taken over both. The second pass reads only those vectors' parts
+-- smallest exact KL among the candidates (of all the key's text sets, as the top k is), every
+-- other vector whose lower bound, less its rounding slack (sketch_slack), is below a_k in KL
+-- units (+10⁻⁶ relative, for near-ties) could be nearer, so its raw vector is read and measured
+-- too (none when the bound is tight; all of them, a full scan, at worst); the top k is taken
+-- over both, so it is the brute-force top k. The bound is loose where the vectors differ
+-- mostly in what the sketch leaves out (per-model noise): 10²–10⁴ extras a query on
+-- bench_scale's atlases, +25–70 ms. The second pass reads only those vectors' parts
 -- (a join on vid the scan filters on), ranks them by ‖c_q − c_v‖² summed over parts, and joins
 -- the parts of the best k + 2 back into lists.
 CREATE OR REPLACE MACRO nearest_raw(query_key, k, textset_name) AS TABLE
@@ -295,7 +298,8 @@ bounds AS MATERIALIZED (  -- a cross product, the other text sets' rows left out
            pow(array_distance(v.sketch, q.s_q), 2) AS near,
            near + pow(v.sketch_resid - q.r_q, 2) AS lower,
            near + pow(v.sketch_resid, 2) + pow(q.r_q, 2) AS guess,
-           lower - sketch_slack(q.n_q, near, q.s_q_norm, v.sketch_resid, q.n_texts) AS sure
+           (lower - sketch_slack(q.n_q, near, q.s_q_norm, v.sketch_resid, q.n_texts))
+               / q.n_texts * bpb_scale(q.mean_bytes) AS least  -- the least KL it may have
     FROM query q, vector_rows v),
 picked AS (
     SELECT textset_id,
@@ -311,17 +315,19 @@ candidate_sq AS MATERIALIZED (
     SELECT c.vid, c.textset_id, sum(part_sq_distance(c.loglik, qp.loglik)) AS sq
     FROM candidate_parts c JOIN query_parts qp USING (textset_id, part)
     GROUP BY c.vid, c.textset_id),
-reach AS (  -- a_k in bits/byte; fewer than k candidates means every vector is one
+reach AS (  -- the k-th KL among them; fewer than k candidates means every vector is one
     SELECT CASE WHEN count(*) < k THEN 'inf'::DOUBLE ELSE max(a) END AS a_k
     FROM (SELECT centred_bpb(d.sq, q.n_texts, q.m_q, v.loglik_mean, q.mean_bytes) AS a
           FROM candidate_sq d JOIN vector_rows v USING (vid)
           JOIN query q ON q.textset_id = d.textset_id
           ORDER BY a LIMIT k)),
-extras AS MATERIALIZED (  -- empty when the bound is tight: then nothing more is read
+extras AS MATERIALIZED (  -- empty when the bound is tight: then nothing more is read. A filter
+    -- on `least` alone, before any join (joining every bound to its text set's threshold first
+    -- cost 150 of 440 ms at 10⁶ vectors)
     SELECT b.vid, b.textset_id
-    FROM bounds b JOIN query q USING (textset_id) JOIN picked p USING (textset_id), reach
-    WHERE b.mine AND b.sure < reach.a_k * (1 + 1e-6) * q.n_texts / bpb_scale(q.mean_bytes)
-      AND NOT list_contains(p.vids, b.vid)),
+    FROM (SELECT vid, textset_id FROM bounds
+          WHERE mine AND least < (SELECT a_k FROM reach) * (1 + 1e-6)) b
+    ANTI JOIN candidates c USING (vid)),
 extra_parts AS MATERIALIZED (
     SELECT e.vid, e.textset_id, p.part, p.loglik FROM extras e JOIN vector_parts p USING (vid)),
 distances AS (
