@@ -238,23 +238,49 @@ def test_schema_2_file_reads_as_it_was_and_moves_into_parts_when_writable(db, tm
     assert keys == ["m-3", "m-1", "m-3"] and (matrix == loglik[[3, 1, 3]]).all()
 
 
-def test_text_sets_shorter_than_the_sketch_are_sketched_whole(tmp_path):
-    """With fewer texts than sketch dimensions the basis spans every direction: the sketch is
-    padded with zeros, its residual is zero, and nearest is exact."""
-    n_texts = SKETCH_DIM // 4
+def short_atlas(tmp_path, loglik: np.ndarray) -> atlas.Atlas:
+    """An atlas of ``loglik`` on a text set shorter than the sketch, through a Parquet import."""
     db = atlas.open(tmp_path / "short.duckdb")
-    db.import_textset(TextSet([f"text {i} " * (i + 1) for i in range(n_texts)]), "short")
-    rng = np.random.default_rng(1)
-    loglik = -rng.gamma(2.0, 20.0, (BASIS_MIN + 10, n_texts))
+    db.import_textset(TextSet([f"text {i} " * (i + 1) for i in range(loglik.shape[1])]),
+                      "short")
     path = tmp_path / "v.parquet"
     pl.DataFrame({"key": [f"m-{i}m" for i in range(len(loglik))],
                   "loglik": loglik.tolist()}).write_parquet(path)
     db.import_vectors(path, "short")
+    return db
+
+
+def test_text_sets_shorter_than_the_sketch_are_sketched_whole(tmp_path):
+    """With fewer texts than sketch dimensions the basis spans every direction: the sketch is
+    padded with zeros, its residual is zero, and nearest is exact."""
+    loglik = -np.random.default_rng(1).gamma(2.0, 20.0, (BASIS_MIN + 10, SKETCH_DIM // 4))
+    db = short_atlas(tmp_path, loglik)
     resid = db.sql("SELECT max(sketch_resid) AS r, count(sketch) AS n FROM vectors")
     assert resid["n"][0] == len(loglik) and resid["r"][0] < 1e-6 * np.abs(loglik).max()
     centred = loglik - loglik.mean(axis=1, keepdims=True)
     expected = np.argsort(((centred[1:] - centred[0]) ** 2).sum(axis=1))[:5] + 1
     assert db.nearest("m-0m", k=5)["key"].to_list() == [f"m-{i}m" for i in expected]
+
+
+def test_the_rounding_slack_keeps_the_sketch_bound_below_every_distance(tmp_path):
+    """A whole sketch (no residual) of close pairs: the float32 bound exceeds some true squared
+    distances (by up to ~10⁻² where they are ~10⁻⁶), less sketch_slack it never does."""
+    rng = np.random.default_rng(1)
+    loglik = -rng.gamma(2.0, 20.0, (BASIS_MIN + 10, SKETCH_DIM // 4))
+    loglik[1::2] = loglik[0::2] + rng.normal(0, 1e-3, loglik[0::2].shape)
+    db = short_atlas(tmp_path, loglik)
+    gaps = db.sql("""
+        WITH v AS (SELECT key, sketch AS s, sketch_resid AS r, loglik AS l, loglik_mean AS m,
+                          sqrt(array_inner_product(sketch::DOUBLE[64], sketch::DOUBLE[64])) AS norm
+                   FROM vectors),
+        pairs AS (SELECT pow(array_distance(a.s, b.s), 2) AS near,
+                         near + pow(a.r - b.r, 2) AS lower,
+                         sketch_slack(pow(a.norm, 2) + pow(a.r, 2), near, a.norm, b.r, len(a.l))
+                             AS slack,
+                         centred_sq_distance(a.l, a.m, b.l, b.m) AS d2
+                  FROM v a JOIN v b ON a.key <> b.key)
+        SELECT max(lower - d2) AS over, max(lower - slack - d2) AS left FROM pairs""")
+    assert gaps["over"][0] > 0 and gaps["left"][0] <= 0
 
 
 @pytest.mark.slow
