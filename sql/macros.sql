@@ -253,16 +253,17 @@ LIMIT k;
 CREATE OR REPLACE MACRO centred_bpb(sq, n_texts, m_q, m_v, mean_bytes) AS
     (sq - n_texts * pow(m_q - m_v, 2)) / n_texts * bpb_scale(mean_bytes);
 
--- How far a stored lower bound may exceed the true ‖c_q − c_v‖² through rounding, from the two
--- vectors' squared norms n = ‖s‖² + r² (= ‖c − μ‖², μ the basis mean; n_v is bounded by
--- (√near + ‖s_q‖)² + r_v², as ‖s_v‖ ≤ ‖s_v − s_q‖ + ‖s_q‖). Per unit of n_q + n_v: float32
--- sketches (relative error u = 2⁻²⁴ per coordinate: ≤ 4.02u), array_distance summed in float32
--- (≤ 66u relative on near ≤ 2(n_q + n_v): 132u), together < 10⁻⁵; the residual r = √(‖x‖² − ‖s‖²)
--- loses up to √(N·2⁻⁵³)·‖x‖ to cancellation in float64 (N texts), which moves (r_q − r_v)² by at
--- most 4√(N·2⁻⁵³) (n_q + n_v).
+-- How far the computed lower bound may exceed the true ‖c_q − c_v‖² through rounding, given
+-- the two vectors' squared norms n = ‖s‖² + r² (= ‖x‖², x = c − μ, μ the basis mean; n_v is
+-- bounded by (√near + ‖s_q‖)² + r_v², as ‖s_v‖ ≤ ‖s_v − s_q‖ + ‖s_q‖). Per unit of n_q + n_v,
+-- u = 2⁻²⁴: the float32 sketches (≤ u‖s‖ each) move ‖s_q − s_v‖² by ≤ 4.02u; array_distance
+-- sums in float32 (≤ 70u relative on near ≤ 2(n_q + n_v): 140u); together < 10⁻⁵. The residual
+-- r = √(‖x‖² − ‖s‖²) is a float64 difference off by ≤ γ‖x‖², γ = (N + 65)·2⁻⁵³ (N texts), so
+-- r is off by ≤ √γ‖x‖ and (r_q − r_v)² by ≤ 4√γ. Terms of order 2⁻⁵³ (the float64 sketch,
+-- centring, the exact sums) are left out: the 10⁻⁵ has ~15% to spare for them.
 CREATE OR REPLACE MACRO sketch_slack(n_q, near, s_q_norm, r_v, n_texts) AS
     (n_q + pow(sqrt(near) + s_q_norm, 2) + pow(r_v, 2))
-    * (1e-5 + 4 * sqrt(n_texts * pow(2, -53)));
+    * (1e-5 + 4 * sqrt((n_texts + 65) * pow(2, -53)));
 
 -- nearest without a view: the k variants nearest to a key by KL on each text set of the key
 -- (one named set if given), exactly the brute-force top k.
