@@ -248,30 +248,59 @@ FROM ranked r, query q
 ORDER BY kl, r.key
 LIMIT k;
 
+-- ‖c_q − c_v‖² / N in bits/byte (KL's units, comparable across text sets) from the summed
+-- squared raw differences over the parts (sq) and the two means.
+CREATE OR REPLACE MACRO centred_bpb(sq, n_texts, m_q, m_v, mean_bytes) AS
+    (sq - n_texts * pow(m_q - m_v, 2)) / n_texts * bpb_scale(mean_bytes);
+
+-- How far the computed lower bound may exceed the true ‖c_q − c_v‖² through rounding, given
+-- the two vectors' squared norms n = ‖s‖² + r² (= ‖x‖², x = c − μ, μ the basis mean; n_v is
+-- bounded by (√near + ‖s_q‖)² + r_v², as ‖s_v‖ ≤ ‖s_v − s_q‖ + ‖s_q‖). Per unit of n_q + n_v,
+-- u = 2⁻²⁴: the float32 sketches (≤ u‖s‖ each) move ‖s_q − s_v‖² by ≤ 4.02u; array_distance
+-- sums in float32 (≤ 70u relative on near ≤ 2(n_q + n_v): 140u); together < 10⁻⁵. The residual
+-- r = √(‖x‖² − ‖s‖²) is a float64 difference off by ≤ γ‖x‖², γ = (N + 65)·2⁻⁵³ (N texts), so
+-- r is off by ≤ √γ‖x‖ and (r_q − r_v)² by ≤ 4√γ. Terms of order 2⁻⁵³ (the float64 sketch,
+-- centring, the exact sums) are left out: the 10⁻⁵ has ~15% to spare for them.
+CREATE OR REPLACE MACRO sketch_slack(n_q, near, s_q_norm, r_v, n_texts) AS
+    (n_q + pow(sqrt(near) + s_q_norm, 2) + pow(r_v, 2))
+    * (1e-5 + 4 * sqrt((n_texts + 65) * pow(2, -53)));
+
 -- nearest without a view: the k variants nearest to a key by KL on each text set of the key
--- (one named set if given).
+-- (one named set if given), exactly the brute-force top k.
 -- Two passes: the sketches (64 floats per vector) pick candidates, then the candidates' raw
--- vectors give the exact ranking, KL and SE. Candidates are the best by the lower bound
--- ‖s_q − s_v‖² + (r_q − r_v)² (right for variants that share what the sketch leaves out:
--- fine-tunes, quantizations, checkpoints) and the best by ‖s_q − s_v‖² + r_q² + r_v² (right when
--- the left-out parts are unrelated noise); vectors without a sketch are always candidates. The
--- second pass reads only the candidates' parts (a join on vid the scan filters on), ranks them
--- by ‖c_q − c_v‖² summed over parts, and joins the parts of the best k + 2 back into lists.
+-- vectors give the exact ranking, KL and SE. lower = ‖s_q − s_v‖² + (r_q − r_v)² is a lower
+-- bound of the true ‖c_q − c_v‖² whatever the basis. Candidates are the best by lower (right for
+-- variants that share what the sketch leaves out: fine-tunes, quantizations, checkpoints) and
+-- the best by ‖s_q − s_v‖² + r_q² + r_v² (right when the left-out parts are unrelated noise);
+-- vectors without a sketch are always candidates. Then the certificate: with a_k the k-th
+-- smallest exact KL among the candidates (of all the key's text sets, as the top k is), every
+-- other vector whose lower bound, less its rounding slack (sketch_slack), is below a_k in KL
+-- units (+10⁻⁶ relative, for near-ties) could be nearer, so its raw vector is read and measured
+-- too (none when the bound is tight; all of them, a full scan, at worst); the top k is taken
+-- over both, so it is the brute-force top k. The bound is loose where the vectors differ
+-- mostly in what the sketch leaves out (per-model noise): 10²–10⁴ extras a query on
+-- bench_scale's atlases, +25–70 ms. The second pass reads only those vectors' parts
+-- (a join on vid the scan filters on), ranks them by ‖c_q − c_v‖² summed over parts, and joins
+-- the parts of the best k + 2 back into lists.
 CREATE OR REPLACE MACRO nearest_raw(query_key, k, textset_name) AS TABLE
 WITH query AS MATERIALIZED (
     SELECT v.textset_id, v.vid, v.loglik_mean AS m_q, v.sketch AS s_q, v.sketch_resid AS r_q,
-           t.mean_bytes, t.n_texts, t.name AS textset
+           sqrt(array_inner_product(v.sketch::DOUBLE[64], v.sketch::DOUBLE[64])) AS s_q_norm,
+           pow(s_q_norm, 2) + pow(r_q, 2) AS n_q, t.mean_bytes, t.n_texts, t.name AS textset
     FROM vector_rows v JOIN textsets t USING (textset_id)
     WHERE v.key = resolve_key(query_key)
       AND (textset_name IS NULL OR t.name = textset_name)),
 query_parts AS MATERIALIZED (
     SELECT q.textset_id, p.part, p.loglik FROM query q JOIN vector_parts p USING (vid)),
-bounds AS (  -- a cross product, the other text sets' rows left out by `mine` (FILTER below): a
-            -- join on textset_id copied every row's sketch (a third of this pass's CPU)
+bounds AS MATERIALIZED (  -- a cross product, the other text sets' rows left out by `mine`
+            -- (FILTER below): a join on textset_id copied every row's sketch (a third of this
+            -- pass's CPU); materialized, as the certificate filters it again
     SELECT q.textset_id, v.vid, v.textset_id = q.textset_id AND v.vid <> q.vid AS mine,
            pow(array_distance(v.sketch, q.s_q), 2) AS near,
            near + pow(v.sketch_resid - q.r_q, 2) AS lower,
-           near + pow(v.sketch_resid, 2) + pow(q.r_q, 2) AS guess
+           near + pow(v.sketch_resid, 2) + pow(q.r_q, 2) AS guess,
+           (lower - sketch_slack(q.n_q, near, q.s_q_norm, v.sketch_resid, q.n_texts))
+               / q.n_texts * bpb_scale(q.mean_bytes) AS least  -- the least KL it may have
     FROM query q, vector_rows v),
 picked AS (
     SELECT textset_id,
@@ -283,14 +312,34 @@ picked AS (
 candidates AS MATERIALIZED (SELECT textset_id, unnest(vids) AS vid FROM picked),
 candidate_parts AS MATERIALIZED (  -- on its own: a join on vid alone is what the scan filters
     SELECT c.vid, c.textset_id, p.part, p.loglik FROM candidates c JOIN vector_parts p USING (vid)),
-distances AS (
+candidate_sq AS MATERIALIZED (
     SELECT c.vid, c.textset_id, sum(part_sq_distance(c.loglik, qp.loglik)) AS sq
     FROM candidate_parts c JOIN query_parts qp USING (textset_id, part)
     GROUP BY c.vid, c.textset_id),
+reach AS (  -- the k-th KL among them; fewer than k candidates means every vector is one
+    SELECT CASE WHEN count(*) < k THEN 'inf'::DOUBLE ELSE max(a) END AS a_k
+    FROM (SELECT centred_bpb(d.sq, q.n_texts, q.m_q, v.loglik_mean, q.mean_bytes) AS a
+          FROM candidate_sq d JOIN vector_rows v USING (vid)
+          JOIN query q ON q.textset_id = d.textset_id
+          ORDER BY a LIMIT k)),
+extras AS MATERIALIZED (  -- empty when the bound is tight: then nothing more is read. A filter
+    -- on `least` alone, before any join (joining every bound to its text set's threshold first
+    -- cost 150 of 440 ms at 10⁶ vectors)
+    SELECT b.vid, b.textset_id
+    FROM (SELECT vid, textset_id FROM bounds
+          WHERE mine AND least < (SELECT a_k FROM reach) * (1 + 1e-6)) b
+    ANTI JOIN candidates c USING (vid)),
+extra_parts AS MATERIALIZED (
+    SELECT e.vid, e.textset_id, p.part, p.loglik FROM extras e JOIN vector_parts p USING (vid)),
+distances AS (
+    SELECT * FROM candidate_sq
+    UNION ALL
+    SELECT e.vid, e.textset_id, sum(part_sq_distance(e.loglik, qp.loglik)) AS sq
+    FROM extra_parts e JOIN query_parts qp USING (textset_id, part)
+    GROUP BY e.vid, e.textset_id),
 ranked AS MATERIALIZED (
     SELECT d.vid, d.textset_id, v.key,
-           (d.sq - q.n_texts * pow(q.m_q - v.loglik_mean, 2)) / q.n_texts
-               * bpb_scale(q.mean_bytes) AS approx
+           centred_bpb(d.sq, q.n_texts, q.m_q, v.loglik_mean, q.mean_bytes) AS approx
     FROM distances d JOIN vector_rows v USING (vid) JOIN query q ON q.textset_id = d.textset_id
     ORDER BY approx, v.key
     LIMIT k + 2),  -- exact values below may reorder near-ties: keep a margin

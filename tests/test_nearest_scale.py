@@ -238,23 +238,49 @@ def test_schema_2_file_reads_as_it_was_and_moves_into_parts_when_writable(db, tm
     assert keys == ["m-3", "m-1", "m-3"] and (matrix == loglik[[3, 1, 3]]).all()
 
 
-def test_text_sets_shorter_than_the_sketch_are_sketched_whole(tmp_path):
-    """With fewer texts than sketch dimensions the basis spans every direction: the sketch is
-    padded with zeros, its residual is zero, and nearest is exact."""
-    n_texts = SKETCH_DIM // 4
+def short_atlas(tmp_path, loglik: np.ndarray) -> atlas.Atlas:
+    """An atlas of ``loglik`` on a text set shorter than the sketch, through a Parquet import."""
     db = atlas.open(tmp_path / "short.duckdb")
-    db.import_textset(TextSet([f"text {i} " * (i + 1) for i in range(n_texts)]), "short")
-    rng = np.random.default_rng(1)
-    loglik = -rng.gamma(2.0, 20.0, (BASIS_MIN + 10, n_texts))
+    db.import_textset(TextSet([f"text {i} " * (i + 1) for i in range(loglik.shape[1])]),
+                      "short")
     path = tmp_path / "v.parquet"
     pl.DataFrame({"key": [f"m-{i}m" for i in range(len(loglik))],
                   "loglik": loglik.tolist()}).write_parquet(path)
     db.import_vectors(path, "short")
+    return db
+
+
+def test_text_sets_shorter_than_the_sketch_are_sketched_whole(tmp_path):
+    """With fewer texts than sketch dimensions the basis spans every direction: the sketch is
+    padded with zeros, its residual is zero, and nearest is exact."""
+    loglik = -np.random.default_rng(1).gamma(2.0, 20.0, (BASIS_MIN + 10, SKETCH_DIM // 4))
+    db = short_atlas(tmp_path, loglik)
     resid = db.sql("SELECT max(sketch_resid) AS r, count(sketch) AS n FROM vectors")
     assert resid["n"][0] == len(loglik) and resid["r"][0] < 1e-6 * np.abs(loglik).max()
     centred = loglik - loglik.mean(axis=1, keepdims=True)
     expected = np.argsort(((centred[1:] - centred[0]) ** 2).sum(axis=1))[:5] + 1
     assert db.nearest("m-0m", k=5)["key"].to_list() == [f"m-{i}m" for i in expected]
+
+
+def test_the_rounding_slack_keeps_the_sketch_bound_below_every_distance(tmp_path):
+    """A whole sketch (no residual) of close pairs: the float32 bound exceeds some true squared
+    distances (by up to ~10⁻² where they are ~10⁻⁶), less sketch_slack it never does."""
+    rng = np.random.default_rng(1)
+    loglik = -rng.gamma(2.0, 20.0, (BASIS_MIN + 10, SKETCH_DIM // 4))
+    loglik[1::2] = loglik[0::2] + rng.normal(0, 1e-3, loglik[0::2].shape)
+    db = short_atlas(tmp_path, loglik)
+    gaps = db.sql("""
+        WITH v AS (SELECT key, sketch AS s, sketch_resid AS r, loglik AS l, loglik_mean AS m,
+                          sqrt(array_inner_product(sketch::DOUBLE[64], sketch::DOUBLE[64])) AS norm
+                   FROM vectors),
+        pairs AS (SELECT pow(array_distance(a.s, b.s), 2) AS near,
+                         near + pow(a.r - b.r, 2) AS lower,
+                         sketch_slack(pow(a.norm, 2) + pow(a.r, 2), near, a.norm, b.r, len(a.l))
+                             AS slack,
+                         centred_sq_distance(a.l, a.m, b.l, b.m) AS d2
+                  FROM v a JOIN v b ON a.key <> b.key)
+        SELECT max(lower - d2) AS over, max(lower - slack - d2) AS left FROM pairs""")
+    assert gaps["over"][0] > 0 and gaps["left"][0] <= 0
 
 
 @pytest.mark.slow
@@ -273,3 +299,76 @@ def test_nearest_among_ten_thousand_models_is_the_brute_force_top_ten(tmp_path):
     for query in range(0, k, 997):
         found = con.execute("SELECT key FROM nearest(?, 10)", [f"m-{query}"]).fetchall()
         assert [key for (key,) in found] == brute_force(loglik, query, 10)
+
+
+def residual_decoys(seed: int = 2) -> np.ndarray:
+    """An atlas where the sketch bound is loose: 150 fillers spread widely along 64 directions
+    (the sketch basis), the query, 100 decoys at its sketch coordinates whose residuals have the
+    query's length but point elsewhere (lower bound ≈ 0, distance ≈ 2r²), and one true neighbour
+    off the query in sketch space (distance r²) with the query's residual. Both candidate lists
+    fill up with decoys."""
+    rng = np.random.default_rng(seed)
+    directions, _ = np.linalg.qr(np.hstack([np.ones((N, 1)), rng.normal(size=(N, N - 1))]))
+    sketched, rest = directions[:, 1:1 + SKETCH_DIM], directions[:, 1 + SKETCH_DIM:]
+    r = 10.0
+
+    def unit(count: int, dim: int) -> np.ndarray:
+        x = rng.normal(size=(count, dim))
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    query_resid = r * unit(1, rest.shape[1])
+    a = np.vstack([rng.normal(0, 100, (150, SKETCH_DIM)), np.zeros((1, SKETCH_DIM)),
+                   rng.normal(0, 1e-3, (100, SKETCH_DIM)), r * unit(1, SKETCH_DIM)])
+    b = np.vstack([r * unit(150, rest.shape[1]), query_resid, r * unit(100, rest.shape[1]),
+                   query_resid])
+    return (-900.0 + a @ sketched.T + b @ rest.T).astype(np.float32)
+
+
+def extras_read(path, key: str, k: int) -> int:
+    """How many vectors nearest_raw measured beyond its candidates (the certificate's extras),
+    from the profile of a bare client's query."""
+    con = duckdb.connect(str(path), read_only=True)
+    plan = json.loads(con.execute("EXPLAIN (ANALYZE, FORMAT json) SELECT * FROM "
+                                  f"nearest_raw('{key}', {k}, NULL)").fetchall()[0][1])
+    con.close()
+
+    def extras(node: dict) -> list[int]:
+        if node.get("extra_info", {}).get("CTE Name") == "extras":
+            return [node["children"][0]["intermediate_rows"]]
+        return [n for child in node.get("children", []) for n in extras(child)]
+
+    found = [n for node in plan["operator"] for n in extras(node)]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_nearest_is_brute_force_where_the_sketch_bound_misses_the_nearest(db, tmp_path):
+    """Every vector whose lower bound is under the k-th exact distance is measured: the true
+    neighbour, ranked after 100 decoys by both sketch orderings, is found, with exact values."""
+    loglik = residual_decoys()
+    db.store.write_vectors(records(loglik), textset_id=textset_id(db))
+    query, true = 150, len(loglik) - 1
+    assert brute_force(loglik, query, 1) == [f"m-{true}"]
+    found = db.nearest(f"m-{query}", 10)
+    assert found["key"].to_list() == brute_force(loglik, query, 10)
+    b = db.store.textset("eval").mean_bytes
+    for key, kl, se in found.select("key", "kl", "se").iter_rows():
+        other = loglik[int(key[2:])]
+        assert kl == pytest.approx(kl_bpb(loglik[query], other, b), rel=1e-9)
+        assert se == pytest.approx(kl_se_bpb(loglik[query], other, b), rel=1e-9)
+    db.close()
+    assert extras_read(tmp_path / "a.duckdb", f"m-{query}", 10) > 0
+
+
+def test_a_tight_bound_measures_no_vector_beyond_the_candidates(db, tmp_path):
+    """Low-rank vectors (what the sketch keeps) with small noise: the bound is tight and the
+    certificate adds nothing to read."""
+    rng = np.random.default_rng(4)
+    loglik = (rng.normal(-900, 150, N) + rng.normal(0, 30, (K, 1))
+              + rng.normal(0, 1, (K, 16)) @ rng.normal(0, 4, (16, N))
+              + rng.normal(0, 0.01, (K, N))).astype(np.float32)
+    db.store.write_vectors(records(loglik), textset_id=textset_id(db))
+    for query in (0, 77):
+        assert db.nearest(f"m-{query}", 10)["key"].to_list() == brute_force(loglik, query, 10)
+    db.close()
+    assert [extras_read(tmp_path / "a.duckdb", f"m-{q}", 10) for q in (0, 77)] == [0, 0]
