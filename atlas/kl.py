@@ -154,6 +154,19 @@ def tile_pairs(rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(np.triu(np.ones(shape, bool), rows.start - cols.start + 1))
 
 
+def sq_distances(qa: np.ndarray, qb: np.ndarray, sq_a: np.ndarray, sq_b: np.ndarray
+                 ) -> np.ndarray:
+    """‖a − b‖² for every row pair of ``qa`` × ``qb`` (row norms² ``sq_a``, ``sq_b``) from one
+    matrix product, built in place: one len(a) × len(b) array and temporaries of 256 rows.
+    The norms are summed first, (sq_a + sq_b) − 2 a·b, so a square tile stays symmetric."""
+    d2 = qa @ qb.T
+    d2 *= -2.0
+    for start in range(0, len(d2), 256):
+        rows = slice(start, start + 256)
+        d2[rows] += sq_a[rows, None] + sq_b[None, :]
+    return d2
+
+
 def _block(q: np.ndarray, rows: slice, cols: slice, scale: float, with_se: bool
            ) -> tuple[np.ndarray, np.ndarray]:
     """KL and SE (bits/byte) of the pairs q[rows] × q[cols] of the double-centred vectors."""
@@ -162,7 +175,9 @@ def _block(q: np.ndarray, rows: slice, cols: slice, scale: float, with_se: bool
     qa, qb = q[rows], q[cols]
     sq_a = np.einsum("ij,ij->i", qa, qa)
     sq_b = sq_a if square else np.einsum("ij,ij->i", qb, qb)
-    m2 = np.maximum((sq_a[:, None] + sq_b[None, :] - 2.0 * (qa @ qb.T)) / n_texts, 0.0)
+    m2 = sq_distances(qa, qb, sq_a, sq_b)
+    m2 /= n_texts
+    np.maximum(m2, 0.0, out=m2)
     var4 = np.zeros_like(m2)
     if with_se:
         qa2 = qa * qa

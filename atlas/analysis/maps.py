@@ -58,7 +58,7 @@ import polars as pl
 
 from atlas.errors import AtlasError
 from atlas.extras import require
-from atlas.kl import scaled_coordinates
+from atlas.kl import scaled_coordinates, sq_distances
 
 METHODS = ("pca", "tsne", "umap")
 MIN_MODELS = 3
@@ -193,10 +193,7 @@ def nearest_neighbours(q: np.ndarray, k: int,
     distance = np.empty((n_models, k))
     for start in range(0, n_models, block):
         rows = slice(start, min(n_models, start + block))
-        d2 = q[rows] @ q.T
-        d2 *= -2.0
-        d2 += norms[rows, None]
-        d2 += norms[None, :]
+        d2 = sq_distances(q[rows], q, norms[rows], norms)
         local = np.arange(d2.shape[0])
         d2[local, start + local] = np.inf  # by index: a duplicate model is still a neighbour
         top = np.argpartition(d2, k - 1, axis=1)[:, :k]
