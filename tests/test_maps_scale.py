@@ -65,13 +65,26 @@ def test_the_default_block_of_distances_is_bounded_in_bytes(monkeypatch):
     assert _peak_bytes(lambda: maps.nearest_neighbours(q, 10)) < 800 * 800 * 8 / 4
 
 
-def test_tsne_on_blockwise_neighbours_is_the_same_map():
-    pytest.importorskip("sklearn")
+def test_tsne_on_blockwise_neighbours_sees_the_neighbours_tsne_finds_itself():
+    """The graph handed to t-SNE is scikit-learn's own k-NN graph of q̃ (what it builds with
+    metric="euclidean"), so the affinities are the same. The coordinates are not compared: a
+    1e-15 relative change of q̃ already gives another map (t-SNE's optimisation and its
+    Barnes-Hut tree amplify rounding, which differs between BLAS kernels and machines)."""
+    sklearn_neighbors = pytest.importorskip("sklearn.neighbors")
     q = _q(200, 300)
+    k = int(3 * maps.TSNE_PERPLEXITY + 1)
+    ours = maps._neighbour_graph(q, k)
+    theirs = sklearn_neighbors.NearestNeighbors(n_neighbors=k).fit(q).kneighbors_graph(
+        mode="distance")
+    for row in range(len(q)):  # the duplicated pair 0/1 ties with each row itself: sort values
+        mine = np.sort(ours[row].data)
+        np.testing.assert_allclose(mine[1:], np.sort(theirs[row].data)[-k:], rtol=1e-9,
+                                   atol=1e-12)
+        assert set(ours[row].indices) - {row} <= set(theirs[row].indices) | {0, 1}
     direct = maps.fit_coordinates(q, "tsne")
     blockwise = maps.fit_coordinates(q, "tsne", direct_max=100)
-    np.testing.assert_allclose(blockwise[0], direct[0], rtol=0,
-                               atol=1e-6 * np.abs(direct[0]).max())
+    assert blockwise[0].shape == (200, 2) and np.isfinite(blockwise[0]).all()
+    assert blockwise[3]["kl_divergence"] < 1.5 * direct[3]["kl_divergence"]  # a converged map
     assert blockwise[1]["metric"] == "euclidean" and blockwise[1]["init"] == "pca"
     assert blockwise[1]["neighbours"] == maps.BLOCKWISE and "neighbours" not in direct[1]
     assert any("blockwise" in note for note in blockwise[2])
