@@ -161,8 +161,8 @@ def test_scale_measures_its_pairs_without_a_models_squared_matrix(db, textset):
     _, stored, mean_bytes = db.store.matrix(keys, "eval")
     row = {key: i for i, key in enumerate(keys)}
     for a, b, kl, se in result.select("key_a", "key_b", "kl", "se").sample(50, seed=1).rows():
-        assert kl == kl_bpb(stored[row[a]], stored[row[b]], mean_bytes)
-        assert se == kl_se_bpb(stored[row[a]], stored[row[b]], mean_bytes)
+        assert kl == pytest.approx(kl_bpb(stored[row[a]], stored[row[b]], mean_bytes), rel=1e-12)
+        assert se == pytest.approx(kl_se_bpb(stored[row[a]], stored[row[b]], mean_bytes), rel=1e-12)
 
 
 def _hub(families: int) -> pl.DataFrame:
