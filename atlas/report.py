@@ -27,7 +27,10 @@ Decisions:
 * **Diffusion** fits each run with ``Run.default_window`` (the CLI's 10 lags, fewer for short
   runs) and the default ``min_t0``, on the scale's text set; ``--view`` passes to D_q, and
   ``--where`` keeps the runs with a checkpoint it selects. A run that cannot be fitted is
-  listed with the reason.
+  listed with the reason. At the scale of the Hub (thousands of runs) the report stays a
+  document: the first ``MAX_RUN_FITS`` runs (by label) are fitted and the first
+  ``MAX_RUN_FIGURES`` of them drawn, and a line says how many were left out and that
+  ``--where`` chooses others.
 * **Files.** HTML is one self-contained file: figures are base64 PNG, the style inline, no
   script and no external link. Markdown links PNG files in ``STEM_files/`` beside it. Both are
   written under temporary names in the target folder and renamed into place at the end, so a
@@ -63,6 +66,8 @@ if TYPE_CHECKING:
     from atlas.api import Atlas, Run, RunResult
 
 SUFFIXES = (".html", ".md")
+MAX_RUN_FITS = 100  # runs fitted (each a bootstrap) ...
+MAX_RUN_FIGURES = 12  # ... and drawn (two figures each): a report of 10⁴ variants stays readable
 CALIBRATION_SCHEMA = {"key_a": pl.String, "key_b": pl.String, "textset": pl.String,
                       "ratio": pl.Float64, "created_at": pl.Datetime}
 
@@ -206,20 +211,28 @@ def _diffusion_section(db: Atlas, textset: str, view: str | None, where: str | N
     section = Section("Training runs: consecutive checkpoints and diffusion (c_q, c_w, "
                       "α = c_q / c_w)")
     rows, failed = [], []
-    for index, run in enumerate(_runs(db, where)):
+    runs = _runs(db, where)
+    for index, run in enumerate(runs[:MAX_RUN_FITS]):
         name = f"{index:02d}-{safe_name(run.label)}"
+        drawn = index < MAX_RUN_FIGURES
         try:
             path = db.trajectory(run, textset, view=view).value
-            section.figures.append(Figure(f"trajectory-{name}", f"trajectory of {run.label}",
-                                          _plot("plot_trajectory", path, run.label)))
+            if drawn:
+                section.figures.append(Figure(f"trajectory-{name}", f"trajectory of {run.label}",
+                                              _plot("plot_trajectory", path, run.label)))
             found = db.diffusion(run, run.default_window, textset=textset, n_boot=n_boot,
                                  view=view)
         except AtlasError as exc:
             failed.append(f"{run.label}: {exc}")
             continue
         rows.append(diffusion_row(run, found))
-        section.figures.append(Figure(f"diffusion-{name}", f"diffusion of {run.label}",
-                                      _plot("plot_diffusion", found.value, run.label)))
+        if drawn:
+            section.figures.append(Figure(f"diffusion-{name}", f"diffusion of {run.label}",
+                                          _plot("plot_diffusion", found.value, run.label)))
+    if len(runs) > MAX_RUN_FIGURES:
+        section.paragraphs.append(
+            f"{len(runs)} training runs: the first {min(len(runs), MAX_RUN_FITS)} (by label) are "
+            f"fitted and the first {MAX_RUN_FIGURES} drawn; choose others with --where.")
     section.paragraphs.append(
         f"Every training run with a fit ({len(rows)} of {len(rows) + len(failed)}): overall "
         f"exponents with {n_boot} bootstrap draws' 95 % intervals over texts and starts "

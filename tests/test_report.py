@@ -291,3 +291,24 @@ def test_a_failed_report_leaves_the_previous_one_whole(world, tmp_path, monkeypa
                                        str(out), "--where", NOT_PYTHIA])
     assert isinstance(result.exception, RuntimeError)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_many_runs_are_fitted_and_drawn_up_to_a_cap(world, tmp_path, monkeypatch):
+    """A Hub-sized atlas has thousands of runs: the report fits and draws the first ones only
+    and says so."""
+    from atlas import report
+
+    runs = world[0].runs()
+    assert len(runs) > 3
+    monkeypatch.setattr(report, "MAX_RUN_FITS", 3)
+    monkeypatch.setattr(report, "MAX_RUN_FIGURES", 2)
+    out = tmp_path / "x.md"
+    _report(world, "-o", str(out), "--boot", "0")
+    text = out.read_text(encoding="utf-8")
+    said = f"{len(runs)} training runs: the first 3 (by label) are fitted and the first 2 drawn"
+    assert said in text
+    fitted = re.findall(r"^\| (\S+) \| eval \| \d+ \|", text, re.M)
+    assert fitted == [run.label for run in runs[:3]]
+    drawn = sorted(p.name for p in (tmp_path / "x_files").iterdir()
+                   if p.name.startswith(("trajectory-", "diffusion-")))
+    assert len(drawn) == 4 and all(name.split("-")[1] in ("00", "01") for name in drawn)
