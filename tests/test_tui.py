@@ -10,6 +10,7 @@ Tests are plain functions that drive the app with ``asyncio.run`` (no pytest-asy
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 pytest.importorskip("textual")
@@ -567,6 +569,26 @@ def test_detail_flags_the_nearest_within_floors(world, tmp_path):
         assert shown and all(r[-1] == "within" for r in shown)
 
     drive(path, scenario)
+
+
+def test_detail_cells_follow_the_columns_as_they_were_added(world):
+    """A floor flag shown first and hub ids added by a later load (another text set) keep each
+    value under its own heading."""
+    async def scenario(app, pilot):
+        app.open_model(PARENT)
+        await settle(pilot)
+        screen = app.screen
+        nearest = screen.detail.nearest
+        screen.loaded_detail(dataclasses.replace(
+            screen.detail, nearest=nearest.with_columns(within_floor=pl.lit(True))))
+        screen.loaded_detail(dataclasses.replace(screen.detail, nearest=nearest.with_columns(
+            within_floor=pl.lit(True), hub_id=pl.lit("org/model"))))
+        table = screen.query_one("#nearest", DataTable)
+        headings = [str(c.label) for c in table.columns.values()]
+        assert headings[-2:] == ["≤3 floors", "hub id"]
+        assert all(r[-2:] == ["within", "org/model"] for r in rows(table)) and rows(table)
+
+    drive(world, scenario)
 
 
 def test_trajectory_screen(world, reader):

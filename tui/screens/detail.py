@@ -100,8 +100,8 @@ class DetailScreen(AtlasScreen):
         for rank, row in enumerate(detail.nearest.iter_rows(named=True), start=1):
             cells = [str(rank), row["key"], number(row["kl"]), number(row["se"], 2),
                      scale.bar(row["kl"], "cyan")]
-            cells += [_optional(column, row.get(column)) for column in OPTIONAL
-                      if column in nearest.columns]
+            cells += [_optional(column.value, row.get(column.value))  # in the table's order:
+                      for column in nearest.columns if column.value in OPTIONAL]  # as added
             nearest.add_row(*cells, key=row["key"])
         related = self.query_one("#related", DataTable)
         related.clear()
