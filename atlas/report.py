@@ -216,8 +216,8 @@ def _diffusion_section(db: Atlas, textset: str, view: str | None, where: str | N
         name = f"{index:02d}-{safe_name(run.label)}"
         drawn = index < MAX_RUN_FIGURES
         try:
-            path = db.trajectory(run, textset, view=view).value
-            if drawn:
+            if drawn:  # the consecutive KLs are only drawn: the table needs the fit alone
+                path = db.trajectory(run, textset, view=view).value
                 section.figures.append(Figure(f"trajectory-{name}", f"trajectory of {run.label}",
                                               _plot("plot_trajectory", path, run.label)))
             found = db.diffusion(run, run.default_window, textset=textset, n_boot=n_boot,
