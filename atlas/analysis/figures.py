@@ -104,6 +104,11 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.3e}"
 
 
+def _step(value: float) -> str:
+    """A training step as people write it: 143,000, not 1.430e+05."""
+    return f"{value:,.0f}" if float(value).is_integer() else _fmt(value)
+
+
 def _exponent(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
@@ -322,12 +327,13 @@ def plot_diffusion(result: DiffusionResult, path, title: str) -> Path:
     if not starts:
         span = ""
     elif len(starts) == 1:
-        span = f"1 start (t0 = {_fmt(starts[0])}), "
+        span = f"1 start (t0 = {_step(starts[0])}), "
     else:
-        span = f"{len(starts)} starts (t0 = {_fmt(min(starts))} … {_fmt(max(starts))}), "
+        span = f"{len(starts)} starts (t0 = {_step(min(starts))} … {_step(max(starts))}), "
     draws = (f"{result.n_boot} bootstrap draws, {level} intervals" if result.n_boot
              else "no bootstrap, no intervals")
-    fig.suptitle(f"{title}\n{span}window of {result.window} checkpoints; {result.n_texts} "
+    # three lines: on one panel (no weight sketches) two overran the figure's width
+    fig.suptitle(f"{title}\n{span}window of {result.window} checkpoints\n{result.n_texts:,} "
                  f"texts, {draws}", fontsize=10.5)
     return _save(fig, path)
 
