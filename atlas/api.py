@@ -80,6 +80,10 @@ class KL:
     textset: str
 
 
+# DuckDB's words when query() (inside nearest) is given a column of a lateral join
+LATERAL_QUERY = 'Table function "query" does not support lateral join'
+
+
 class Atlas:
     """One atlas file."""
 
@@ -275,8 +279,13 @@ class Atlas:
 
     def _sql_error(self, exc: duckdb.Error) -> AtlasError:
         """A query's error as DuckDB words it; one about the file (damage, no space, a
-        read-only session reaching outside the atlas) as the store explains it."""
-        return self.store.classify(exc) or AtlasError(duckdb_message(exc))
+        read-only session reaching outside the atlas) as the store explains it; nearest()
+        given a column (it runs query(), which takes constants) with the macro that takes one."""
+        message = duckdb_message(exc)
+        if LATERAL_QUERY in message:
+            message += (" nearest() takes a constant key: per row of a table, call "
+                        "nearest_raw(t.key, k, NULL) (or nearest_viewed(t.key, k, NULL, 'VIEW'))")
+        return self.store.classify(exc) or AtlasError(message)
 
     def interrupt(self) -> None:
         """Stop the query this atlas is running in another thread (its caller gets an

@@ -131,6 +131,8 @@ def test_nearest_per_row_of_a_table_is_nearest_raw(synthetic):
                             "nearest_raw(m.key, 2, NULL) n ORDER BY q, n.kl, n.key")
     expected = [(q, key) for q in sorted(KEYS) for key in synthetic.nearest(q, 2)["key"]]
     assert lateral.rows() == expected
+    with pytest.raises(AtlasError, match=re.escape("per row of a table, call nearest_raw(t.key")):
+        synthetic.sql("SELECT * FROM (SELECT key FROM models) m, nearest(m.key, 2) n")
 
 
 def test_nearest_takes_any_text_as_a_literal(synthetic):
