@@ -372,3 +372,22 @@ def test_a_tight_bound_measures_no_vector_beyond_the_candidates(db, tmp_path):
         assert db.nearest(f"m-{query}", 10)["key"].to_list() == brute_force(loglik, query, 10)
     db.close()
     assert [extras_read(tmp_path / "a.duckdb", f"m-{q}", 10) for q in (0, 77)] == [0, 0]
+
+
+def test_near_ties_below_float32_rounding_are_ranked_exactly(db):
+    """Twenty vectors whose squared distances to the query differ by ~10⁻⁸ of their value (under
+    the float32 parts pass's rounding, bounded by 1.6·10⁻⁵): all of them are measured again in
+    float64, so the top 5 and its order are the brute-force ones (ranked by the float32 values,
+    they come out in another order)."""
+    rng = np.random.default_rng(9)
+    loglik = synthetic(K)
+    query = loglik[0]
+    noise = rng.normal(0, 0.5, N).astype(np.float32)
+    near = np.tile(query + noise, (20, 1))
+    for row, text in enumerate(np.argsort(np.abs(noise))[:20]):  # one ulp where d is smallest
+        near[row, text] = np.nextafter(near[row, text], np.float32(np.inf if row % 2 else -np.inf))
+    loglik = np.vstack([loglik, near]).astype(np.float32)
+    db.store.write_vectors(records(loglik), textset_id=textset_id(db))
+    expected = brute_force(loglik, 0, 5)
+    assert set(expected) <= {f"m-{K + i}" for i in range(20)}
+    assert db.nearest("m-0", 5)["key"].to_list() == expected
