@@ -212,15 +212,9 @@ CREATE OR REPLACE MACRO kl_se(key_a, key_b, textset_name := NULL, view := NULL) 
 CREATE OR REPLACE MACRO centred_sq_distance(l_a, mean_a, l_b, mean_b) AS
     pow(list_distance(l_a::DOUBLE[], l_b::DOUBLE[]), 2) - len(l_a) * pow(mean_a - mean_b, 2);
 
--- ‖a − b‖² of two parts of vectors (vector_parts.loglik), summed in float32 by array_distance:
--- no DOUBLE copy of either part (casting both was a third of the parts pass's CPU). Its rounding
--- is bounded: per part, the difference and square of each term (2u), a sum of 256 terms in any
--- order (255u), the float32 sqrt and squaring it again (3u), u = 2⁻²⁴: < 261u = 1.56·10⁻⁵ of
--- the value. part_sq_error is that bound, with margin, in KL units of the summed sq.
-CREATE OR REPLACE MACRO part_sq_distance(a, b) AS pow(array_distance(a, b), 2);
-
-CREATE OR REPLACE MACRO part_sq_error(sq, n_texts, mean_bytes) AS
-    2e-5 * sq / n_texts * bpb_scale(mean_bytes);
+-- ‖a − b‖² of two parts of vectors (vector_parts.loglik), in DOUBLE.
+CREATE OR REPLACE MACRO part_sq_distance(a, b) AS
+    pow(array_distance(a::DOUBLE[256], b::DOUBLE[256]), 2);
 
 -- How many candidates per text set the sketch pass keeps, for each of its two orderings.
 CREATE OR REPLACE MACRO nearest_candidates(k) AS greatest(4 * k, 32);
@@ -279,16 +273,15 @@ CREATE OR REPLACE MACRO sketch_slack(n_q, near, s_q_norm, r_v, n_texts) AS
 -- variants that share what the sketch leaves out: fine-tunes, quantizations, checkpoints) and
 -- the best by ‖s_q − s_v‖² + r_q² + r_v² (right when the left-out parts are unrelated noise);
 -- vectors without a sketch are always candidates. Then the certificate: with a_k the k-th
--- smallest KL among the candidates (its float32 rounding bound added, part_sq_error), every
--- other vector whose lower bound, less its rounding slack (sketch_slack), is below a_k
--- (+10⁻⁶ relative, for near-ties) could be nearer, so its raw vector is read and measured too
--- (none when the bound is tight; all of them, a full scan, at worst). Every vector whose
--- measured KL, less its rounding bound, is within the k-th smallest measured KL plus its bound
--- could be in the top k: only those are measured again exactly (float64, from their parts), so
--- the top k is the brute-force top k. The bound is loose where the vectors differ mostly in
--- what the sketch leaves out (per-model noise): 10²–10⁴ extras a query on bench_scale's
--- atlases. Each parts pass reads only its vectors' parts: `vid IN (…)` is a join on vid alone,
--- which the scan filters on (joined on vid and part together, the scan read every part).
+-- smallest exact KL among the candidates (of all the key's text sets, as the top k is), every
+-- other vector whose lower bound, less its rounding slack (sketch_slack), is below a_k in KL
+-- units (+10⁻⁶ relative, for near-ties) could be nearer, so its raw vector is read and measured
+-- too (none when the bound is tight; all of them, a full scan, at worst); the top k is taken
+-- over both, so it is the brute-force top k. The bound is loose where the vectors differ
+-- mostly in what the sketch leaves out (per-model noise): 10²–10⁴ extras a query on
+-- bench_scale's atlases, +25–70 ms. The second pass reads only those vectors' parts
+-- (a join on vid the scan filters on), ranks them by ‖c_q − c_v‖² summed over parts, and joins
+-- the parts of the best k + 2 back into lists.
 CREATE OR REPLACE MACRO nearest_raw(query_key, k, textset_name) AS TABLE
 WITH query AS MATERIALIZED (
     SELECT v.textset_id, v.vid, v.loglik_mean AS m_q, v.sketch AS s_q, v.sketch_resid AS r_q,
@@ -317,16 +310,15 @@ picked AS (
                || coalesce(list(vid) FILTER (WHERE mine AND lower IS NULL), [])) AS vids
     FROM bounds GROUP BY textset_id),
 candidates AS MATERIALIZED (SELECT textset_id, unnest(vids) AS vid FROM picked),
+candidate_parts AS MATERIALIZED (  -- on its own: a join on vid alone is what the scan filters
+    SELECT c.vid, c.textset_id, p.part, p.loglik FROM candidates c JOIN vector_parts p USING (vid)),
 candidate_sq AS MATERIALIZED (
-    SELECT p.vid, c.textset_id, sum(part_sq_distance(p.loglik, qp.loglik)) AS sq
-    FROM (FROM vector_parts WHERE vid IN (SELECT vid FROM candidates)) p
-    JOIN candidates c USING (vid)
-    JOIN query_parts qp ON qp.textset_id = c.textset_id AND qp.part = p.part
-    GROUP BY p.vid, c.textset_id),
-reach AS (  -- the k-th KL among them, at most; fewer than k candidates: every vector is one
+    SELECT c.vid, c.textset_id, sum(part_sq_distance(c.loglik, qp.loglik)) AS sq
+    FROM candidate_parts c JOIN query_parts qp USING (textset_id, part)
+    GROUP BY c.vid, c.textset_id),
+reach AS (  -- the k-th KL among them; fewer than k candidates means every vector is one
     SELECT CASE WHEN count(*) < k THEN 'inf'::DOUBLE ELSE max(a) END AS a_k
-    FROM (SELECT centred_bpb(d.sq, q.n_texts, q.m_q, v.loglik_mean, q.mean_bytes)
-                 + part_sq_error(d.sq, q.n_texts, q.mean_bytes) AS a
+    FROM (SELECT centred_bpb(d.sq, q.n_texts, q.m_q, v.loglik_mean, q.mean_bytes) AS a
           FROM candidate_sq d JOIN vector_rows v USING (vid)
           JOIN query q ON q.textset_id = d.textset_id
           ORDER BY a LIMIT k)),
@@ -337,22 +329,20 @@ extras AS MATERIALIZED (  -- empty when the bound is tight: then nothing more is
     FROM (SELECT vid, textset_id FROM bounds
           WHERE mine AND least < (SELECT a_k FROM reach) * (1 + 1e-6)) b
     ANTI JOIN candidates c USING (vid)),
-measured AS MATERIALIZED (
+extra_parts AS MATERIALIZED (
+    SELECT e.vid, e.textset_id, p.part, p.loglik FROM extras e JOIN vector_parts p USING (vid)),
+distances AS (
+    SELECT * FROM candidate_sq
+    UNION ALL
+    SELECT e.vid, e.textset_id, sum(part_sq_distance(e.loglik, qp.loglik)) AS sq
+    FROM extra_parts e JOIN query_parts qp USING (textset_id, part)
+    GROUP BY e.vid, e.textset_id),
+ranked AS MATERIALIZED (
     SELECT d.vid, d.textset_id, v.key,
-           centred_bpb(d.sq, q.n_texts, q.m_q, v.loglik_mean, q.mean_bytes) AS approx,
-           part_sq_error(d.sq, q.n_texts, q.mean_bytes) AS error
-    FROM (FROM candidate_sq
-          UNION ALL
-          SELECT p.vid, e.textset_id, sum(part_sq_distance(p.loglik, qp.loglik)) AS sq
-          FROM (FROM vector_parts WHERE vid IN (SELECT vid FROM extras)) p
-          JOIN extras e USING (vid)
-          JOIN query_parts qp ON qp.textset_id = e.textset_id AND qp.part = p.part
-          GROUP BY p.vid, e.textset_id) d
-    JOIN vector_rows v USING (vid) JOIN query q ON q.textset_id = d.textset_id),
-ranked AS MATERIALIZED (  -- all that may be in the top k (k to a few more)
-    SELECT vid, textset_id, key FROM measured
-    WHERE approx - error <= (SELECT max(u) FROM (SELECT approx + error AS u FROM measured
-                                                  ORDER BY u LIMIT k))),
+           centred_bpb(d.sq, q.n_texts, q.m_q, v.loglik_mean, q.mean_bytes) AS approx
+    FROM distances d JOIN vector_rows v USING (vid) JOIN query q ON q.textset_id = d.textset_id
+    ORDER BY approx, v.key
+    LIMIT k + 2),  -- exact values below may reorder near-ties: keep a margin
 lists AS (
     SELECT r.key, r.textset_id, joined_parts(p.part, p.loglik, q.n_texts) AS l_v
     FROM ranked r JOIN vector_parts p USING (vid) JOIN query q USING (textset_id)

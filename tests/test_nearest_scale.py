@@ -374,11 +374,10 @@ def test_a_tight_bound_measures_no_vector_beyond_the_candidates(db, tmp_path):
     assert [extras_read(tmp_path / "a.duckdb", f"m-{q}", 10) for q in (0, 77)] == [0, 0]
 
 
-def test_near_ties_below_float32_rounding_are_ranked_exactly(db):
-    """Twenty vectors whose squared distances to the query differ by ~10⁻⁸ of their value (under
-    the float32 parts pass's rounding, bounded by 1.6·10⁻⁵): all of them are measured again in
-    float64, so the top 5 and its order are the brute-force ones (ranked by the float32 values,
-    they come out in another order)."""
+def test_near_ties_are_ranked_exactly(db):
+    """Twenty vectors whose squared distances to the query differ by ~10⁻⁸ of their value: the
+    top 5 and its order are the brute-force ones (summed in float32, rounding ~10⁻⁷, they came
+    out in another order)."""
     rng = np.random.default_rng(9)
     loglik = synthetic(K)
     query = loglik[0]
