@@ -67,14 +67,15 @@ CREATE OR REPLACE MACRO key_fields_match(p, m) AS
   AND (p.checkpoint = '' OR m.checkpoint = p.checkpoint);
 
 -- Variants matching a key: the verbatim key if stored, else every variant whose fields equal
--- the fields the key sets.
+-- the fields the key sets. The parsed key is empty when the verbatim key is stored, so the
+-- field match then joins nothing (filtered after the join, it compared every model: 2 of
+-- resolve_key's 5.6 ms at 10⁶ variants).
 CREATE OR REPLACE MACRO key_matches(k) AS TABLE
 WITH exact AS (SELECT key FROM models WHERE key = k),
-     parsed AS (SELECT parse_key(k) AS p)
+     parsed AS (SELECT parse_key(k) AS p WHERE NOT EXISTS (SELECT 1 FROM exact))
 SELECT key FROM exact
 UNION ALL
-SELECT m.key FROM models m, parsed
-WHERE NOT EXISTS (SELECT 1 FROM exact) AND key_fields_match(p, m);
+SELECT m.key FROM models m, parsed WHERE key_fields_match(p, m);
 
 -- parent is the stored key the recorded parent names: a parent is checked when written, but an
 -- atlas written by an older version may hold a shorthand (resolved here) or a key that was never
