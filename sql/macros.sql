@@ -232,7 +232,7 @@ query AS MATERIALIZED (
                '{} has no vector on text set ''{}'', the text set of view ''{}''; score it on '
                || 'that set first', w.found, w.textset, w.name))
                ELSE view_loglik(q.loglik, w.threshold, w.keep) END AS l_q
-    FROM keyed w LEFT JOIN variant_vectors(resolve_key(query_key)) q USING (textset_id)),
+    FROM keyed w LEFT JOIN variant_vectors((SELECT found FROM keyed)) q USING (textset_id)),
 others AS (
     SELECT v.key, view_loglik(v.loglik, w.threshold, w.keep) AS l_v
     FROM w JOIN vectors v ON v.textset_id = w.textset_id
