@@ -216,8 +216,19 @@ CREATE OR REPLACE MACRO centred_sq_distance(l_a, mean_a, l_b, mean_b) AS
 CREATE OR REPLACE MACRO part_sq_distance(a, b) AS
     pow(array_distance(a::DOUBLE[256], b::DOUBLE[256]), 2);
 
+-- nearest's k, checked: a whole number ≥ 0 (unchecked, NULL meant no limit and returned 32 rows
+-- or every one, -1 failed with DuckDB's words about LIMIT and 2.5 gave 3). nearest checks it as
+-- it builds its query; nearest_raw and nearest_viewed as they find the query's vector (their
+-- LIMITs must stay plain constants for a lateral join, so a negative k meets DuckDB's LIMIT
+-- check there first).
+CREATE OR REPLACE MACRO neighbours(k) AS CASE
+    WHEN k >= 0 AND k = trunc(k) THEN k
+    ELSE error(format('nearest needs k, how many neighbours, as a whole number ≥ 0 (got {})',
+                      coalesce(k::VARCHAR, 'NULL')))
+END;
+
 -- How many candidates per text set the sketch pass keeps, for each of its two orderings.
-CREATE OR REPLACE MACRO nearest_candidates(k) AS greatest(4 * k, 32);
+CREATE OR REPLACE MACRO nearest_candidates(k) AS greatest(4 * k, 32)::BIGINT;
 
 -- nearest through a stored view (views.sql): an exact full scan of every vector of the view's
 -- text set, each clipped and cut to the kept texts (the sketches describe the raw vectors, so
@@ -226,7 +237,7 @@ CREATE OR REPLACE MACRO nearest_candidates(k) AS greatest(4 * k, 32);
 CREATE OR REPLACE MACRO nearest_viewed(query_key, k, textset_name, view_name) AS TABLE
 WITH w AS NOT MATERIALIZED (  -- without a view this plans to nothing: no key is even resolved
     SELECT * FROM view_of(view_name, textset_name := textset_name) WHERE view_name IS NOT NULL),
-keyed AS (SELECT w.*, resolve_key(query_key) AS found FROM w),
+keyed AS (SELECT w.*, resolve_key(query_key) AS found FROM w WHERE neighbours(k) IS NOT NULL),
 query AS MATERIALIZED (
     SELECT w.found AS key, w.textset, w.mean_bytes, CASE WHEN q.loglik IS NULL THEN error(format(
                '{} has no vector on text set ''{}'', the text set of view ''{}''; score it on '
@@ -288,7 +299,7 @@ WITH query AS MATERIALIZED (
            sqrt(array_inner_product(v.sketch::DOUBLE[64], v.sketch::DOUBLE[64])) AS s_q_norm,
            pow(s_q_norm, 2) + pow(r_q, 2) AS n_q, t.mean_bytes, t.n_texts, t.name AS textset
     FROM vector_rows v JOIN textsets t USING (textset_id)
-    WHERE v.key = resolve_key(query_key)
+    WHERE v.key = resolve_key(query_key) AND neighbours(k) IS NOT NULL
       AND (textset_name IS NULL OR t.name = textset_name)),
 query_parts AS MATERIALIZED (
     SELECT q.textset_id, p.part, p.loglik FROM query q JOIN vector_parts p USING (vid)),
@@ -371,7 +382,7 @@ CREATE OR REPLACE MACRO sql_literal(x) AS
 CREATE OR REPLACE MACRO nearest(query_key, k, textset_name := NULL, view := NULL) AS TABLE
 SELECT * FROM query(format('SELECT * FROM {}({}, {}::BIGINT, {}{})',
     CASE WHEN view IS NULL THEN 'nearest_raw' ELSE 'nearest_viewed' END,
-    sql_literal(query_key), sql_literal(k), sql_literal(textset_name),
+    sql_literal(query_key), sql_literal(neighbours(k)), sql_literal(textset_name),
     CASE WHEN view IS NULL THEN '' ELSE ', ' || sql_literal(view) END))
 ORDER BY kl, key;
 

@@ -38,6 +38,18 @@ def test_nearest_on_an_unknown_text_set(db):
             what="no text set named 'nosuch'", where=str(db), fix="have: eval")
 
 
+# nearest_raw's LIMITs stay plain constants for lateral joins: its -1 meets DuckDB's own LIMIT
+# check first ("LIMIT/OFFSET cannot be negative"), so that one pair is not here.
+@pytest.mark.parametrize(("call", "k"), [
+    *[("nearest('fam-s', {})", k) for k in ("-1", "NULL", "2.5")],
+    *[("nearest_raw('fam-s', {}, NULL)", k) for k in ("NULL", "2.5")]])
+def test_sql_nearest_with_a_k_that_is_no_count(db, call, k):
+    """Unchecked, NULL returned up to 32 rows, -1 failed in DuckDB's words about LIMIT and 2.5
+    gave 3."""
+    refused(db, ["sql", f"SELECT * FROM {call.format(k)}"], what="nearest needs k",
+            where=f"got {k}", fix="a whole number ≥ 0")
+
+
 def test_sql_kl_on_an_unknown_text_set(db):
     refused(db, ["sql", "SELECT kl('fam-s', 'fam-m', 'nosuch')"],
             what="no text set named 'nosuch'", where="for fam-s and fam-m",
