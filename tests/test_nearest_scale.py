@@ -273,9 +273,9 @@ def test_the_rounding_slack_keeps_the_sketch_bound_below_every_distance(tmp_path
         WITH v AS (SELECT key, sketch AS s, sketch_resid AS r, loglik AS l, loglik_mean AS m,
                           sqrt(array_inner_product(sketch::DOUBLE[64], sketch::DOUBLE[64])) AS norm
                    FROM vectors),
-        pairs AS (SELECT pow(array_distance(a.s, b.s), 2) AS near,
-                         near + pow(a.r - b.r, 2) AS lower,
-                         sketch_slack(pow(a.norm, 2) + pow(a.r, 2), near, a.norm, b.r, len(a.l))
+        pairs AS (SELECT array_distance(a.s, b.s)::DOUBLE AS dist, dist * dist AS near,
+                         near + (a.r - b.r) * (a.r - b.r) AS lower,
+                         sketch_slack(a.norm * a.norm + a.r * a.r, dist, a.norm, b.r, len(a.l))
                              AS slack,
                          centred_sq_distance(a.l, a.m, b.l, b.m) AS d2
                   FROM v a JOIN v b ON a.key <> b.key)
