@@ -527,6 +527,7 @@ def kill_and_resume(tmp_path, release, textset, kills: int, seed: int) -> None:
     assert vectors(path) == vectors(clean)
 
 
+@pytest.mark.slow  # ~28 s; the default run kills bulk runs in test_kill_matrix (0 and 2 workers)
 def test_killed_runs_resume_to_the_same_atlas(tmp_path, release, textset):
     kill_and_resume(tmp_path, release, textset, kills=2, seed=11)
 
