@@ -188,25 +188,26 @@ SELECT textset, mean_bytes, centred_loglik(v_a, list_avg(v_a)) AS c_a,
        centred_loglik(v_b, list_avg(v_b)) AS c_b
 FROM viewed;
 
--- canonical_shared_vectors without a view, viewed_vectors with one. Both branches are bound
--- whichever runs, so the keys come in resolved: kl resolves each once (resolve_key bound six
--- times was a third of a kl's planning at 10⁶ variants).
+-- The vectors of two keys or shorthands: canonical_shared_vectors without a view,
+-- viewed_vectors with one. Both branches are bound whichever runs, so each key is resolved once
+-- here and goes to both canonical (resolve_key bound six times was a third of a kl's planning
+-- at 10⁶ variants).
 CREATE OR REPLACE MACRO pair_vectors(key_a, key_b, textset_name, view_name) AS TABLE
-SELECT * FROM canonical_shared_vectors(key_a, key_b, textset_name) WHERE view_name IS NULL
+WITH keys AS (SELECT resolve_key(key_a) AS a, resolve_key(key_b) AS b)
+SELECT * FROM canonical_shared_vectors((SELECT a FROM keys), (SELECT b FROM keys), textset_name)
+WHERE view_name IS NULL
 UNION ALL
-SELECT * FROM viewed_vectors(key_a, key_b, textset_name, view_name);
+SELECT * FROM viewed_vectors((SELECT a FROM keys), (SELECT b FROM keys), textset_name, view_name);
 
 CREATE OR REPLACE MACRO kl(key_a, key_b, textset_name := NULL, view := NULL) AS (
-    WITH keys AS (SELECT resolve_key(key_a) AS a, resolve_key(key_b) AS b)
     SELECT CASE WHEN count(*) = 1 THEN first(kl_centred(c_a, c_b, mean_bytes))
                 ELSE no_single_textset(key_a, key_b, count(*), textset_name := textset_name) END
-    FROM pair_vectors((SELECT a FROM keys), (SELECT b FROM keys), textset_name, view));
+    FROM pair_vectors(key_a, key_b, textset_name, view));
 
 CREATE OR REPLACE MACRO kl_se(key_a, key_b, textset_name := NULL, view := NULL) AS (
-    WITH keys AS (SELECT resolve_key(key_a) AS a, resolve_key(key_b) AS b)
     SELECT CASE WHEN count(*) = 1 THEN first(kl_se_bpb(c_a, c_b, mean_bytes))
                 ELSE no_single_textset(key_a, key_b, count(*), textset_name := textset_name) END
-    FROM pair_vectors((SELECT a FROM keys), (SELECT b FROM keys), textset_name, view));
+    FROM pair_vectors(key_a, key_b, textset_name, view));
 
 -- ‖c_a − c_b‖² from raw vectors, vectorised: ‖ℓ_a − ℓ_b‖² − N (mean_a − mean_b)², in DOUBLE.
 CREATE OR REPLACE MACRO centred_sq_distance(l_a, mean_a, l_b, mean_b) AS
