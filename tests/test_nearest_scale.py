@@ -53,18 +53,23 @@ def brute_force(loglik: np.ndarray, query: int, k: int) -> list[str]:
     return [f"m-{i}" for i in order[:k]]
 
 
+def assert_exact_nearest(db, loglik: np.ndarray, query: int, k: int = 10) -> None:
+    """nearest is numpy's brute-force top k, with numpy's KL and SE to 10⁻⁹."""
+    found = db.nearest(f"m-{query}", k)
+    assert found["key"].to_list() == brute_force(loglik, query, k)
+    b = db.store.textset("eval").mean_bytes
+    for key, kl, se in found.select("key", "kl", "se").iter_rows():
+        other = loglik[int(key[2:])]
+        assert kl == pytest.approx(kl_bpb(loglik[query], other, b), rel=1e-9)
+        assert se == pytest.approx(kl_se_bpb(loglik[query], other, b), rel=1e-9)
+
+
 def test_nearest_with_sketches_is_brute_force_with_exact_values(db):
     loglik = synthetic(K)
     assert db.store.write_vectors(records(loglik), textset_id=textset_id(db)) == [True] * K
     assert db.sql("SELECT count(sketch) AS n FROM vectors")["n"][0] == K
-    b = db.store.textset("eval").mean_bytes
     for query in range(0, K, 23):
-        found = db.nearest(f"m-{query}", 10)
-        assert found["key"].to_list() == brute_force(loglik, query, 10)
-        for key, kl, se in found.select("key", "kl", "se").iter_rows():
-            other = loglik[int(key[2:])]
-            assert kl == pytest.approx(kl_bpb(loglik[query], other, b), rel=1e-9)
-            assert se == pytest.approx(kl_se_bpb(loglik[query], other, b), rel=1e-9)
+        assert_exact_nearest(db, loglik, query)
 
 
 def test_values_are_exact_over_several_parts_the_last_padded(tmp_path):
@@ -77,14 +82,8 @@ def test_values_are_exact_over_several_parts_the_last_padded(tmp_path):
     db.import_textset(TextSet([f"text {i} " * (1 + i % 9) for i in range(n_texts)]), "eval")
     loglik = synthetic(BASIS_MIN + 20, seed=3, n=n_texts)
     db.store.write_vectors(records(loglik), textset_id=textset_id(db))
-    b = db.store.textset("eval").mean_bytes
     for query in (0, 1, 50):
-        found = db.nearest(f"m-{query}", 10)
-        assert found["key"].to_list() == brute_force(loglik, query, 10)
-        for key, kl, se in found.select("key", "kl", "se").iter_rows():
-            other = loglik[int(key[2:])]
-            assert kl == pytest.approx(kl_bpb(loglik[query], other, b), rel=1e-9)
-            assert se == pytest.approx(kl_se_bpb(loglik[query], other, b), rel=1e-9)
+        assert_exact_nearest(db, loglik, query)
     db.close()
     scans = [n["intermediate_rows"] for top in profile(tmp_path / "parts.duckdb", "m-0", 10)
              ["operator"] for n in nodes(top)
@@ -384,13 +383,7 @@ def test_nearest_is_brute_force_where_the_sketch_bound_misses_the_nearest(db, tm
     db.store.write_vectors(records(loglik), textset_id=textset_id(db))
     query, true = 150, len(loglik) - 1
     assert brute_force(loglik, query, 1) == [f"m-{true}"]
-    found = db.nearest(f"m-{query}", 10)
-    assert found["key"].to_list() == brute_force(loglik, query, 10)
-    b = db.store.textset("eval").mean_bytes
-    for key, kl, se in found.select("key", "kl", "se").iter_rows():
-        other = loglik[int(key[2:])]
-        assert kl == pytest.approx(kl_bpb(loglik[query], other, b), rel=1e-9)
-        assert se == pytest.approx(kl_se_bpb(loglik[query], other, b), rel=1e-9)
+    assert_exact_nearest(db, loglik, query)
     db.close()
     assert extras_read(tmp_path / "a.duckdb", f"m-{query}", 10) > 0
 
