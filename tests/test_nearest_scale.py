@@ -364,14 +364,9 @@ def nodes(node: dict) -> list[dict]:
 def extras_read(path, key: str, k: int) -> int:
     """How many vectors nearest_raw measured beyond its candidates (the certificate's extras),
     from the profile of a bare client's query."""
-    plan = profile(path, key, k)
-
-    def extras(node: dict) -> list[int]:
-        if node.get("extra_info", {}).get("CTE Name") == "extras":
-            return [node["children"][0]["intermediate_rows"]]
-        return [n for child in node.get("children", []) for n in extras(child)]
-
-    found = [n for node in plan["operator"] for n in extras(node)]
+    found = [node["children"][0]["intermediate_rows"]
+             for top in profile(path, key, k)["operator"] for node in nodes(top)
+             if node.get("extra_info", {}).get("CTE Name") == "extras"]
     assert len(found) == 1
     return found[0]
 
