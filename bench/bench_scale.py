@@ -41,6 +41,11 @@ from atlas.store import SketchBasis
 from atlas.textsets import TextSet
 
 BLOCK = 4096  # rows generated and written at a time (a row group of the import's file)
+# Seconds of idle before each timed operation. OpenBLAS's workers spin for ~0.1 s after a GEMV,
+# on both of this machine's cores, so a query timed right after one shared them: nearest at
+# 10⁴ × 10⁴ took 71–87 ms just after a GEMV and 59–62 ms after ≥ 0.1 s idle, while the GEMV
+# took 15.4 ms after idle and 16.0 ms just after a query. Each side is timed from idle.
+IDLE_S = 0.25
 
 
 def synthetic_blocks(n_models: int, n_texts: int, seed: int = 0) -> Iterator[np.ndarray]:
@@ -150,7 +155,8 @@ def cached_atlas(cache: Path, n_models: int, n_texts: int) -> tuple[Path, dict]:
 
 
 def timed_queries(path: Path, loglik: np.ndarray, queries: int) -> dict:
-    """nearest from a bare client and the numpy GEMV, alternating per query (same load), twice:
+    """nearest from a bare client and the numpy GEMV, alternating per query (same load), each
+    from idle (IDLE_S), twice:
     first as a new client finds the file (each query's parts read from it on first touch), then
     with every part in DuckDB's buffer pool, as the GEMV's matrix is in memory. ``loglik`` is
     centred in place (one K × N float32 matrix in memory, not two)."""
@@ -176,9 +182,11 @@ def _alternate(con: duckdb.DuckDBPyConnection, picks: np.ndarray, centred: np.nd
                norms: np.ndarray) -> dict:
     sql_ms, np_ms, found, gemv = [], [], [], []
     for query in picks:
+        time.sleep(IDLE_S)
         start = time.perf_counter()
         keys = con.execute("SELECT key FROM nearest(?, 10)", [f"m-{query}"]).fetchall()
         sql_ms.append((time.perf_counter() - start) * 1000)
+        time.sleep(IDLE_S)
         start = time.perf_counter()
         gemv.append(set(numpy_top(centred, norms, int(query), 10)))
         np_ms.append((time.perf_counter() - start) * 1000)
