@@ -20,7 +20,9 @@ part, in every path that makes a key (parsing, ``--quant``, imports, bulk manife
 
 Shorthands: a key that is not stored verbatim resolves to the single stored variant whose set
 fields match it (its unset fields act as wildcards); several matches are an error that lists them.
-The same rule runs in SQL (``resolve_key`` in ``sql/macros.sql``) so plain DuckDB clients agree.
+The same rule runs in SQL (``resolve_key`` in ``sql/macros.sql``) so plain DuckDB clients agree;
+SQL's ``parse_key`` is ``KEY_PATTERN`` itself, written into the macro when the SQL is applied
+(``atlas.store.read_sql``), so the grammar has one copy.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ KEY_PATTERN = (
     r"(?:#(?P<layer>[0-9]+))?(?:@(?P<checkpoint>[A-Za-z0-9_.-]+))?$"
 )
 _KEY_RE = re.compile(KEY_PATTERN)
+KEY_FIELDS = tuple(_KEY_RE.groupindex)  # family, size, seed, quant, layer, checkpoint
 _FIELD_RES = {
     "family": re.compile(r"^[A-Za-z0-9_.-]+$"),
     "size": re.compile(r"^[A-Za-z0-9_.]+$"),
@@ -123,8 +126,7 @@ class ModelKey:
     def covers(self, other: ModelKey) -> bool:
         """Whether ``other`` is a variant this key names as a shorthand: its unset fields are
         wildcards (the rule of ``resolve_key`` in SQL)."""
-        return all(getattr(self, name) in (None, getattr(other, name)) for name in (
-            "family", "size", "seed", "quant", "layer", "checkpoint"))
+        return all(getattr(self, name) in (None, getattr(other, name)) for name in KEY_FIELDS)
 
     def __str__(self) -> str:
         parts = [run_label(self.family, self.size, self.seed)]

@@ -32,7 +32,7 @@ from atlas.errors import (
     UnknownKeyError,
     UnknownParentError,
 )
-from atlas.keys import ModelKey
+from atlas.keys import KEY_FIELDS, KEY_PATTERN, ModelKey
 from atlas.textsets import TextSet, check_name
 from atlas.weights import WeightSketch
 
@@ -56,8 +56,22 @@ def sql_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "sql"
 
 
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+# What the SQL files name as {{NAME}}, filled in as they are read: the rules that Python needs
+# too, so each has one copy (the key grammar of atlas.keys).
+SQL_CONSTANTS = {"KEY_PATTERN": _sql_text(KEY_PATTERN),
+                 "KEY_FIELDS": "[" + ", ".join(map(_sql_text, KEY_FIELDS)) + "]"}
+
+
 def read_sql(name: str) -> str:
-    return (sql_dir() / name).read_text(encoding="utf-8")
+    """An SQL file as it is applied: its {{NAME}}s replaced by ``SQL_CONSTANTS``."""
+    text = (sql_dir() / name).read_text(encoding="utf-8")
+    for constant, value in SQL_CONSTANTS.items():
+        text = text.replace("{{" + constant + "}}", value)
+    return text
 
 
 def sql_files() -> list[str]:

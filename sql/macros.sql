@@ -51,11 +51,9 @@ FROM vectors v JOIN textsets t USING (textset_id);
 
 CREATE OR REPLACE MACRO bpb_scale(mean_bytes) AS 1.0 / (2.0 * mean_bytes * ln(2.0));
 
--- The key grammar of atlas/keys.py, as a struct of strings ('' where a part is absent).
-CREATE OR REPLACE MACRO parse_key(k) AS regexp_extract(
-    k,
-    '^([A-Za-z0-9_.-]+)-([A-Za-z0-9_.]+)(?:/s([0-9]+))?(?:\+([A-Za-z0-9_.-]+))?(?:#([0-9]+))?(?:@([A-Za-z0-9_.-]+))?$',
-    ['family', 'size', 'seed', 'quant', 'layer', 'checkpoint']);
+-- The key grammar, as a struct of strings ('' where a part is absent): atlas.keys.KEY_PATTERN
+-- and its group names, written in as this file is applied (atlas.store.read_sql).
+CREATE OR REPLACE MACRO parse_key(k) AS regexp_extract(k, {{KEY_PATTERN}}, {{KEY_FIELDS}});
 
 -- Whether the models row m has the fields a parsed key p sets (absent parts are wildcards;
 -- a quant of 'none' means unquantized, as atlas.keys.quant_label says).

@@ -3,7 +3,7 @@ import pytest
 
 from atlas.errors import InvalidKeyError
 from atlas.keys import ModelKey, quant_label, step_of
-from atlas.store import read_sql
+from atlas.store import read_sql, sql_dir, sql_files
 
 KEYS = [
     ("pythia-410m@step143000", ModelKey("pythia", "410m", checkpoint="step143000")),
@@ -30,7 +30,16 @@ def test_sql_parser_agrees_with_python(text, key):
     assert parsed["family"] == key.family and parsed["size"] == key.size
     assert parsed["seed"] == ("" if key.seed is None else str(key.seed))
     assert parsed["quant"] == (key.quant or "")
+    assert parsed["layer"] == ("" if key.layer is None else str(key.layer))
     assert parsed["checkpoint"] == (key.checkpoint or "")
+
+
+def test_every_constant_the_sql_names_is_filled_in():
+    """parse_key is atlas.keys.KEY_PATTERN, written in as the SQL is read: nothing is left
+    unfilled, and no file keeps a grammar of its own."""
+    for name in sql_files():
+        assert "{{" not in read_sql(name), name
+    assert "{{KEY_PATTERN}}" in (sql_dir() / "macros.sql").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("bad", ["pythia", "pythia-", "-410m", "py thia-1b", "a-b@", "a-b/sx"])
