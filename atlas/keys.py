@@ -57,7 +57,9 @@ def quant_label(value: str | None) -> str | None:
     if isinstance(value, str) and value.strip().lower() in UNQUANTIZED:
         return None
     return value
-_SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([kmbt])")
+SIZE_UNITS = "kmbt"  # a size's unit: 1000 to the power of its place here (70m → 70 · 1000²)
+SIZE_PATTERN = rf"([0-9]+(?:\.[0-9]+)?)([{SIZE_UNITS}])"  # a whole size label, in lower case
+_SIZE_RE = re.compile(SIZE_PATTERN)
 
 
 def run_label(family: str, size: str, seed: int | None, quant: str | None = None) -> str:
@@ -74,13 +76,13 @@ def run_label(family: str, size: str, seed: int | None, quant: str | None = None
 def size_value(size: str) -> float | None:
     """Parameter count a size label names (``70m`` → 7e7, ``1.4b`` → 1.4e9), None if it names none.
 
-    It orders sizes small → large without needing n_params. SQL has the same rule
-    (``size_value`` in sql/queries.sql, pinned equal by a test).
+    It orders sizes small → large without needing n_params. SQL's ``size_value``
+    (sql/queries.sql) reads ``SIZE_PATTERN`` and ``SIZE_UNITS`` from here (``read_sql``).
     """
     match = _SIZE_RE.fullmatch(size.strip().lower())
     if match is None:
         return None
-    return float(match.group(1)) * 1e3 ** ("kmbt".index(match.group(2)) + 1)
+    return float(match.group(1)) * 1e3 ** (SIZE_UNITS.index(match.group(2)) + 1)
 
 
 def step_of(checkpoint: str | None) -> int | None:

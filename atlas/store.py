@@ -32,7 +32,7 @@ from atlas.errors import (
     UnknownKeyError,
     UnknownParentError,
 )
-from atlas.keys import KEY_FIELDS, KEY_PATTERN, ModelKey
+from atlas.keys import KEY_FIELDS, KEY_PATTERN, SIZE_PATTERN, SIZE_UNITS, ModelKey
 from atlas.textsets import TextSet, check_name
 from atlas.weights import WeightSketch
 
@@ -61,9 +61,10 @@ def _sql_text(value: str) -> str:
 
 
 # What the SQL files name as {{NAME}}, filled in as they are read: the rules that Python needs
-# too, so each has one copy (the key grammar of atlas.keys).
+# too, so each has one copy (the key grammar and size labels of atlas.keys).
 SQL_CONSTANTS = {"KEY_PATTERN": _sql_text(KEY_PATTERN),
-                 "KEY_FIELDS": "[" + ", ".join(map(_sql_text, KEY_FIELDS)) + "]"}
+                 "KEY_FIELDS": "[" + ", ".join(map(_sql_text, KEY_FIELDS)) + "]",
+                 "SIZE_PATTERN": _sql_text(SIZE_PATTERN), "SIZE_UNITS": _sql_text(SIZE_UNITS)}
 
 
 def read_sql(name: str) -> str:

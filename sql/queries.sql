@@ -10,11 +10,12 @@
 --                                    of a run (quant: the run of a quantized variant)
 
 -- The parameter count a label like 70m, 1.4b or 7B names; NULL for a label naming none (e.g.
--- "s"). Sizes sort by it, so 160m comes before 1b.
+-- "s"). Sizes sort by it, so 160m comes before 1b. The label's pattern and units are
+-- atlas.keys.SIZE_PATTERN and SIZE_UNITS, written in as this file is applied.
 CREATE OR REPLACE MACRO size_value(size) AS CASE
-    WHEN regexp_full_match(lower(trim(size)), '[0-9]+(\.[0-9]+)?[kmbt]')
-    THEN CAST(regexp_extract(lower(trim(size)), '^[0-9.]+') AS DOUBLE)
-         * pow(1000, strpos('kmbt', right(lower(trim(size)), 1)))
+    WHEN regexp_full_match(lower(trim(size)), {{SIZE_PATTERN}})
+    THEN CAST(regexp_extract(lower(trim(size)), {{SIZE_PATTERN}}, 1) AS DOUBLE)
+         * pow(1000, strpos({{SIZE_UNITS}}, right(lower(trim(size)), 1)))
 END;
 
 -- From vector_rows, not loglik_vectors: that view joins every vector's ℓ back from its parts.

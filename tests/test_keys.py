@@ -35,11 +35,12 @@ def test_sql_parser_agrees_with_python(text, key):
 
 
 def test_every_constant_the_sql_names_is_filled_in():
-    """parse_key is atlas.keys.KEY_PATTERN, written in as the SQL is read: nothing is left
-    unfilled, and no file keeps a grammar of its own."""
+    """parse_key and size_value take the key grammar and the size labels from atlas.keys,
+    written in as the SQL is read: nothing is left unfilled, no file keeps a copy of its own."""
     for name in sql_files():
         assert "{{" not in read_sql(name), name
     assert "{{KEY_PATTERN}}" in (sql_dir() / "macros.sql").read_text(encoding="utf-8")
+    assert "{{SIZE_PATTERN}}" in (sql_dir() / "queries.sql").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("bad", ["pythia", "pythia-", "-410m", "py thia-1b", "a-b@", "a-b/sx"])

@@ -157,7 +157,8 @@ def test_related_variants_reads_the_variants_once_and_sorts_no_whole_group(reade
 
 
 def test_size_value_macro_agrees_with_python():
-    """One rule, two runtimes: the SQL macro orders sizes as atlas.keys does."""
+    """One rule, two runtimes: the SQL macro, which takes its pattern and units from atlas.keys,
+    orders sizes as atlas.keys does."""
     labels = ["70m", "1.4b", " 7B ", "160M", "2.5k", "1t", "s", "m", "1.b", "b", "12", "7bb"]
     with _memory_atlas() as con:
         got = [con.execute("SELECT size_value(?)", [label]).fetchone()[0] for label in labels]
