@@ -156,10 +156,9 @@ def cached_atlas(cache: Path, n_models: int, n_texts: int) -> tuple[Path, dict]:
 
 def timed_queries(path: Path, loglik: np.ndarray, queries: int) -> dict:
     """nearest from a bare client and the numpy GEMV, alternating per query (same load), each
-    from idle (IDLE_S), twice:
-    first as a new client finds the file (each query's parts read from it on first touch), then
-    with every part in DuckDB's buffer pool, as the GEMV's matrix is in memory. ``loglik`` is
-    centred in place (one K × N float32 matrix in memory, not two)."""
+    timed from idle (IDLE_S), twice: first as a new client finds the file (each query's parts
+    read from it on first touch), then with every part in DuckDB's buffer pool, as the GEMV's
+    matrix is in memory. ``loglik`` is centred in place (one K × N float32 matrix, not two)."""
     picks = np.random.default_rng(1).choice(len(loglik), queries, replace=False)
     truth = [exact_top(loglik, int(query), 10) for query in picks]  # before centring in float32
     centred = loglik
