@@ -57,6 +57,8 @@ def quant_label(value: str | None) -> str | None:
     if isinstance(value, str) and value.strip().lower() in UNQUANTIZED:
         return None
     return value
+
+
 SIZE_UNITS = "kmbt"  # a size's unit: 1000 to the power of its place here (70m → 70 · 1000²)
 SIZE_PATTERN = rf"([0-9]+(?:\.[0-9]+)?)([{SIZE_UNITS}])"  # a whole size label, in lower case
 _SIZE_RE = re.compile(SIZE_PATTERN)
