@@ -7,8 +7,10 @@ peak RSS are the import's), then measures the file size per model, ``SELECT * FR
 10)`` from a plain ``duckdb`` connection (no atlas code: median and p95 over --queries keys, once
 as a new client finds the file and once with every part in DuckDB's buffer pool), the
 exact numpy top 10 (a GEMV over the centred float32 matrix, held in memory: 4 GB at 10⁵ × 10⁴,
-with precomputed norms) and recall@10 against it, the sketch basis fit, ``kl_matrix``
-(K ≤ 10,000), this process's peak memory and the load average.
+with precomputed norms; each of the two timed from idle, IDLE_S) and recall@10 against it,
+the sketch basis fit, ``kl_matrix`` (K ≤ 10,000), this process's peak memory and the load
+average. Run it from a checkout no one is editing (e.g. a ``git worktree`` on PYTHONPATH): it
+opens each cached atlas writable, applying this checkout's SQL.
 
 With --cache FOLDER the atlas of each size is kept there (with what its import measured) and
 reused by later runs, which then time the queries only; without it, it is built in a temporary
