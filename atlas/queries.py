@@ -33,7 +33,7 @@ from atlas.analysis.views import View, ViewError
 from atlas.errors import AtlasError, StoreError, UnknownKeyError
 from atlas.files import replacing
 from atlas.keys import quant_label, run_label
-from atlas.store import registered
+from atlas.store import registered, sql_literal
 
 if TYPE_CHECKING:
     from atlas.api import Atlas
@@ -66,11 +66,6 @@ def where_query(clause: str) -> str:
     query = f"SELECT key FROM model_variants WHERE ({clause})"
     one_select(query, FilterError, "a filter is one condition over model_variants (no ';')")
     return query
-
-
-def sql_literal(text: str) -> str:
-    """``text`` as a SQL string literal (for a condition a user sees and may edit)."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def first_line(exc: BaseException) -> str:

@@ -37,8 +37,8 @@ from atlas.textsets import TextSet, check_name
 from atlas.weights import WeightSketch
 
 SCHEMA_VERSION = "3"  # 2: no DOUBLE centred copy, sketches; 3: ℓ in parts (vector_parts)
-SKETCH_DIM = 64  # the FLOAT[64] of vector_rows.sketch
-LOGLIK_PART = 256  # values per row of vector_parts, its FLOAT[256]
+SKETCH_DIM = 64  # the width of vector_rows.sketch (SQL_CONSTANTS)
+LOGLIK_PART = 256  # values per row of vector_parts (its FLOAT[LOGLIK_PART], SQL_CONSTANTS)
 PART_BATCH = 65_536  # parts (64 MB of ℓ) per Arrow batch when whole vectors are read
 BASIS_MIN = 128  # vectors a text set holds before its sketch basis is fitted
 BASIS_SAMPLE = 512  # vectors the basis is fitted on, at most (its cost: BASIS_SAMPLE² × N)
@@ -56,15 +56,19 @@ def sql_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "sql"
 
 
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+def sql_literal(text: str) -> str:
+    """``text`` as a SQL string literal (a constant written into the SQL, or a condition a user
+    sees and may edit)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 # What the SQL files name as {{NAME}}, filled in as they are read: the rules that Python needs
-# too, so each has one copy (the key grammar and size labels of atlas.keys).
-SQL_CONSTANTS = {"KEY_PATTERN": _sql_text(KEY_PATTERN),
-                 "KEY_FIELDS": "[" + ", ".join(map(_sql_text, KEY_FIELDS)) + "]",
-                 "SIZE_PATTERN": _sql_text(SIZE_PATTERN), "SIZE_UNITS": _sql_text(SIZE_UNITS)}
+# too, so each has one copy (the key grammar and size labels of atlas.keys, the widths of a
+# vector part and of a sketch).
+SQL_CONSTANTS = {"KEY_PATTERN": sql_literal(KEY_PATTERN),
+                 "KEY_FIELDS": "[" + ", ".join(map(sql_literal, KEY_FIELDS)) + "]",
+                 "SIZE_PATTERN": sql_literal(SIZE_PATTERN), "SIZE_UNITS": sql_literal(SIZE_UNITS),
+                 "LOGLIK_PART": str(LOGLIK_PART), "SKETCH_DIM": str(SKETCH_DIM)}
 
 
 def read_sql(name: str) -> str:

@@ -222,7 +222,7 @@ CREATE OR REPLACE MACRO centred_sq_distance(l_a, mean_a, l_b, mean_b) AS
 
 -- ‖a − b‖² of two parts of vectors (vector_parts.loglik), in DOUBLE.
 CREATE OR REPLACE MACRO part_sq_distance(a, b) AS
-    pow(array_distance(a::DOUBLE[256], b::DOUBLE[256]), 2);
+    pow(array_distance(a::DOUBLE[{{LOGLIK_PART}}], b::DOUBLE[{{LOGLIK_PART}}]), 2);
 
 -- nearest's k, checked: a whole number ≥ 0 (unchecked, NULL meant no limit and returned 32 rows
 -- or every one, -1 failed with DuckDB's words about LIMIT and 2.5 gave 3). nearest checks it as
@@ -307,7 +307,7 @@ CREATE OR REPLACE MACRO sketch_slack(n_q, dist, s_q_norm, r_v, n_texts) AS
 CREATE OR REPLACE MACRO nearest_raw(query_key, k, textset_name) AS TABLE
 WITH query AS MATERIALIZED (
     SELECT v.textset_id, v.vid, v.loglik_mean AS m_q, v.sketch AS s_q, v.sketch_resid AS r_q,
-           sqrt(array_inner_product(v.sketch::DOUBLE[64], v.sketch::DOUBLE[64])) AS s_q_norm,
+           sqrt(array_inner_product(v.sketch::DOUBLE[{{SKETCH_DIM}}], v.sketch::DOUBLE[{{SKETCH_DIM}}])) AS s_q_norm,
            pow(s_q_norm, 2) + pow(r_q, 2) AS n_q, t.mean_bytes, t.n_texts, t.name AS textset
     FROM vector_rows v JOIN textsets t USING (textset_id)
     WHERE v.key = resolve_key(query_key) AND neighbours(k) IS NOT NULL
@@ -371,7 +371,7 @@ shifted AS (  -- x = ℓ_q − ℓ_v − shift a part at a time, the padding cut
     -- read through a semi-join on vid, which the scan filters on (joined on vid and part, the
     -- scan read every part: +76 ms at 10⁴ × 10⁴)
     SELECT r.key, r.textset_id, list_transform(list_zip(qp.loglik, p.loglik),
-               lambda z: z[1]::DOUBLE - z[2]::DOUBLE - r.shift)[1:q.n_texts - p.part * 256] AS x
+               lambda z: z[1]::DOUBLE - z[2]::DOUBLE - r.shift)[1:q.n_texts - p.part * {{LOGLIK_PART}}] AS x
     FROM ranked r
     JOIN (SELECT * FROM vector_parts WHERE vid IN (SELECT vid FROM ranked)) p USING (vid)
     JOIN query_parts qp USING (textset_id, part) JOIN query q USING (textset_id)),

@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS vector_rows (
     config_id      VARCHAR NOT NULL,        -- hash of what makes two scorings the same
     provenance     JSON NOT NULL,           -- tokenizer, special tokens, dtype, max length, versions
     scored_at      TIMESTAMP DEFAULT current_timestamp,
-    sketch         FLOAT[64],               -- B(c − μ): PCA coordinates (NULL: no basis yet)
+    sketch         FLOAT[{{SKETCH_DIM}}],               -- B(c − μ): PCA coordinates (NULL: no basis yet)
     sketch_resid   DOUBLE,                  -- r = ‖(I − BᵀB)(c − μ)‖, what the sketch leaves out
     PRIMARY KEY (key, textset_id)
 );
@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS vector_rows (
 CREATE TABLE IF NOT EXISTS vector_parts (
     vid    BIGINT     NOT NULL,
     part   INTEGER    NOT NULL,
-    loglik FLOAT[256] NOT NULL
+    loglik FLOAT[{{LOGLIK_PART}}] NOT NULL
 );
 
 -- The sketch basis of a text set: the top principal directions of its centred vectors, fitted

@@ -35,8 +35,9 @@ def test_sql_parser_agrees_with_python(text, key):
 
 
 def test_every_constant_the_sql_names_is_filled_in():
-    """parse_key and size_value take the key grammar and the size labels from atlas.keys,
-    written in as the SQL is read: nothing is left unfilled, no file keeps a copy of its own."""
+    """parse_key and size_value take the key grammar and the size labels from atlas.keys (and
+    the schema its part and sketch widths from atlas.store), written in as the SQL is read:
+    nothing is left unfilled, no file keeps a copy of its own."""
     for name in sql_files():
         assert "{{" not in read_sql(name), name
     assert "{{KEY_PATTERN}}" in (sql_dir() / "macros.sql").read_text(encoding="utf-8")
