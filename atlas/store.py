@@ -33,16 +33,22 @@ from atlas.errors import (
     UnknownParentError,
 )
 from atlas.keys import KEY_FIELDS, KEY_PATTERN, SIZE_PATTERN, SIZE_UNITS, ModelKey
+from atlas.sketches import (
+    BASIS_MIN,
+    RESID_BOUND,
+    RESID_DIM,
+    SKETCH_DIM,
+    SketchBasis,
+    draw_projection,
+    vector_columns,
+)
 from atlas.textsets import TextSet, check_name
 from atlas.weights import WeightSketch
 
-SCHEMA_VERSION = "3"  # 2: no DOUBLE centred copy, sketches; 3: ℓ in parts (vector_parts)
-SKETCH_DIM = 64  # the width of vector_rows.sketch (SQL_CONSTANTS)
+SCHEMA_VERSION = "4"  # 2: no DOUBLE centred copy, sketches; 3: ℓ in parts; 4: residual sketches
 LOGLIK_PART = 256  # values per row of vector_parts (its FLOAT[LOGLIK_PART], SQL_CONSTANTS)
 PART_BATCH = 65_536  # parts (64 MB of ℓ) per Arrow batch when whole vectors are read
-BASIS_MIN = 128  # vectors a text set holds before its sketch basis is fitted
-BASIS_SAMPLE = 512  # vectors the basis is fitted on, at most (its cost: BASIS_SAMPLE² × N)
-UPGRADE_BATCH = 2048  # vectors moved into parts per step of the schema-3 upgrade
+UPGRADE_BATCH = 2048  # vectors moved into parts, or sketched, per step of an upgrade
 LOCK_RETRY_SECONDS = 10.0
 PARENT_FIX = "store the parent first (atlas ingest, atlas import vectors), or drop the parent"
 _LOCK_RE = re.compile(r"(Could not set lock|Conflicting lock)", re.IGNORECASE)
@@ -64,11 +70,12 @@ def sql_literal(text: str) -> str:
 
 # What the SQL files name as {{NAME}}, filled in as they are read: the rules that Python needs
 # too, so each has one copy (the key grammar and size labels of atlas.keys, the widths of a
-# vector part and of a sketch).
+# vector part and of the sketches, the residual bound of atlas.sketches).
 SQL_CONSTANTS = {"KEY_PATTERN": sql_literal(KEY_PATTERN),
                  "KEY_FIELDS": "[" + ", ".join(map(sql_literal, KEY_FIELDS)) + "]",
                  "SIZE_PATTERN": sql_literal(SIZE_PATTERN), "SIZE_UNITS": sql_literal(SIZE_UNITS),
-                 "LOGLIK_PART": str(LOGLIK_PART), "SKETCH_DIM": str(SKETCH_DIM)}
+                 "LOGLIK_PART": str(LOGLIK_PART), "SKETCH_DIM": str(SKETCH_DIM),
+                 "RESID_DIM": str(RESID_DIM), "RESID_BOUND": repr(RESID_BOUND)}
 
 
 def read_sql(name: str) -> str:
@@ -121,60 +128,12 @@ class VectorRecord:
     sketch_note: str | None = None  # why no sketch (disabled, quantized weights …); not stored
 
 
-@dataclass(frozen=True)
-class SketchBasis:
-    """A text set's sketch basis: μ and orthonormal rows B, so s = B(c − μ) (c centred ℓ)."""
-
-    mean: np.ndarray  # N
-    basis: np.ndarray  # SKETCH_DIM × N
-
-    @classmethod
-    def fit(cls, loglik: np.ndarray, seed: int = 0) -> SketchBasis:
-        """Top principal directions of the row-centred vectors (at most BASIS_SAMPLE of them,
-        sampled with a fixed seed), padded with random orthonormal directions when the sample
-        has fewer than SKETCH_DIM: PCA keeps the structure models share (family, size,
-        training), which is what separates near neighbours from far ones."""
-        rng = np.random.default_rng(seed)
-        if len(loglik) > BASIS_SAMPLE:
-            loglik = loglik[np.sort(rng.choice(len(loglik), BASIS_SAMPLE, replace=False))]
-        centred = loglik - loglik.mean(axis=1, keepdims=True)
-        mean = centred.mean(axis=0)
-        x = centred - mean
-        values, vectors = np.linalg.eigh(x @ x.T)
-        top = np.argsort(values)[::-1][:SKETCH_DIM]
-        top = top[values[top] > values.max() * 1e-12]
-        rows = (vectors[:, top].T @ x) / np.sqrt(values[top])[:, None]
-        extra = rng.normal(size=(SKETCH_DIM - len(rows), x.shape[1]))
-        q, _ = np.linalg.qr(np.vstack([rows, extra]).T)  # orthonormal, the PCA rows first
-        basis = q.T[:SKETCH_DIM]
-        if len(basis) < SKETCH_DIM:  # fewer texts than dimensions: those rows span them all,
-            padding = np.zeros((SKETCH_DIM - len(basis), x.shape[1]))  # the rest is zero
-            basis = np.vstack([basis, padding])
-        return cls(mean=mean, basis=basis)
-
-
-def vector_columns(loglik: np.ndarray, basis: SketchBasis | None) -> dict[str, np.ndarray]:
-    """The stored columns of K vectors (K × N, float64 in): float32 ℓ, its mean (of the float32
-    values, in float64), and with a basis the sketch (float32) and its residual norm. Every
-    writer of vectors builds them here, so a vector and its sketch always agree."""
-    stored = np.asarray(loglik).astype(np.float32)
-    wide = stored.astype(np.float64)
-    mean = wide.mean(axis=1)
-    columns = {"loglik": stored, "loglik_mean": mean}
-    if basis is not None:
-        x = wide - mean[:, None] - basis.mean
-        sketch = x @ basis.basis.T
-        resid = np.einsum("ij,ij->i", x, x) - np.einsum("ij,ij->i", sketch, sketch)
-        columns["sketch"] = sketch.astype(np.float32)
-        columns["sketch_resid"] = np.sqrt(np.maximum(resid, 0.0))
-    return columns
-
-
-def _sketch_array(sketch: np.ndarray | None, rows: int) -> pa.Array:
-    kind = pa.list_(pa.float32(), SKETCH_DIM)
+def _sketch_array(sketch: np.ndarray | None, rows: int, width: int = SKETCH_DIM) -> pa.Array:
+    """A sketch column (K × width float32) as Arrow, NULLs where there is none."""
+    kind = pa.list_(pa.float32(), width)
     if sketch is None:
         return pa.nulls(rows, kind)
-    return pa.FixedSizeListArray.from_arrays(pa.array(sketch.ravel()), SKETCH_DIM)
+    return pa.FixedSizeListArray.from_arrays(pa.array(sketch.ravel()), width)
 
 
 def _parts_table(vids: np.ndarray, loglik: np.ndarray) -> pa.Table:
@@ -474,6 +433,7 @@ class Store:
             for name in sql_files():
                 con.execute(read_sql(name))
             self._sketch_unsketched(con)
+            self._project_unprojected(con)
             con.execute(
                 "INSERT OR REPLACE INTO atlas_meta VALUES ('schema_version', ?), "
                 "('macros_sha', ?)", [SCHEMA_VERSION, _macros_sha()])
@@ -715,18 +675,16 @@ class Store:
             "sketch": _sketch_array(columns.get("sketch"), len(keys)),
             "sketch_resid": pa.array(columns.get("sketch_resid", [None] * len(keys)),
                                      pa.float64()),
+            "resid_sketch": _sketch_array(columns.get("resid_sketch"), len(keys), RESID_DIM),
         }))
         _insert_arrow(con, "vector_parts", _parts_table(vids, columns["loglik"]))
 
     def _basis(self, con, textset_id: int, new: np.ndarray) -> SketchBasis | None:
         """The text set's sketch basis; fitted (and the stored vectors sketched) the first time
         the set holds BASIS_MIN vectors, from a sample of them."""
-        table = con.sql("SELECT dim, mean, basis FROM vector_bases WHERE textset_id = ?",
-                        params=[textset_id]).to_arrow_table()
-        if len(table):
-            flat = table.column("basis").combine_chunks().flatten().to_numpy()
-            return SketchBasis(table.column("mean").combine_chunks().flatten().to_numpy(),
-                               flat.astype(np.float64).reshape(table["dim"][0].as_py(), -1))
+        basis = _stored_basis(con, textset_id)
+        if basis is not None:
+            return basis
         stored = first_row(con, "SELECT count(*) FROM vector_rows WHERE textset_id = ?",
                            [textset_id])[0]
         if stored + len(new) < BASIS_MIN:
@@ -735,23 +693,46 @@ class Store:
         sample = np.vstack([stored_loglik, new.reshape(-1, stored_loglik.shape[1])])
         sample = sample.astype(np.float64)
         basis = SketchBasis.fit(sample)
-        con.execute("INSERT INTO vector_bases (textset_id, dim, n_fit, mean, basis) "
-                    "VALUES (?, ?, ?, ?, ?::FLOAT[])",
+        con.execute("INSERT INTO vector_bases (textset_id, dim, n_fit, mean, basis, "
+                    "resid_projection) VALUES (?, ?, ?, ?, ?::FLOAT[], ?::FLOAT[])",
                     [textset_id, basis.basis.shape[0], len(sample), basis.mean.tolist(),
-                     basis.basis.ravel().tolist()])
+                     basis.basis.ravel().tolist(),
+                     None if basis.projection is None else basis.projection.ravel().tolist()])
         if stored:
             self._sketch_stored(con, vids, stored_loglik, basis)
         return basis
 
     @staticmethod
     def _sketch_stored(con, vids: np.ndarray, loglik: np.ndarray, basis: SketchBasis) -> None:
-        """Sketch stored vectors (a new basis), as one Arrow update."""
+        """Sketch stored vectors (a new basis or projection), as one Arrow update."""
         columns = vector_columns(loglik.astype(np.float64), basis)
         table = pa.table({"vid": vids, "sketch": _sketch_array(columns["sketch"], len(vids)),
-                          "sketch_resid": columns["sketch_resid"]})
+                          "sketch_resid": columns["sketch_resid"],
+                          "resid_sketch": _sketch_array(columns.get("resid_sketch"), len(vids),
+                                                        RESID_DIM)})
         with registered(con, "atlas_sketches", table):
-            con.execute("UPDATE vector_rows SET sketch = s.sketch, sketch_resid = s.sketch_resid "
-                        "FROM atlas_sketches s WHERE vector_rows.vid = s.vid")
+            con.execute("UPDATE vector_rows SET sketch = s.sketch, sketch_resid = s.sketch_resid, "
+                        "resid_sketch = s.resid_sketch FROM atlas_sketches s "
+                        "WHERE vector_rows.vid = s.vid")
+
+    def _project_unprojected(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Give every basis of a long enough set that has none (a file of schema 3) its residual
+        projection, and its stored vectors their residual sketches, UPGRADE_BATCH at a time."""
+        for textset_id, n_texts in con.execute(
+                "SELECT b.textset_id, t.n_texts FROM vector_bases b JOIN textsets t "
+                "USING (textset_id) WHERE b.resid_projection IS NULL").fetchall():
+            projection = draw_projection(n_texts, np.random.default_rng(textset_id))
+            if projection is None:
+                continue
+            con.execute("UPDATE vector_bases SET resid_projection = ?::FLOAT[] "
+                        "WHERE textset_id = ?", [projection.ravel().tolist(), textset_id])
+            basis = _stored_basis(con, textset_id)
+            keys = [key for (key,) in con.execute(
+                "SELECT key FROM vector_rows WHERE textset_id = ? ORDER BY vid",
+                [textset_id]).fetchall()]
+            for start in range(0, len(keys), UPGRADE_BATCH):
+                vids, _, loglik = _stored_loglik(con, textset_id, keys[start:start + UPGRADE_BATCH])
+                self._sketch_stored(con, vids, loglik, basis)
 
     @staticmethod
     def _record_quantization(con, key: ModelKey, record: dict | None) -> None:
@@ -896,6 +877,24 @@ class Store:
                 "tokens = ? WHERE run_id = ?", [status, error, seconds, tokens, run_id])
 
 
+def _stored_basis(con: duckdb.DuckDBPyConnection, textset_id: int) -> SketchBasis | None:
+    """The text set's stored basis (float32 as stored, in float64), or None before its fit."""
+    table = con.sql("SELECT mean, basis, resid_projection FROM vector_bases "
+                    "WHERE textset_id = ?", params=[textset_id]).to_arrow_table()
+    if not len(table):
+        return None
+    n_texts = len(table.column("mean")[0])
+
+    def matrix(name: str) -> np.ndarray | None:
+        cell = table.column(name).combine_chunks()
+        if cell.null_count:
+            return None
+        return cell.flatten().to_numpy().astype(np.float64).reshape(-1, n_texts)
+
+    return SketchBasis(table.column("mean").combine_chunks().flatten().to_numpy(),
+                       matrix("basis"), matrix("resid_projection"))
+
+
 def _stored_loglik(con: duckdb.DuckDBPyConnection, textset_id: int,
                    keys: list[str] | None = None, dtype: type = np.float32
                    ) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -973,6 +972,8 @@ def _overlay_current_sql(con: duckdb.DuckDBPyConnection) -> None:
     if has_meta and Store._macros_current(con):
         return
     listed = _overlay_vector_parts(con)
+    if not listed:
+        _overlay_resid_sketch(con)
     for name in sql_files():
         for statement in duckdb.extract_statements(read_sql(name)):
             text = statement.query
@@ -1015,6 +1016,7 @@ def _overlay_vector_parts(con: duckdb.DuckDBPyConnection) -> bool:
     table = f'"{first_row(con, "SELECT current_database()")[0]}".main.vectors'
     sketch = ("sketch, sketch_resid" if "sketch" in columns else
               f"NULL::FLOAT[{SKETCH_DIM}] AS sketch, NULL::DOUBLE AS sketch_resid")
+    sketch += f", NULL::FLOAT[{RESID_DIM}] AS resid_sketch"
     con.execute(
         "CREATE OR REPLACE TEMP VIEW vector_rows AS SELECT rowid AS vid, key, textset_id, "
         "loglik_mean, n_tokens, total_tokens, n_truncated, config_id, provenance, scored_at, "
@@ -1026,6 +1028,19 @@ def _overlay_vector_parts(con: duckdb.DuckDBPyConnection) -> bool:
         f"::FLOAT[{size}] AS loglik FROM {table} v, LATERAL (SELECT unnest(range("
         f"((len(v.loglik) + {size} - 1) // {size})::BIGINT)) AS part) p")
     return True
+
+
+def _overlay_resid_sketch(con: duckdb.DuckDBPyConnection) -> None:
+    """In a read-only file of schema 3, a temporary view vector_rows over its table with the
+    residual sketches NULL (nearest then bounds with the sketch alone)."""
+    if first_row(con, "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'vector_rows' "
+                 "AND column_name = 'resid_sketch' AND database_name = current_database()")[0]:
+        return
+    table = f'"{first_row(con, "SELECT current_database()")[0]}".main.vector_rows'
+    if first_row(con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'vector_rows' "
+                 "AND database_name = current_database()")[0]:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW vector_rows AS SELECT *, "
+                    f"NULL::FLOAT[{RESID_DIM}] AS resid_sketch FROM {table}")
 
 
 def _macros_sha() -> str:

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 import atlas
 from atlas.kl import kl_matrix
-from atlas.store import SketchBasis
+from atlas.sketches import SketchBasis
 from atlas.textsets import TextSet
 
 BLOCK = 4096  # rows generated and written at a time (a row group of the import's file)

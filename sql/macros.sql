@@ -235,9 +235,6 @@ CREATE OR REPLACE MACRO neighbours(k) AS CASE
                       coalesce(k::VARCHAR, 'NULL')))
 END;
 
--- How many candidates per text set the sketch pass keeps, for each of its two orderings.
-CREATE OR REPLACE MACRO nearest_candidates(k) AS greatest(4 * k, 32)::BIGINT;
-
 -- nearest through a stored view (views.sql): an exact full scan of every vector of the view's
 -- text set, each clipped and cut to the kept texts (the sketches describe the raw vectors, so
 -- nearest's two-pass fast path is for raw vectors only), ranked by centred_sq_distance and
@@ -285,81 +282,106 @@ CREATE OR REPLACE MACRO sketch_slack(n_q, dist, s_q_norm, r_v, n_texts) AS
     (n_q + (dist + s_q_norm) * (dist + s_q_norm) + r_v * r_v)
     * (1e-5 + 4 * sqrt((n_texts + 65) * pow(2, -53)));
 
+-- The least KL a vector may have, from its sketch bound `least` (KL units) raised by the
+-- residual sketches: ‖e_q − e_v‖² ≥ RESID_BOUND · ‖g_q − g_v‖² but for a chance of
+-- RESID_FAILURE per pair (atlas.sketches), in place of the (r_q − r_v)² the sketch bound counts.
+-- gd = ‖g_q − g_v‖ as computed; the float32 g and float32 array_distance move gd² by < 10⁻⁵ of
+-- (‖g_q‖ + ‖g_v‖)² ≤ (gd + 2‖g_q‖)², subtracted. No residual sketch: the sketch bound.
+CREATE OR REPLACE MACRO residual_least(least, gd, r_q, r_v, g_q_norm, kl_per_sq) AS
+    least + coalesce(greatest({{RESID_BOUND}} * gd * gd - (r_v - r_q) * (r_v - r_q), 0)
+                     - {{RESID_BOUND}} * (gd + 2 * g_q_norm) * (gd + 2 * g_q_norm) * 1e-5, 0)
+            * kl_per_sq;
+
 -- nearest without a view: the k variants nearest to a key by KL on each text set of the key
--- (one named set if given), exactly the brute-force top k.
--- Two passes: the sketches (64 floats per vector) pick candidates, then the candidates' raw
--- vectors give the exact ranking, KL and SE. lower = ‖s_q − s_v‖² + (r_q − r_v)² is a lower
--- bound of the true ‖c_q − c_v‖² whatever the basis. Candidates are the best by lower (right for
--- variants that share what the sketch leaves out: fine-tunes, quantizations, checkpoints) and
--- the best by ‖s_q − s_v‖² + r_q² + r_v² (right when the left-out parts are unrelated noise);
--- vectors without a sketch are always candidates. Then the certificate: with a_k the k-th
--- smallest exact KL among the candidates (of all the key's text sets, as the top k is), every
--- other vector whose lower bound, less its rounding slack (sketch_slack), is below a_k in KL
--- units (+10⁻⁶ relative, for near-ties) could be nearer, so its raw vector is read and measured
--- too (none when the bound is tight; all of them, a full scan, at worst); the top k is taken
--- over both, so it is the brute-force top k. The bound is loose where the vectors differ
--- mostly in what the sketch leaves out (per-model noise): 10²–10⁴ extras a query on
--- bench_scale's atlases, +25–70 ms. The second pass reads only those vectors' parts
--- (a join on vid the scan filters on), ranks them by ‖c_q − c_v‖² summed over parts, and
--- measures the best k + 2 exactly from their parts: the moments of x = ℓ_q − ℓ_v − (m_q − m_v),
--- shifted by the difference of the means so that nothing cancels (joining them back into
--- lists first was 12 ms of a 60 ms query at 10⁴ × 10⁴; DuckDB's UNNEST was slower still).
+-- (one named set if given), exactly the brute-force top k but for a chance of at most
+-- k · RESID_FAILURE = 10⁻¹¹ (k = 10) over the text set's random residual projection, whatever
+-- the data (none on sets without residual sketches).
+-- The sketch pass reads every vector's sketch (64 floats): `least`, a lower bound of its KL
+-- (sketch_slack, less the rounding), and `guess` = ‖s_q − s_v‖² + r_q² + r_v², its KL were its
+-- residual unrelated to the query's. The k-th smallest guess (+1 %) is a threshold t where the
+-- top k probably ends: every vector whose bound, raised by its residual sketch (residual_least,
+-- read only for the vectors under t by the sketch bound), is under t is measured exactly from
+-- its parts (chosen; vectors without a sketch always). With a_k the k-th exact KL among them
+-- (of all the key's text sets, as the top k is), the certificate: a vector not chosen whose
+-- bound is under a_k could be nearer, so it is measured too (missed: empty when a_k ≤ t, as
+-- on every bench_scale query; a vector may have any KL above its bound, so t is only a guess).
+-- The top k is taken over both: the brute-force top k. One pass over the parts in the common
+-- case: the last version's two (candidates by two sketch orderings, then the certificate's
+-- extras) read 10²–10⁴ more vectors a query on bench_scale's noise-dominated atlases.
+-- The parts passes read only their vectors' parts (a join on vid the scan filters on), rank them
+-- by ‖c_q − c_v‖² summed over parts, and measure the best k + 2 exactly from their parts: the
+-- moments of x = ℓ_q − ℓ_v − (m_q − m_v), shifted by the difference of the means so that
+-- nothing cancels (joining them back into lists first was 12 ms of a 60 ms query at 10⁴ ×
+-- 10⁴; DuckDB's UNNEST was slower still).
 CREATE OR REPLACE MACRO nearest_raw(query_key, k, textset_name) AS TABLE
 WITH query AS MATERIALIZED (
     SELECT v.textset_id, v.vid, v.loglik_mean AS m_q, v.sketch AS s_q, v.sketch_resid AS r_q,
+           v.resid_sketch AS g_q,
            sqrt(array_inner_product(v.sketch::DOUBLE[{{SKETCH_DIM}}], v.sketch::DOUBLE[{{SKETCH_DIM}}])) AS s_q_norm,
-           pow(s_q_norm, 2) + pow(r_q, 2) AS n_q, t.mean_bytes, t.n_texts, t.name AS textset
+           sqrt(array_inner_product(g_q::DOUBLE[{{RESID_DIM}}], g_q::DOUBLE[{{RESID_DIM}}])) AS g_q_norm,
+           pow(s_q_norm, 2) + pow(r_q, 2) AS n_q, t.mean_bytes, t.n_texts, t.name AS textset,
+           bpb_scale(t.mean_bytes) / t.n_texts AS kl_per_sq
     FROM vector_rows v JOIN textsets t USING (textset_id)
     WHERE v.key = resolve_key(query_key) AND neighbours(k) IS NOT NULL
       AND (textset_name IS NULL OR t.name = textset_name)),
 query_parts AS MATERIALIZED (
     SELECT q.textset_id, p.part, p.loglik FROM query q JOIN vector_parts p USING (vid)),
-bounds AS MATERIALIZED (  -- a cross product, the other text sets' rows left out by `mine`
-            -- (FILTER below): a join on textset_id copied every row's sketch (a third of this
-            -- pass's CPU); materialized, as the certificate filters it again
-    SELECT textset_id, vid, mine, near + (r_v - r_q) * (r_v - r_q) AS lower,
-           near + r_v * r_v + r_q * r_q AS guess,
-           (lower - sketch_slack(n_q, dist, s_q_norm, r_v, n_texts)) * kl_per_sq
-               AS least  -- the least KL it may have
+bounds AS MATERIALIZED (  -- a cross product, the other text sets' rows left out by `mine`:
+            -- a join on textset_id copied every row's sketch (a third of this pass's CPU)
+    SELECT textset_id, vid, mine, (near + r_v * r_v + r_q * r_q) * kl_per_sq AS guess,
+           (near + (r_v - r_q) * (r_v - r_q) - sketch_slack(n_q, dist, s_q_norm, r_v, n_texts))
+               * kl_per_sq AS least
     FROM (SELECT q.textset_id, v.vid, v.textset_id = q.textset_id AND v.vid <> q.vid AS mine,
                  array_distance(v.sketch, q.s_q)::DOUBLE AS dist, dist * dist AS near,
-                 v.sketch_resid AS r_v, q.r_q, q.n_q, q.s_q_norm, q.n_texts,
-                 bpb_scale(q.mean_bytes) / q.n_texts AS kl_per_sq
+                 v.sketch_resid AS r_v, q.r_q, q.n_q, q.s_q_norm, q.n_texts, q.kl_per_sq
           FROM query q, vector_rows v)),
-picked AS (
-    SELECT textset_id,
-           list_distinct(
-               coalesce(min_by(vid, lower, nearest_candidates(k)) FILTER (WHERE mine), [])
-               || coalesce(min_by(vid, guess, nearest_candidates(k)) FILTER (WHERE mine), [])
-               || coalesce(list(vid) FILTER (WHERE mine AND lower IS NULL), [])) AS vids
-    FROM bounds GROUP BY textset_id),
-candidates AS MATERIALIZED (SELECT textset_id, unnest(vids) AS vid FROM picked),
-candidate_parts AS MATERIALIZED (  -- on its own: a join on vid alone is what the scan filters
-    SELECT c.vid, c.textset_id, p.part, p.loglik FROM candidates c JOIN vector_parts p USING (vid)),
-candidate_sq AS MATERIALIZED (
+threshold AS (  -- the k-th smallest guess; fewer than k guesses: every vector is chosen
+    SELECT CASE WHEN count(*) < k THEN 'inf'::DOUBLE ELSE max(guess) * 1.01 END AS t
+    FROM (SELECT guess FROM bounds WHERE mine AND guess IS NOT NULL ORDER BY guess LIMIT k)),
+refined AS MATERIALIZED (  -- the vectors under t by their sketch bound, the bound raised
+    SELECT vid, textset_id, residual_least(least, gd, r_q, r_v, g_q_norm, kl_per_sq) AS least
+    FROM (SELECT u.vid, u.textset_id, u.least, v.r_v, q.r_q, q.g_q_norm, q.kl_per_sq,
+                 array_distance(v.g_v, q.g_q)::DOUBLE AS gd
+          FROM (SELECT vid, textset_id, least FROM bounds
+                WHERE mine AND (least IS NULL OR least < (SELECT t FROM threshold))) u
+          JOIN (SELECT vid, sketch_resid AS r_v, resid_sketch AS g_v FROM vector_rows) v
+              USING (vid)
+          JOIN query q USING (textset_id))),
+chosen AS MATERIALIZED (
+    SELECT vid, textset_id FROM refined WHERE least IS NULL OR least < (SELECT t FROM threshold)),
+chosen_parts AS MATERIALIZED (  -- on its own: a join on vid alone is what the scan filters
+    SELECT c.vid, c.textset_id, p.part, p.loglik FROM chosen c JOIN vector_parts p USING (vid)),
+chosen_sq AS MATERIALIZED (
     SELECT c.vid, c.textset_id, sum(part_sq_distance(c.loglik, qp.loglik)) AS sq
-    FROM candidate_parts c JOIN query_parts qp USING (textset_id, part)
+    FROM chosen_parts c JOIN query_parts qp USING (textset_id, part)
     GROUP BY c.vid, c.textset_id),
-reach AS (  -- the k-th KL among them; fewer than k candidates means every vector is one
+reach AS (  -- the k-th KL among them; fewer than k chosen means every vector is one
     SELECT CASE WHEN count(*) < k THEN 'inf'::DOUBLE ELSE max(a) END AS a_k
     FROM (SELECT centred_bpb(d.sq, q.n_texts, q.m_q, v.loglik_mean, q.mean_bytes) AS a
-          FROM candidate_sq d JOIN vector_rows v USING (vid)
+          FROM chosen_sq d JOIN vector_rows v USING (vid)
           JOIN query q ON q.textset_id = d.textset_id
           ORDER BY a LIMIT k)),
-extras AS MATERIALIZED (  -- empty when the bound is tight: then nothing more is read. A filter
-    -- on `least` alone, before any join (joining every bound to its text set's threshold first
-    -- cost 150 of 440 ms at 10⁶ vectors)
+missed AS MATERIALIZED (  -- the certificate (+10⁻⁶ relative, for near-ties): the vectors not
+    -- chosen whose bound, raised where it was, is under a_k. Filtered on the sketch bound
+    -- alone first (a sketch bound under a_k is needed for a raised one to be)
     SELECT b.vid, b.textset_id
-    FROM (SELECT vid, textset_id FROM bounds
+    FROM (SELECT vid, textset_id, least FROM bounds
           WHERE mine AND least < (SELECT a_k FROM reach) * (1 + 1e-6)) b
-    ANTI JOIN candidates c USING (vid)),
-extra_parts AS MATERIALIZED (
-    SELECT e.vid, e.textset_id, p.part, p.loglik FROM extras e JOIN vector_parts p USING (vid)),
+    LEFT JOIN refined r USING (vid)
+    WHERE coalesce(r.least, b.least) >= (SELECT t FROM threshold)
+      AND coalesce(r.least, b.least) < (SELECT a_k FROM reach) * (1 + 1e-6)),
+missed_parts AS MATERIALIZED (  -- the query's own vector rides along (its row dropped below):
+    -- with nothing missed, an empty join still scanned a first chunk of parts per thread
+    -- (3 ms); with one vid the scan reads only its rows
+    SELECT e.vid, e.textset_id, p.part, p.loglik
+    FROM (SELECT * FROM missed UNION ALL SELECT vid, textset_id FROM query) e
+    JOIN vector_parts p USING (vid)),
 distances AS (
-    SELECT * FROM candidate_sq
+    SELECT * FROM chosen_sq
     UNION ALL
     SELECT e.vid, e.textset_id, sum(part_sq_distance(e.loglik, qp.loglik)) AS sq
-    FROM extra_parts e JOIN query_parts qp USING (textset_id, part)
+    FROM missed_parts e JOIN query_parts qp USING (textset_id, part)
+    WHERE e.vid NOT IN (SELECT vid FROM query)
     GROUP BY e.vid, e.textset_id),
 ranked AS MATERIALIZED (
     SELECT d.vid, d.textset_id, v.key, q.m_q - v.loglik_mean AS shift,

@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS models (
 -- only full copy (the centred vector is derived where needed: a DOUBLE copy made the file 4.8×
 -- the raw size). sketch/sketch_resid make `nearest` sublinear: sketch is B(c − μ) for the text
 -- set's PCA basis B (vector_bases; NULL until the set has one), so
--- ‖s_a − s_b‖² + (r_a − r_b)² ≤ ‖c_a − c_b‖² with r = ‖(I − BᵀB)(c − μ)‖, c = ℓ − mean(ℓ).
+-- ‖s_a − s_b‖² + (r_a − r_b)² ≤ ‖c_a − c_b‖² with r = ‖(I − BᵀB)(c − μ)‖, c = ℓ − mean(ℓ);
+-- resid_sketch is R(I − BᵀB)(c − μ) for the set's random signs R, which tightens that bound
+-- with a stated chance of failure (atlas.sketches; NULL for sets of few texts).
 CREATE SEQUENCE IF NOT EXISTS vector_ids START 1;
 
 CREATE TABLE IF NOT EXISTS vector_rows (
@@ -67,8 +69,10 @@ CREATE TABLE IF NOT EXISTS vector_rows (
     scored_at      TIMESTAMP DEFAULT current_timestamp,
     sketch         FLOAT[{{SKETCH_DIM}}],               -- B(c − μ): PCA coordinates (NULL: no basis yet)
     sketch_resid   DOUBLE,                  -- r = ‖(I − BᵀB)(c − μ)‖, what the sketch leaves out
+    resid_sketch   FLOAT[{{RESID_DIM}}],              -- R(I − BᵀB)(c − μ): the residual's projection
     PRIMARY KEY (key, textset_id)
 );
+ALTER TABLE vector_rows ADD COLUMN IF NOT EXISTS resid_sketch FLOAT[{{RESID_DIM}}];  -- schema 3
 
 -- ℓ in nats, text-set order, in fixed-size parts: values part·256 … part·256 + 255, the last part
 -- padded with zeros. A fixed-size array row is read on its own, so `nearest` fetches its few
@@ -89,8 +93,10 @@ CREATE TABLE IF NOT EXISTS vector_bases (
     n_fit      INTEGER NOT NULL,            -- vectors the basis was fitted on
     mean       DOUBLE[] NOT NULL,           -- μ, N values
     basis      FLOAT[]  NOT NULL,           -- B, dim × N values, row-major
-    created_at TIMESTAMP DEFAULT current_timestamp
+    created_at TIMESTAMP DEFAULT current_timestamp,
+    resid_projection FLOAT[]                -- R, RESID_DIM × N signs ±1/√RESID_DIM (or NULL)
 );
+ALTER TABLE vector_bases ADD COLUMN IF NOT EXISTS resid_projection FLOAT[];  -- schema 3
 
 CREATE TABLE IF NOT EXISTS ingest_runs (
     run_id      VARCHAR PRIMARY KEY,

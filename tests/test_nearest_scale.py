@@ -11,7 +11,15 @@ import atlas
 from atlas.errors import StoreError
 from atlas.keys import ModelKey
 from atlas.kl import kl_bpb, kl_se_bpb
-from atlas.store import BASIS_MIN, SKETCH_DIM, VectorRecord
+from atlas.sketches import (
+    BASIS_MIN,
+    RESID_BOUND,
+    RESID_DIM,
+    RESID_FAILURE,
+    SKETCH_DIM,
+    residual_bound,
+)
+from atlas.store import VectorRecord
 from atlas.textsets import TextSet
 
 N = 200
@@ -361,31 +369,60 @@ def nodes(node: dict) -> list[dict]:
     return [node] + [n for child in node.get("children", []) for n in nodes(child)]
 
 
-def extras_read(path, key: str, k: int) -> int:
-    """How many vectors nearest_raw measured beyond its candidates (the certificate's extras),
-    from the profile of a bare client's query."""
-    found = [node["children"][0]["intermediate_rows"]
+def vectors_read(path, key: str, k: int) -> dict[str, int]:
+    """How many vectors nearest_raw measured in its first pass (chosen) and for the certificate
+    (missed), from the profile of a bare client's query."""
+    found = {node["extra_info"]["CTE Name"]: node["children"][0]["intermediate_rows"]
              for top in profile(path, key, k)["operator"] for node in nodes(top)
-             if node.get("extra_info", {}).get("CTE Name") == "extras"]
-    assert len(found) == 1
-    return found[0]
+             if node.get("extra_info", {}).get("CTE Name") in ("chosen", "missed")}
+    assert set(found) == {"chosen", "missed"}
+    return found
 
 
-def test_nearest_is_brute_force_where_the_sketch_bound_misses_the_nearest(db, tmp_path):
-    """Every vector whose lower bound is under the k-th exact distance is measured: the true
-    neighbour, ranked after 100 decoys by both sketch orderings, is found, with exact values."""
+def test_nearest_is_brute_force_where_the_sketch_orderings_miss_the_nearest(db, tmp_path):
+    """The true neighbour, ranked after 100 decoys by its sketch distance and by its guess, is
+    measured (its bound is under the threshold the decoys' guesses set), with exact values."""
     loglik = residual_decoys()
     db.store.write_vectors(records(loglik), textset_id=textset_id(db))
     query, true = 150, len(loglik) - 1
     assert brute_force(loglik, query, 1) == [f"m-{true}"]
     assert_exact_nearest(db, loglik, query)
+
+
+def anticorrelated(seed: int = 3) -> np.ndarray:
+    """An atlas where the threshold falls short of the top k: 150 fillers spread along the
+    sketch's directions, the query (residual e), 12 vectors at its sketch coordinates with the
+    residual −e (guess 2r², distance 4r²) and 12 hidden ones off it in sketch space (3r²) with
+    its residual (guess 5r², bound and distance 3r²): the threshold is the 10th guess, 2r²
+    (+1 %), and the 10 nearest are hidden ones that only the certificate measures."""
+    rng = np.random.default_rng(seed)
+    directions, _ = np.linalg.qr(np.hstack([np.ones((N, 1)), rng.normal(size=(N, N - 1))]))
+    sketched, rest = directions[:, 1:1 + SKETCH_DIM], directions[:, 1 + SKETCH_DIM:]
+    r = 10.0
+    e = rng.normal(size=rest.shape[1])
+    e *= r / np.linalg.norm(e)
+    offsets = rng.normal(size=(12, SKETCH_DIM))
+    offsets *= np.sqrt(3.0) * r / np.linalg.norm(offsets, axis=1, keepdims=True)
+    a = np.vstack([rng.normal(0, 100, (150, SKETCH_DIM)), np.zeros((1, SKETCH_DIM)),
+                   rng.normal(0, 1e-3, (12, SKETCH_DIM)), offsets])
+    b = np.vstack([rng.normal(0, r / np.sqrt(rest.shape[1]), (150, rest.shape[1])), e,
+                   np.tile(-e, (12, 1)), np.tile(e, (12, 1))])
+    return (-900.0 + a @ sketched.T + b @ rest.T).astype(np.float32)
+
+
+def test_the_certificate_measures_what_the_threshold_left_out(db, tmp_path):
+    loglik = anticorrelated()
+    db.store.write_vectors(records(loglik), textset_id=textset_id(db))
+    assert set(brute_force(loglik, 150, 10)) <= {f"m-{i}" for i in range(163, 175)}
+    assert_exact_nearest(db, loglik, 150)
     db.close()
-    assert extras_read(tmp_path / "a.duckdb", f"m-{query}", 10) > 0
+    read = vectors_read(tmp_path / "a.duckdb", "m-150", 10)
+    assert read["missed"] >= 10 and read["chosen"] < 30
 
 
-def test_a_tight_bound_measures_no_vector_beyond_the_candidates(db, tmp_path):
-    """Low-rank vectors (what the sketch keeps) with small noise: the bound is tight and the
-    certificate adds nothing to read."""
+def test_a_tight_bound_measures_no_vector_beyond_the_threshold(db, tmp_path):
+    """Low-rank vectors (what the sketch keeps) with small noise: the bound is tight, few
+    vectors are read, and the certificate adds none."""
     rng = np.random.default_rng(4)
     loglik = (rng.normal(-900, 150, N) + rng.normal(0, 30, (K, 1))
               + rng.normal(0, 1, (K, 16)) @ rng.normal(0, 4, (16, N))
@@ -394,7 +431,8 @@ def test_a_tight_bound_measures_no_vector_beyond_the_candidates(db, tmp_path):
     for query in (0, 77):
         assert db.nearest(f"m-{query}", 10)["key"].to_list() == brute_force(loglik, query, 10)
     db.close()
-    assert [extras_read(tmp_path / "a.duckdb", f"m-{q}", 10) for q in (0, 77)] == [0, 0]
+    read = [vectors_read(tmp_path / "a.duckdb", f"m-{q}", 10) for q in (0, 77)]
+    assert [r["missed"] for r in read] == [0, 0] and max(r["chosen"] for r in read) < 40
 
 
 def test_near_ties_are_ranked_exactly(db):
@@ -413,3 +451,104 @@ def test_near_ties_are_ranked_exactly(db):
     expected = brute_force(loglik, 0, 5)
     assert set(expected) <= {f"m-{K + i}" for i in range(20)}
     assert db.nearest("m-0", 5)["key"].to_list() == expected
+
+
+LONG = 600  # texts: more than SKETCH_DIM + RESID_DIM, so vectors get residual sketches
+
+
+def long_atlas(tmp_path, loglik: np.ndarray) -> atlas.Atlas:
+    db = atlas.open(tmp_path / "long.duckdb")
+    db.import_textset(TextSet([f"text {i} " * (1 + i % 9) for i in range(LONG)]), "eval")
+    db.store.write_vectors(records(loglik), textset_id=textset_id(db))
+    return db
+
+
+def test_residual_bound_solves_the_chernoff_bound():
+    epsilon = 1 / RESID_BOUND - 1
+    assert ((1 + epsilon) * np.exp(-epsilon)) ** (RESID_DIM / 2) == pytest.approx(
+        RESID_FAILURE, rel=1e-6)
+    assert residual_bound(64, 1e-12) < residual_bound(256, 1e-12) < residual_bound(256, 1e-9)
+
+
+def test_residual_sketches_project_the_residual_and_raise_the_bound_below_every_distance(
+        tmp_path):
+    """g = R(x − Bᵀs) with R's signs ±1/16 as stored; the raised bound ‖s_a − s_b‖² +
+    max((r_a − r_b)², λ‖g_a − g_b‖²) stays under every true squared distance, and where the
+    sketch bound counts little of the residuals' distance, it counts about λ of it."""
+    loglik = synthetic(K, seed=6, n=LONG)
+    db = long_atlas(tmp_path, loglik)
+    base = db.sql("SELECT mean, basis, resid_projection FROM vector_bases").row(0)
+    mean, basis = np.array(base[0]), np.array(base[1]).reshape(SKETCH_DIM, LONG)
+    projection = np.array(base[2]).reshape(RESID_DIM, LONG)
+    assert set(np.unique(projection)) == {-1 / 16, 1 / 16}
+    rows = db.sql("SELECT key, sketch, sketch_resid, resid_sketch FROM vector_rows ORDER BY vid")
+    order = [int(key[2:]) for key in rows["key"]]
+    wide = loglik[order].astype(np.float64)
+    x = wide - wide.mean(axis=1, keepdims=True) - mean
+    g = np.array(rows["resid_sketch"].to_list())
+    assert g == pytest.approx((x - (x @ basis.T) @ basis) @ projection.T, rel=1e-4, abs=1e-3)
+    s, r = np.array(rows["sketch"].to_list()), rows["sketch_resid"].to_numpy()
+    d2 = ((x[:, None] - x[None]) ** 2).sum(axis=2)
+    near = ((s[:, None] - s[None]) ** 2).sum(axis=2)
+    plain = near + (r[:, None] - r[None]) ** 2
+    raised = near + np.maximum((r[:, None] - r[None]) ** 2,
+                               RESID_BOUND * ((g[:, None] - g[None]) ** 2).sum(axis=2))
+    assert (raised <= d2 * (1 + 1e-6)).all()
+    pairs = ~np.eye(len(x), dtype=bool)
+    residual = (d2 - near)[pairs]  # ‖e_a − e_b‖², what each bound bounds beyond the sketch
+    assert np.median((plain - near)[pairs] / residual) < 0.1
+    assert np.median((raised - near)[pairs] / residual) > 0.8 * RESID_BOUND
+
+
+def spread_decoys(seed: int = 8) -> np.ndarray:
+    """150 fillers along the sketch's directions, the query, its 10 nearest at its sketch
+    coordinates with unrelated residuals (distance ≈ 2r²) and 100 decoys off it in sketch space
+    (1.5r²) with unrelated residuals too (distance ≈ 3.5r²): the decoys' sketch bound, ≈ 1.5r²,
+    is under the threshold (≈ 2r²), their raised bound (≈ 1.5r² + 2λr²) over it."""
+    rng = np.random.default_rng(seed)
+    directions, _ = np.linalg.qr(np.hstack([np.ones((LONG, 1)),
+                                            rng.normal(size=(LONG, LONG - 1))]))
+    sketched, rest = directions[:, 1:1 + SKETCH_DIM], directions[:, 1 + SKETCH_DIM:]
+    r = 10.0
+    resid = rng.normal(size=(261, rest.shape[1]))
+    resid *= r / np.linalg.norm(resid, axis=1, keepdims=True)
+    offsets = rng.normal(size=(100, SKETCH_DIM))
+    offsets *= np.sqrt(1.5) * r / np.linalg.norm(offsets, axis=1, keepdims=True)
+    a = np.vstack([rng.normal(0, 100, (150, SKETCH_DIM)), np.zeros((1, SKETCH_DIM)),
+                   rng.normal(0, 1e-3, (10, SKETCH_DIM)), offsets])
+    return (-900.0 + a @ sketched.T + resid @ rest.T).astype(np.float32)
+
+
+def test_residual_sketches_rule_out_what_the_sketch_bound_cannot(tmp_path):
+    loglik = spread_decoys()
+    db = long_atlas(tmp_path, loglik)
+    assert set(brute_force(loglik, 150, 10)) == {f"m-{i}" for i in range(151, 161)}
+    assert_exact_nearest(db, loglik, 150)
+    db.close()
+    path = tmp_path / "long.duckdb"
+    read = vectors_read(path, "m-150", 10)
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE vector_rows SET resid_sketch = NULL")
+    con.close()
+    unraised = vectors_read(path, "m-150", 10)
+    assert read["missed"] == unraised["missed"] == 0
+    assert read["chosen"] < 30 and unraised["chosen"] > 100
+
+
+def test_schema_3_file_reads_without_residual_sketches_and_gets_them_when_writable(tmp_path):
+    loglik = synthetic(K, seed=7, n=LONG)
+    long_atlas(tmp_path, loglik).close()
+    path = tmp_path / "long.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("ALTER TABLE vector_rows DROP COLUMN resid_sketch")
+    con.execute("ALTER TABLE vector_bases DROP COLUMN resid_projection")
+    con.execute("UPDATE atlas_meta SET value = '3' WHERE name = 'schema_version'")
+    con.execute("UPDATE atlas_meta SET value = 'of schema 3' WHERE name = 'macros_sha'")
+    con.close()
+    with atlas.open(path, read_only=True) as old:
+        assert_exact_nearest(old, loglik, 4)
+    upgraded = atlas.open(path)
+    assert upgraded.sql("SELECT count(resid_sketch) AS n FROM vector_rows")["n"][0] == K
+    assert_exact_nearest(upgraded, loglik, 4)
+    upgraded.close()
+    assert vectors_read(path, "m-4", 10)["missed"] == 0
