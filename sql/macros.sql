@@ -308,11 +308,11 @@ CREATE OR REPLACE MACRO residual_least(least, gd, r_q, r_v, g_q_norm, kl_per_sq)
 -- The top k is taken over both: the brute-force top k. One pass over the parts in the common
 -- case: the last version's two (candidates by two sketch orderings, then the certificate's
 -- extras) read 10²–10⁴ more vectors a query on bench_scale's noise-dominated atlases.
--- The parts passes read only their vectors' parts (a join on vid the scan filters on), rank them
--- by ‖c_q − c_v‖² summed over parts, and measure the best k + 2 exactly from their parts: the
--- moments of x = ℓ_q − ℓ_v − (m_q − m_v), shifted by the difference of the means so that
--- nothing cancels (joining them back into lists first was 12 ms of a 60 ms query at 10⁴ ×
--- 10⁴; DuckDB's UNNEST was slower still).
+-- The chosen pass reads only its vectors' parts (a join on vid the scan filters on) and ranks
+-- them by ‖c_q − c_v‖² summed over parts; the best k + 2 and the missed ones are measured
+-- exactly from their parts: the moments of x = ℓ_q − ℓ_v − (m_q − m_v), shifted by the
+-- difference of the means so that nothing cancels (joining them back into lists first was
+-- 12 ms of a 60 ms query at 10⁴ × 10⁴; DuckDB's UNNEST was slower still).
 CREATE OR REPLACE MACRO nearest_raw(query_key, k, textset_name) AS TABLE
 WITH query AS MATERIALIZED (
     SELECT v.textset_id, v.vid, v.loglik_mean AS m_q, v.sketch AS s_q, v.sketch_resid AS r_q,
@@ -370,32 +370,25 @@ missed AS MATERIALIZED (  -- the certificate (+10⁻⁶ relative, for near-ties)
     LEFT JOIN refined r USING (vid)
     WHERE coalesce(r.least, b.least) >= (SELECT t FROM threshold)
       AND coalesce(r.least, b.least) < (SELECT a_k FROM reach) * (1 + 1e-6)),
-missed_parts AS MATERIALIZED (  -- the query's own vector rides along (its row dropped below):
-    -- with nothing missed, an empty join still scanned a first chunk of parts per thread
-    -- (3 ms); with one vid the scan reads only its rows
-    SELECT e.vid, e.textset_id, p.part, p.loglik
-    FROM (SELECT * FROM missed UNION ALL SELECT vid, textset_id FROM query) e
-    JOIN vector_parts p USING (vid)),
-distances AS (
-    SELECT * FROM chosen_sq
-    UNION ALL
-    SELECT e.vid, e.textset_id, sum(part_sq_distance(e.loglik, qp.loglik)) AS sq
-    FROM missed_parts e JOIN query_parts qp USING (textset_id, part)
-    WHERE e.vid NOT IN (SELECT vid FROM query)
-    GROUP BY e.vid, e.textset_id),
 ranked AS MATERIALIZED (
     SELECT d.vid, d.textset_id, v.key, q.m_q - v.loglik_mean AS shift,
            centred_bpb(d.sq, q.n_texts, q.m_q, v.loglik_mean, q.mean_bytes) AS approx
-    FROM distances d JOIN vector_rows v USING (vid) JOIN query q ON q.textset_id = d.textset_id
+    FROM chosen_sq d JOIN vector_rows v USING (vid) JOIN query q ON q.textset_id = d.textset_id
     ORDER BY approx, v.key
     LIMIT k + 2),  -- exact values below may reorder near-ties: keep a margin
+measured AS MATERIALIZED (  -- the best of the chosen and every missed vector, all measured in
+    -- the last pass (a pass of its own for the missed cost ~9 ms even when it had none)
+    SELECT vid, textset_id, key, shift FROM ranked
+    UNION ALL
+    SELECT e.vid, e.textset_id, v.key, q.m_q - v.loglik_mean FROM missed e
+    JOIN vector_rows v USING (vid) JOIN query q ON q.textset_id = e.textset_id),
 shifted AS (  -- x = ℓ_q − ℓ_v − shift a part at a time, the padding cut off. The parts are
     -- read through a semi-join on vid, which the scan filters on (joined on vid and part, the
     -- scan read every part: +76 ms at 10⁴ × 10⁴)
     SELECT r.key, r.textset_id, list_transform(list_zip(qp.loglik, p.loglik),
                lambda z: z[1]::DOUBLE - z[2]::DOUBLE - r.shift)[1:q.n_texts - p.part * {{LOGLIK_PART}}] AS x
-    FROM ranked r
-    JOIN (SELECT * FROM vector_parts WHERE vid IN (SELECT vid FROM ranked)) p USING (vid)
+    FROM measured r
+    JOIN (SELECT * FROM vector_parts WHERE vid IN (SELECT vid FROM measured)) p USING (vid)
     JOIN query_parts qp USING (textset_id, part) JOIN query q USING (textset_id)),
 sums AS (  -- Σx, Σx², Σx³, Σx⁴ over the texts, as list_sums_se takes them of one list
     SELECT key, textset_id, sum(list_sum(x)) AS s1, sum(list_inner_product(x, x)) AS s2,

@@ -96,7 +96,7 @@ def test_values_are_exact_over_several_parts_the_last_padded(tmp_path):
     scans = [n["intermediate_rows"] for top in profile(tmp_path / "parts.duckdb", "m-0", 10)
              ["operator"] for n in nodes(top)
              if "vector_parts" in str(n.get("extra_info", {}).get("Table"))]
-    assert len(scans) == 4 and max(scans) < len(loglik) * 20  # none reads every part
+    assert len(scans) == 3 and max(scans) < len(loglik) * 20  # none reads every part
 
 
 def test_the_sketch_pass_reads_every_sketch_through_a_cross_product(db):
