@@ -93,16 +93,22 @@ def write_parquet(path: Path, n_models: int, n_texts: int, keys: list[str] | Non
             start += rows
 
 
-# Run in a fresh process, so that its peak RSS is the import's alone.
+# Run in a fresh process, so that its peak RSS is the import's alone: the high-water mark of its
+# own memory (VmHWM). ru_maxrss is not: Linux carries it over an exec from the forking parent,
+# so every import after the first reported the bench's own peak (5.44 and 7.43 GB in run E).
 IMPORT_CHILD = """
-import json, resource, sys, time
+import json, re, resource, sys, time
 import atlas
 db = atlas.open(sys.argv[1])
 start = time.perf_counter()
 db.import_vectors(sys.argv[2], "bench")
 seconds = time.perf_counter() - start
 db.close()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+try:
+    with open("/proc/self/status") as status:
+        peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1)) / 2**20
+except OSError:  # no /proc (macOS): ru_maxrss, in bytes there
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**30
 print(json.dumps({"import_s": seconds, "import_peak_rss_gb": peak}))
 """
 
