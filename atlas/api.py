@@ -323,8 +323,11 @@ class Atlas:
     def nearest(self, key: str, k: int = 10, textset: str | None = None,
                 view: str | View | None = None) -> pl.DataFrame:
         """The ``k`` variants nearest to ``key`` by KL: (key, kl, se, textset), nearest first,
-        and hub_id when some of them were imported from a hub release. Through ``view`` (a
-        stored view), the vectors of the view's text set are read and viewed in numpy."""
+        and hub_id when some of them were imported from a hub release: the brute-force top k
+        with exact values, but for a chance of at most k · RESID_FAILURE (10⁻¹² a vector, over
+        the random residual projection of sets longer than 320 texts; atlas.sketches). Through
+        ``view`` (a stored view), the vectors of the view's text set are read and viewed in
+        numpy."""
         if view is not None:
             return queries.with_hub_ids(self, self._nearest_viewed(key, k, textset, view))
         found = queries.with_hub_ids(
