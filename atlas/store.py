@@ -9,6 +9,7 @@ the whole vector or nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import time
@@ -693,11 +694,9 @@ class Store:
         sample = np.vstack([stored_loglik, new.reshape(-1, stored_loglik.shape[1])])
         sample = sample.astype(np.float64)
         basis = SketchBasis.fit(sample)
-        con.execute("INSERT INTO vector_bases (textset_id, dim, n_fit, mean, basis, "
-                    "resid_projection) VALUES (?, ?, ?, ?, ?::FLOAT[], ?::FLOAT[])",
-                    [textset_id, basis.basis.shape[0], len(sample), basis.mean.tolist(),
-                     basis.basis.ravel().tolist(),
-                     None if basis.projection is None else basis.projection.ravel().tolist()])
+        row = _basis_row(textset_id, basis).append_column("n_fit", pa.array([len(sample)]))
+        with registered(con, "atlas_basis", row):
+            con.execute("INSERT INTO vector_bases BY NAME SELECT * FROM atlas_basis")
         if stored:
             self._sketch_stored(con, vids, stored_loglik, basis)
         return basis
@@ -724,9 +723,10 @@ class Store:
             projection = draw_projection(n_texts, np.random.default_rng(textset_id))
             if projection is None:
                 continue
-            con.execute("UPDATE vector_bases SET resid_projection = ?::FLOAT[] "
-                        "WHERE textset_id = ?", [projection.ravel().tolist(), textset_id])
-            basis = _stored_basis(con, textset_id)
+            basis = dataclasses.replace(_stored_basis(con, textset_id), projection=projection)
+            with registered(con, "atlas_basis", _basis_row(textset_id, basis)):
+                con.execute("UPDATE vector_bases SET resid_projection = b.resid_projection "
+                            "FROM atlas_basis b WHERE vector_bases.textset_id = b.textset_id")
             keys = [key for (key,) in con.execute(
                 "SELECT key FROM vector_rows WHERE textset_id = ? ORDER BY vid",
                 [textset_id]).fetchall()]
@@ -875,6 +875,22 @@ class Store:
             con.execute(
                 "UPDATE ingest_runs SET status = ?, error = ?, finished_at = now(), seconds = ?, "
                 "tokens = ? WHERE run_id = ?", [status, error, seconds, tokens, run_id])
+
+
+def _basis_row(textset_id: int, basis: SketchBasis) -> pa.Table:
+    """A vector_bases row of ``basis`` as Arrow: its matrices (64 and 256 × N values) go in as
+    arrays (as Python lists they cost seconds and GBs at 10⁵ texts)."""
+    def listed(values: np.ndarray | None, kind: pa.DataType) -> pa.Array:
+        if values is None:
+            return pa.nulls(1, pa.list_(kind))
+        flat = pa.array(values.ravel(), kind)
+        return pa.ListArray.from_arrays(pa.array([0, len(flat)], pa.int32()), flat)
+
+    return pa.table({"textset_id": pa.array([textset_id], pa.int32()),
+                     "dim": pa.array([len(basis.basis)], pa.int32()),
+                     "mean": listed(basis.mean, pa.float64()),
+                     "basis": listed(basis.basis, pa.float32()),
+                     "resid_projection": listed(basis.projection, pa.float32())})
 
 
 def _stored_basis(con: duckdb.DuckDBPyConnection, textset_id: int) -> SketchBasis | None:
