@@ -8,8 +8,9 @@ vectors differ in what B leaves out (per-model noise: ‖e_a − e_b‖² ≈ r_
 drawn once per text set, independent of the vectors) tightens it: ‖e_a − e_b‖² ≥
 RESID_BOUND · ‖g_a − g_b‖², failing for a given pair with probability ≤ RESID_FAILURE over R
 (`residual_bound`). So a vector that belongs in a query's top k is missed with probability at most
-k · RESID_FAILURE, whatever the data. Sets of at most SKETCH_DIM + RESID_DIM texts get no
-residual sketch: there a vector is hardly longer than its residual sketch.
+k · RESID_FAILURE, for any vectors not chosen knowing R (R is stored in the file: the bound is
+against chance, not against an adversary who reads it). Sets of at most SKETCH_DIM + RESID_DIM
+texts get no residual sketch: there a vector is hardly longer than its residual sketch.
 """
 
 from __future__ import annotations
