@@ -340,19 +340,32 @@ def residual_decoys(seed: int = 2) -> np.ndarray:
     off the query in sketch space (distance r²) with the query's residual. Both candidate lists
     fill up with decoys."""
     rng = np.random.default_rng(seed)
-    directions, _ = np.linalg.qr(np.hstack([np.ones((N, 1)), rng.normal(size=(N, N - 1))]))
-    sketched, rest = directions[:, 1:1 + SKETCH_DIM], directions[:, 1 + SKETCH_DIM:]
+    sketched, rest = split_texts(rng, N)
     r = 10.0
-
-    def unit(count: int, dim: int) -> np.ndarray:
-        x = rng.normal(size=(count, dim))
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    query_resid = r * unit(1, rest.shape[1])
+    query_resid = of_length(rng, 1, rest.shape[1], r)
     a = np.vstack([rng.normal(0, 100, (150, SKETCH_DIM)), np.zeros((1, SKETCH_DIM)),
-                   rng.normal(0, 1e-3, (100, SKETCH_DIM)), r * unit(1, SKETCH_DIM)])
-    b = np.vstack([r * unit(150, rest.shape[1]), query_resid, r * unit(100, rest.shape[1]),
-                   query_resid])
+                   rng.normal(0, 1e-3, (100, SKETCH_DIM)), of_length(rng, 1, SKETCH_DIM, r)])
+    b = np.vstack([of_length(rng, 150, rest.shape[1], r), query_resid,
+                   of_length(rng, 100, rest.shape[1], r), query_resid])
+    return planted(sketched, rest, a, b)
+
+
+def split_texts(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal directions over n texts, all orthogonal to the constant (which centring
+    removes): the first SKETCH_DIM, along which planted fillers spread so that the sketch basis
+    finds them, and the rest, where the residuals lie."""
+    directions, _ = np.linalg.qr(np.hstack([np.ones((n, 1)), rng.normal(size=(n, n - 1))]))
+    return directions[:, 1:1 + SKETCH_DIM], directions[:, 1 + SKETCH_DIM:]
+
+
+def of_length(rng: np.random.Generator, count: int, dim: int, length: float) -> np.ndarray:
+    """``count`` random directions in ``dim`` dimensions, each of the given length."""
+    x = rng.normal(size=(count, dim))
+    return x * (length / np.linalg.norm(x, axis=1, keepdims=True))
+
+
+def planted(sketched: np.ndarray, rest: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ℓ of vectors with coordinates ``a`` on the sketched directions and ``b`` on the rest."""
     return (-900.0 + a @ sketched.T + b @ rest.T).astype(np.float32)
 
 
@@ -396,18 +409,15 @@ def anticorrelated(seed: int = 3) -> np.ndarray:
     its residual (guess 5r², bound and distance 3r²): the threshold is the 10th guess, 2r²
     (+1 %), and the 10 nearest are hidden ones that only the certificate measures."""
     rng = np.random.default_rng(seed)
-    directions, _ = np.linalg.qr(np.hstack([np.ones((N, 1)), rng.normal(size=(N, N - 1))]))
-    sketched, rest = directions[:, 1:1 + SKETCH_DIM], directions[:, 1 + SKETCH_DIM:]
+    sketched, rest = split_texts(rng, N)
     r = 10.0
-    e = rng.normal(size=rest.shape[1])
-    e *= r / np.linalg.norm(e)
-    offsets = rng.normal(size=(12, SKETCH_DIM))
-    offsets *= np.sqrt(3.0) * r / np.linalg.norm(offsets, axis=1, keepdims=True)
+    e = of_length(rng, 1, rest.shape[1], r)
+    offsets = of_length(rng, 12, SKETCH_DIM, np.sqrt(3.0) * r)
     a = np.vstack([rng.normal(0, 100, (150, SKETCH_DIM)), np.zeros((1, SKETCH_DIM)),
                    rng.normal(0, 1e-3, (12, SKETCH_DIM)), offsets])
     b = np.vstack([rng.normal(0, r / np.sqrt(rest.shape[1]), (150, rest.shape[1])), e,
                    np.tile(-e, (12, 1)), np.tile(e, (12, 1))])
-    return (-900.0 + a @ sketched.T + b @ rest.T).astype(np.float32)
+    return planted(sketched, rest, a, b)
 
 
 def test_the_certificate_measures_what_the_threshold_left_out(db, tmp_path):
@@ -506,17 +516,13 @@ def spread_decoys(seed: int = 8) -> np.ndarray:
     (1.5r²) with unrelated residuals too (distance ≈ 3.5r²): the decoys' sketch bound, ≈ 1.5r²,
     is under the threshold (≈ 2r²), their raised bound (≈ 1.5r² + 2λr²) over it."""
     rng = np.random.default_rng(seed)
-    directions, _ = np.linalg.qr(np.hstack([np.ones((LONG, 1)),
-                                            rng.normal(size=(LONG, LONG - 1))]))
-    sketched, rest = directions[:, 1:1 + SKETCH_DIM], directions[:, 1 + SKETCH_DIM:]
+    sketched, rest = split_texts(rng, LONG)
     r = 10.0
-    resid = rng.normal(size=(261, rest.shape[1]))
-    resid *= r / np.linalg.norm(resid, axis=1, keepdims=True)
-    offsets = rng.normal(size=(100, SKETCH_DIM))
-    offsets *= np.sqrt(1.5) * r / np.linalg.norm(offsets, axis=1, keepdims=True)
+    resid = of_length(rng, 261, rest.shape[1], r)
+    offsets = of_length(rng, 100, SKETCH_DIM, np.sqrt(1.5) * r)
     a = np.vstack([rng.normal(0, 100, (150, SKETCH_DIM)), np.zeros((1, SKETCH_DIM)),
                    rng.normal(0, 1e-3, (10, SKETCH_DIM)), offsets])
-    return (-900.0 + a @ sketched.T + resid @ rest.T).astype(np.float32)
+    return planted(sketched, rest, a, resid)
 
 
 def test_residual_sketches_rule_out_what_the_sketch_bound_cannot(tmp_path):
