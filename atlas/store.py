@@ -1029,7 +1029,7 @@ def _overlay_vector_parts(con: duckdb.DuckDBPyConnection) -> bool:
     columns = _listed_vectors(con)
     if not columns:
         return False
-    table = f'"{first_row(con, "SELECT current_database()")[0]}".main.vectors'
+    table = _file_table(con, "vectors")
     sketch = ("sketch, sketch_resid" if "sketch" in columns else
               f"NULL::FLOAT[{SKETCH_DIM}] AS sketch, NULL::DOUBLE AS sketch_resid")
     sketch += f", NULL::FLOAT[{RESID_DIM}] AS resid_sketch"
@@ -1046,13 +1046,18 @@ def _overlay_vector_parts(con: duckdb.DuckDBPyConnection) -> bool:
     return True
 
 
+def _file_table(con: duckdb.DuckDBPyConnection, name: str) -> str:
+    """The file's own table ``name``, qualified: a temporary view of that name shadows it."""
+    return f'"{first_row(con, "SELECT current_database()")[0]}".main.{name}'
+
+
 def _overlay_resid_sketch(con: duckdb.DuckDBPyConnection) -> None:
     """In a read-only file of schema 3, a temporary view vector_rows over its table with the
     residual sketches NULL (nearest then bounds with the sketch alone)."""
     if first_row(con, "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'vector_rows' "
                  "AND column_name = 'resid_sketch' AND database_name = current_database()")[0]:
         return
-    table = f'"{first_row(con, "SELECT current_database()")[0]}".main.vector_rows'
+    table = _file_table(con, "vector_rows")
     if first_row(con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'vector_rows' "
                  "AND database_name = current_database()")[0]:
         con.execute(f"CREATE OR REPLACE TEMP VIEW vector_rows AS SELECT *, "

@@ -237,7 +237,7 @@ END;
 
 -- nearest through a stored view (views.sql): an exact full scan of every vector of the view's
 -- text set, each clipped and cut to the kept texts (the sketches describe the raw vectors, so
--- nearest's two-pass fast path is for raw vectors only), ranked by centred_sq_distance and
+-- nearest's sketch path is for raw vectors only), ranked by centred_sq_distance and
 -- then measured exactly; no row without a view.
 CREATE OR REPLACE MACRO nearest_viewed(query_key, k, textset_name, view_name) AS TABLE
 WITH w AS NOT MATERIALIZED (  -- without a view this plans to nothing: no key is even resolved
@@ -294,8 +294,8 @@ CREATE OR REPLACE MACRO residual_least(least, gd, r_q, r_v, g_q_norm, kl_per_sq)
 
 -- nearest without a view: the k variants nearest to a key by KL on each text set of the key
 -- (one named set if given), exactly the brute-force top k but for a chance of at most
--- k · RESID_FAILURE = 10⁻¹¹ (k = 10) over the text set's random residual projection, whatever
--- the data (none on sets without residual sketches).
+-- k · RESID_FAILURE = 10⁻¹¹ (k = 10) over the text set's random residual projection, for any
+-- vectors not chosen knowing it (none on sets without residual sketches).
 -- The sketch pass reads every vector's sketch (64 floats): `least`, a lower bound of its KL
 -- (sketch_slack, less the rounding), and `guess` = ‖s_q − s_v‖² + r_q² + r_v², its KL were its
 -- residual unrelated to the query's. The k-th smallest guess (+1 %) is a threshold t where the
