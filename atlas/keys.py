@@ -20,9 +20,10 @@ part, in every path that makes a key (parsing, ``--quant``, imports, bulk manife
 
 Shorthands: a key that is not stored verbatim resolves to the single stored variant whose set
 fields match it (its unset fields act as wildcards); several matches are an error that lists them.
-The same rule runs in SQL (``resolve_key`` in ``sql/macros.sql``) so plain DuckDB clients agree;
-SQL's ``parse_key`` is ``KEY_PATTERN`` itself, written into the macro when the SQL is applied
-(``atlas.store.read_sql``), so the grammar has one copy.
+The rule lives in SQL only (``key_fields_match`` in ``sql/macros.sql``: ``resolve_key`` for
+stored variants, ``listed_key_matches`` for keys written in the same operation), so plain
+DuckDB clients and Python agree; SQL's ``parse_key`` is ``KEY_PATTERN`` itself, written into
+the macro when the SQL is applied (``atlas.store.read_sql``), so the grammar has one copy.
 """
 
 from __future__ import annotations
@@ -126,11 +127,6 @@ class ModelKey:
     @property
     def step(self) -> int | None:
         return step_of(self.checkpoint)
-
-    def covers(self, other: ModelKey) -> bool:
-        """Whether ``other`` is a variant this key names as a shorthand: its unset fields are
-        wildcards (the rule of ``resolve_key`` in SQL)."""
-        return all(getattr(self, name) in (None, getattr(other, name)) for name in KEY_FIELDS)
 
     def __str__(self) -> str:
         parts = [run_label(self.family, self.size, self.seed)]

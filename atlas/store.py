@@ -769,7 +769,9 @@ class Store:
             try:
                 found = first_row(con, "SELECT resolve_key(?)", [parent])[0]
             except duckdb.InvalidInputException as exc:
-                matches = [k for k in pending if wanted.covers(ModelKey.parse(k))]
+                matches = [row[0] for row in con.execute(
+                    "SELECT key FROM listed_key_matches(?, ?::VARCHAR[])",
+                    [parent, list(pending)]).fetchall()]
                 if len(matches) != 1 or "unknown model key" not in str(exc):
                     raise UnknownParentError(
                         f"parent {parent!r} of {key} is not a model of the atlas "

@@ -11,6 +11,7 @@
 --   apply_view(loglik, view)            (views.sql) a vector through a stored view, and its B̄
 --   centred_loglik(loglik, mean)        ℓ − mean(ℓ) as DOUBLE[] (the file stores only ℓ)
 --   resolve_key(text)                   canonical key of a key or unambiguous shorthand
+--   listed_key_matches(key, keys)       the keys of a list (not stored yet) a key or shorthand names
 --   model_variants, loglik_vectors      public views (stable columns)
 --   vectors                             one row per stored vector, ℓ as one list (FLOAT[])
 --   variant_vectors(key)                table (textset_id, loglik_mean, loglik) of one variant
@@ -74,6 +75,20 @@ WITH exact AS (SELECT key FROM models WHERE key = k),
 SELECT key FROM exact
 UNION ALL
 SELECT m.key FROM models m, parsed WHERE key_fields_match(p, m);
+
+-- The keys of a list (canonical keys not stored yet: those an import or a bulk manifest writes
+-- together) that a key names, by the same field match on their parsed fields typed as models
+-- has them: atlas.store resolves a parent written in the same operation with it, so the
+-- shorthand rule has no second copy in Python.
+CREATE OR REPLACE MACRO listed_key_matches(k, keys) AS TABLE
+WITH parsed AS (SELECT parse_key(k) AS p),
+     listed AS (SELECT key, parse_key(key) AS f FROM unnest(keys) AS t(key))
+SELECT key FROM listed, parsed
+WHERE key_fields_match(p, {'family': f.family, 'size': f.size,
+                           'seed': TRY_CAST(nullif(f.seed, '') AS INTEGER),
+                           'quant': nullif(f.quant, ''),
+                           'layer': TRY_CAST(nullif(f.layer, '') AS INTEGER),
+                           'checkpoint': nullif(f.checkpoint, '')});
 
 -- parent is the stored key the recorded parent names: a parent is checked when written, but an
 -- atlas written by an older version may hold a shorthand (resolved here) or a key that was never

@@ -84,9 +84,22 @@ def test_none_quant_in_a_key_string_is_the_unquantized_variant(db):
     assert db.resolve("pythia-70m+int8") == "pythia-70m+int8"
 
 
-def test_covers_is_the_shorthand_rule():
-    full = ModelKey.parse("pythia-70m/s1+int8#3@step10")
-    assert ModelKey.parse("pythia-70m").covers(full)
-    assert ModelKey.parse("pythia-70m/s1@step10").covers(full)
-    assert not ModelKey.parse("pythia-70m/s2").covers(full)
-    assert not ModelKey.parse("pythia-160m").covers(full)
+def test_listed_keys_match_a_shorthand_by_the_rule_of_stored_ones(db):
+    """Keys not stored yet (those written in the same import) match a shorthand by the SQL
+    rule resolve_key applies to stored variants: unset fields are wildcards, +none is
+    unquantized, a seed is a number."""
+    listed = ["pythia-70m/s1+int8#3@step10", "pythia-70m/s2@step10", "pythia-70m@step10",
+              "pythia-160m"]
+
+    def matches(shorthand: str) -> list[str]:
+        return sorted(db.sql("SELECT key FROM listed_key_matches(?, ?::VARCHAR[])",
+                             [shorthand, listed])["key"].to_list())
+
+    assert matches("pythia-70m") == sorted(listed[:3])
+    assert matches("pythia-70m/s1@step10") == [listed[0]]
+    assert matches("pythia-70m/s01") == [listed[0]]
+    assert matches("pythia-70m#3") == [listed[0]]
+    assert matches("pythia-70m+none@step10") == sorted(listed[1:3])
+    assert matches("pythia-70m/s2") == [listed[1]]
+    assert matches("pythia-160m") == [listed[3]]
+    assert matches("pythia-1b") == []
