@@ -63,6 +63,12 @@ SELECT name, textset, textset_id, threshold,
         WHERE x.textset_id = s.textset_id AND NOT list_contains(s.dropped, x.idx)) AS mean_bytes
 FROM stored s;
 
+-- Values clipped at a view's threshold, as DOUBLE[] (no lambda where the view has no clip).
+CREATE OR REPLACE MACRO view_clip(loglik, threshold) AS CASE
+    WHEN threshold = '-inf'::DOUBLE THEN loglik::DOUBLE[]
+    ELSE list_transform(loglik, lambda x: greatest(x::DOUBLE, threshold))
+END;
+
 -- ℓ through a view's threshold and keep mask (view_of's columns): clip, then drop.
 CREATE OR REPLACE MACRO view_loglik(loglik, threshold, keep) AS CASE
     WHEN len(loglik) = len(keep) THEN list_filter(

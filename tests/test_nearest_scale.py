@@ -23,6 +23,8 @@ from atlas.store import VectorRecord
 from atlas.textsets import TextSet
 
 N = 200
+# ‖c_a − c_b‖² of two whole vectors in SQL, the reference the bounds are checked against
+SQ_DISTANCE = "len({a}) * list_aggregate(loglik_diff({a}, {b}, 0), 'var_pop')"
 K = BASIS_MIN + 72
 
 
@@ -121,7 +123,7 @@ def test_sketch_is_a_lower_bound(db):
     db.store.write_vectors(records(loglik), textset_id=textset_id(db))
     frame = db.sql("SELECT a.key AS a, b.key AS b, pow(array_distance(a.sketch, b.sketch), 2) "
                    "+ pow(a.sketch_resid - b.sketch_resid, 2) AS lower, "
-                   "centred_sq_distance(a.loglik, a.loglik_mean, b.loglik, b.loglik_mean) AS d2 "
+                   f"{SQ_DISTANCE.format(a='a.loglik', b='b.loglik')} AS d2 "
                    "FROM vectors a JOIN vectors b ON a.key < b.key WHERE a.key LIKE 'm-1%'")
     assert (frame["lower"] <= frame["d2"] * (1 + 1e-5) + 1e-3).all()
 
@@ -187,9 +189,9 @@ def downgrade_to_2(path) -> duckdb.DuckDBPyConnection:
     con.execute("DROP MACRO TABLE nearest")
     con.execute("CREATE MACRO nearest(query_key, k, textset_name := NULL) AS TABLE "
                 "SELECT v.key, 0.0 AS kl, 0.0 AS se, 'eval' AS textset FROM vectors v, "
-                "(SELECT loglik AS l, loglik_mean AS m FROM vectors WHERE key = query_key) q "
-                "WHERE v.key <> query_key ORDER BY centred_sq_distance(v.loglik, v.loglik_mean, "
-                "q.l, q.m), v.key LIMIT k")
+                "(SELECT loglik AS l FROM vectors WHERE key = query_key) q "
+                f"WHERE v.key <> query_key ORDER BY {SQ_DISTANCE.format(a='v.loglik', b='q.l')}, "
+                "v.key LIMIT k")
     con.execute("UPDATE atlas_meta SET value = '2' WHERE name = 'schema_version'")
     con.execute("UPDATE atlas_meta SET value = 'of schema 2' WHERE name = 'macros_sha'")
     return con
@@ -301,15 +303,15 @@ def test_the_rounding_slack_keeps_the_sketch_bound_below_every_distance(tmp_path
     loglik = -rng.gamma(2.0, 20.0, (BASIS_MIN + 10, SKETCH_DIM // 4))
     loglik[1::2] = loglik[0::2] + rng.normal(0, 1e-3, loglik[0::2].shape)
     db = short_atlas(tmp_path, loglik)
-    gaps = db.sql("""
-        WITH v AS (SELECT key, sketch AS s, sketch_resid AS r, loglik AS l, loglik_mean AS m,
+    gaps = db.sql(f"""
+        WITH v AS (SELECT key, sketch AS s, sketch_resid AS r, loglik AS l,
                           sqrt(array_inner_product(sketch::DOUBLE[64], sketch::DOUBLE[64])) AS norm
                    FROM vectors),
         pairs AS (SELECT array_distance(a.s, b.s)::DOUBLE AS dist, dist * dist AS near,
                          near + (a.r - b.r) * (a.r - b.r) AS lower,
                          sketch_slack(a.norm * a.norm + a.r * a.r, dist, a.norm, b.r, len(a.l))
                              AS slack,
-                         centred_sq_distance(a.l, a.m, b.l, b.m) AS d2
+                         {SQ_DISTANCE.format(a='a.l', b='b.l')} AS d2
                   FROM v a JOIN v b ON a.key <> b.key)
         SELECT max(lower - d2) AS over, max(lower - slack - d2) AS left FROM pairs""")
     assert gaps["over"][0] > 0 and gaps["left"][0] <= 0

@@ -13,6 +13,7 @@ import pytest
 import atlas
 from atlas.analysis import views
 from atlas.errors import AtlasError
+from atlas.store import LOGLIK_PART
 from atlas.textsets import TextSet
 
 N = 200
@@ -21,27 +22,33 @@ KEYS = [f"toy-s@step{s}" for s in (1_000, 2_000, 3_000, 4_000)] + [
 VIEWS = {"p1": ["clip", "drop-texts"], "clip": ["clip"], "drop": ["drop-texts"]}
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    """Vectors with heavy low tails (so the clip bites) and a few unstable texts (so drop-texts
-    does), on two text sets; the three kinds of view fitted on 'eval'."""
-    root = tmp_path_factory.mktemp("sql-views")
+def viewed_atlas(root, n: int) -> atlas.Atlas:
+    """Vectors of n texts with heavy low tails (so the clip bites) and a few unstable texts (so
+    drop-texts does), on two text sets; the three kinds of view fitted on 'eval'."""
     rng = np.random.default_rng(5)
-    base = rng.normal(-300, 60, N) - rng.exponential(200, N) * (rng.random(N) < 0.1)
-    loglik = base + rng.normal(0, 4, (len(KEYS), N)) * np.linspace(1, 3, len(KEYS))[:, None]
-    loglik[:4, :6] += rng.normal(0, 80, (4, 6))  # unstable texts along the run
+    base = rng.normal(-300, 60, n) - rng.exponential(200, n) * (rng.random(n) < 0.1)
+    loglik = base + rng.normal(0, 4, (len(KEYS), n)) * np.linspace(1, 3, len(KEYS))[:, None]
+    loglik += rng.normal(0, 20, (len(KEYS), 1))  # each model its own mean: KL ignores it
+    unstable = rng.choice(n, 6, replace=False)  # texts that move along the run
+    loglik[:4, unstable] += rng.normal(0, 80, (4, 6))
     handle = atlas.open(root / "atlas.duckdb")
     for name, keys in (("eval", KEYS), ("extra", KEYS[:2] + KEYS[-1:])):
-        handle.import_textset(TextSet([f"{name} text {i} " * (1 + i % 9) for i in range(N)]), name)
+        handle.import_textset(TextSet([f"{name} text {i} " * (1 + i % 9) for i in range(n)]), name)
         rows = [loglik[KEYS.index(k)].tolist() for k in keys]
         pl.DataFrame({"key": keys, "loglik": rows}).write_parquet(root / f"{name}.parquet")
         handle.import_vectors(root / f"{name}.parquet", name)
-    handle.import_textset(TextSet([f"only {i}" for i in range(N)]), "lonely")
+    handle.import_textset(TextSet([f"only {i}" for i in range(n)]), "lonely")
     pl.DataFrame({"key": ["toy-x"], "loglik": [loglik[0].tolist()]}).write_parquet(
         root / "lonely.parquet")
     handle.import_vectors(root / "lonely.parquet", "lonely")
     for name, kinds in VIEWS.items():
         handle.create_view(name, kinds, textset="eval", warmup=1_000, fraction=0.05)
+    return handle
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    handle = viewed_atlas(tmp_path_factory.mktemp("sql-views"), N)
     yield handle
     handle.close()
 
@@ -82,6 +89,24 @@ def test_nearest_through_a_view_equals_the_python_path(db, view):
         for column in ("kl", "se"):
             assert found[column].to_list() == pytest.approx(expected[column].to_list(),
                                                             rel=1e-9, abs=1e-15)
+
+
+def test_nearest_through_a_view_over_several_parts_equals_the_python_path(tmp_path):
+    """700 texts are three parts of each vector, the last one padded: clipped and dropped texts
+    in every part, the kept ones summed a part at a time, come to the Python path's KLs. k = 2
+    measures 4 of the 6 others exactly: the ranking by the parts' sums decides which."""
+    handle = viewed_atlas(tmp_path, 700)
+    dropped = handle.view("drop").params["drop-texts"]["dropped"]
+    assert {i // LOGLIK_PART for i in dropped} == {0, 1, 2}
+    for view in VIEWS:
+        for key in (KEYS[0], KEYS[5]):
+            found = handle.sql("SELECT * FROM nearest(?, 2, view := ?)", [key, view])
+            expected = handle.nearest(key, 2, view=view)
+            assert found["key"].to_list() == expected["key"].to_list()
+            for column in ("kl", "se"):
+                assert found[column].to_list() == pytest.approx(expected[column].to_list(),
+                                                                rel=1e-9, abs=1e-15)
+    handle.close()
 
 
 def test_raw_nearest_is_unchanged_by_the_view_parameter(db):
