@@ -37,6 +37,17 @@ def test_an_unknown_view_is_named_with_the_stored_ones(db):
             where="views: v", fix="atlas view create")
 
 
+def test_nearest_through_an_unknown_view_is_named_with_the_stored_ones(db):
+    refused(db, ["nearest", KEYS[0], "--view", "nope"], what="no view 'nope'",
+            where="views: v", fix="atlas view create")
+
+
+def test_nearest_through_a_view_of_another_text_set_is_refused(db):
+    refused(db, ["nearest", KEYS[0], "--textset", "extra", "--view", "v"],
+            what="fitted on text set 'eval', not 'extra'", where="view 'v'",
+            fix="fit a view on 'extra'")
+
+
 def test_a_view_of_another_text_set_is_refused(db):
     refused(db, ["scale", "--textset", "extra", "--view", "v"], what="text set 'eval'",
             where="view 'v'", fix="fit a view on 'extra'")
