@@ -327,8 +327,9 @@ class Atlas:
         with exact values, but for a chance of at most k · RESID_FAILURE (10⁻¹² a vector, over
         the random residual projection of sets longer than 320 texts; atlas.sketches). Through
         ``view``: a stored view's name goes to SQL's nearest (a scan of the view's text set a
-        part at a time: 1.2 s at 10⁴ × 10⁴ where reading and viewing every vector in numpy took
-        15 s); a ``View`` object, stored or fitted on the fly, is applied in numpy."""
+        part at a time: 0.97 s at 10⁴ × 10⁴ where reading and viewing every vector in numpy took
+        10.3 s, bench/bench_views.py); a ``View`` object, stored or fitted on the fly, is applied
+        in numpy."""
         if isinstance(view, View):
             return queries.with_hub_ids(self, self._nearest_viewed(key, k, textset, view))
         found = queries.with_hub_ids(self, self._keyed_sql(
