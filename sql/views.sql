@@ -71,8 +71,8 @@ END;
 
 -- ℓ through a view's threshold and keep mask (view_of's columns): clip, then drop.
 CREATE OR REPLACE MACRO view_loglik(loglik, threshold, keep) AS CASE
-    WHEN len(loglik) = len(keep) THEN list_filter(
-        list_transform(loglik, lambda x: greatest(x::DOUBLE, threshold)), lambda x, i: keep[i])
+    WHEN len(loglik) = len(keep) THEN list_filter(view_clip(loglik, threshold),
+                                                  lambda x, i: keep[i])
     ELSE error(format('a vector of {} values through a view of a text set of {} texts: apply '
                       || 'a view to vectors of its own text set', len(loglik), len(keep)))
 END;
