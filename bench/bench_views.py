@@ -33,14 +33,13 @@ from atlas.queries import save_view
 VIEW = "bench-view"
 CHILD = """
 import sys, duckdb, atlas
-from atlas.analysis.views import View
-path, key, how = sys.argv[1:4]
+path, key, how, view = sys.argv[1:5]
 if how == "sql":
     duckdb.connect(path, read_only=True).execute(
-        "SELECT * FROM nearest(?, 10, view := ?)", [key, "bench-view"]).fetchall()
+        "SELECT * FROM nearest(?, 10, view := ?)", [key, view]).fetchall()
 else:
     with atlas.open(path, read_only=True) as db:
-        db.nearest(key, 10, view=db.view("bench-view"))
+        db.nearest(key, 10, view=db.view(view))
 print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
 """
 
@@ -80,7 +79,7 @@ def timed(path: Path, view: View, queries: int) -> dict:
 
 
 def peak_gb(path: Path, how: str) -> float:
-    child = subprocess.run([sys.executable, "-c", CHILD, str(path), "m-1", how], check=True,
+    child = subprocess.run([sys.executable, "-c", CHILD, str(path), "m-1", how, VIEW], check=True,
                            stdout=subprocess.PIPE, text=True)
     return int(child.stdout.split()[-1]) / 2**20
 
