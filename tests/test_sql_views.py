@@ -82,13 +82,18 @@ def test_kl_through_a_view_takes_its_text_set_by_name(db):
 @pytest.mark.parametrize("view", list(VIEWS))
 def test_nearest_through_a_view_equals_the_python_path(db, view):
     for key in (KEYS[0], KEYS[5]):
-        found = db.sql("SELECT * FROM nearest(?, 4, view := ?)", [key, view])
-        expected = db.nearest(key, 4, view=db.view(view))  # numpy's
-        assert found["key"].to_list() == expected["key"].to_list()
-        assert found["textset"].to_list() == ["eval"] * 4
-        for column in ("kl", "se"):
-            assert found[column].to_list() == pytest.approx(expected[column].to_list(),
-                                                            rel=1e-9, abs=1e-15)
+        assert_nearest_is_numpys(db, key, 4, view)
+
+
+def assert_nearest_is_numpys(handle: atlas.Atlas, key: str, k: int, view: str) -> None:
+    """SQL's nearest through the stored view equals numpy's (the View object's path)."""
+    found = handle.sql("SELECT * FROM nearest(?, ?, view := ?)", [key, k, view])
+    expected = handle.nearest(key, k, view=handle.view(view))
+    assert found["key"].to_list() == expected["key"].to_list()
+    assert found["textset"].to_list() == ["eval"] * k
+    for column in ("kl", "se"):
+        assert found[column].to_list() == pytest.approx(expected[column].to_list(),
+                                                        rel=1e-9, abs=1e-15)
 
 
 def test_nearest_through_a_view_over_several_parts_equals_the_python_path(tmp_path):
@@ -100,12 +105,7 @@ def test_nearest_through_a_view_over_several_parts_equals_the_python_path(tmp_pa
     assert {i // LOGLIK_PART for i in dropped} == {0, 1, 2}
     for view in VIEWS:
         for key in (KEYS[0], KEYS[5]):
-            found = handle.sql("SELECT * FROM nearest(?, 2, view := ?)", [key, view])
-            expected = handle.nearest(key, 2, view=handle.view(view))
-            assert found["key"].to_list() == expected["key"].to_list()
-            for column in ("kl", "se"):
-                assert found[column].to_list() == pytest.approx(expected[column].to_list(),
-                                                                rel=1e-9, abs=1e-15)
+            assert_nearest_is_numpys(handle, key, 2, view)
     handle.close()
 
 
